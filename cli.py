@@ -1,0 +1,28 @@
+"""The ``capkit`` command: a thin layer over library functions; each stage adds its commands."""
+
+from __future__ import annotations
+
+import click
+
+from capkit import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="capkit")
+def main() -> None:
+    """Train an image captioner, export it to ONNX, caption images with a torch-free runtime.
+
+    \b
+    Demo:  capkit data synthetic && capkit train && capkit export && capkit caption IMG --temp 0.1
+    """
+
+
+def _register() -> None:
+    # Each stage's commands live with the stage; their modules import torch only inside commands.
+    from capkit.training.cli import data, eval_command, train
+
+    for command in (data, train, eval_command):
+        main.add_command(command)
+
+
+_register()

@@ -1,0 +1,13 @@
+"""PyTorch captioning models (needs the ``train`` extra)."""
+
+from capkit.models.captioning import (
+    DECODERS,
+    CaptionModel,
+    CaptionModelConfig,
+    ImageEncoder,
+    State,
+    build_backbone,
+    build_model,
+)
+
+__all__ = ["DECODERS", "CaptionModel", "CaptionModelConfig", "ImageEncoder", "State", "build_backbone", "build_model"]

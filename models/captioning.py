@@ -1,0 +1,171 @@
+"""The seed's Show-and-Tell captioner: CNN encoder -> image embedding as the first recurrent step.
+
+The model is two pieces, because export turns each into one ONNX graph:
+- :meth:`CaptionModel.image_step`: images -> the recurrent state after reading the image embedding;
+- :meth:`CaptionModel.step`: (token, state) -> (logits, next state).
+The teacher-forced :meth:`CaptionModel.forward` runs the same recurrent core over the whole
+caption, so that stepping token by token gives the same logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+import torchvision
+
+State = tuple[torch.Tensor, ...]  # (h,) for rnn/gru, (h, c) for lstm; each (layers, B, hidden)
+
+DECODERS = {"lstm": nn.LSTM, "rnn": nn.RNN, "gru": nn.GRU}
+STATE_NAMES = {"lstm": ("h", "c"), "rnn": ("h",), "gru": ("h",)}
+
+
+@dataclass
+class CaptionModelConfig:
+    vocab_size: int  # rows of the word embedding and of the logits; set from the vocabulary
+    encoder: str = "resnet50"  # a torchvision classification backbone by name; the seed's is ResNet-50
+    pretrained: bool = False  # start from torchvision's ImageNet weights (downloads them on first use)
+    freeze_encoder: bool = False  # train only the projection and decoder, as the seed does on a pretrained CNN
+    embed_dim: int = 300  # word and image embedding width; 300 matches the common GloVe vectors
+    hidden_dim: int = 512  # recurrent state width, the seed's 512
+    decoder: str = "lstm"  # recurrent core: lstm (seed baseline), rnn (vanilla tanh, seed uses 2 layers) or gru
+    layers: int = 1  # stacked recurrent layers
+    dropout: float = 0.0  # between stacked recurrent layers; ignored with one layer
+    freeze_embeddings: bool = False  # keep pretrained word vectors fixed
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}; one of {', '.join(DECODERS)}")
+        if self.layers < 1 or self.embed_dim < 1 or self.hidden_dim < 1 or self.vocab_size < 5:
+            raise ValueError("layers, embed_dim, hidden_dim must be >= 1 and vocab_size >= 5")
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return STATE_NAMES[self.decoder]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CaptionModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _strip_classifier(backbone: nn.Module) -> int:
+    """Replaces the backbone's classification head with Identity; returns its feature width."""
+    if isinstance(getattr(backbone, "fc", None), nn.Linear):  # resnet, resnext, wide_resnet, regnet, googlenet
+        width = backbone.fc.in_features
+        backbone.fc = nn.Identity()
+        return width
+    head = getattr(backbone, "classifier", None)  # mobilenet, efficientnet, convnext, densenet
+    if isinstance(head, nn.Linear):
+        width = head.in_features
+    elif isinstance(head, nn.Sequential):
+        linears = [m for m in head if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError("backbone classifier has no Linear layer")
+        width = linears[0].in_features
+        keep = [m for m in head if not isinstance(m, (nn.Linear, nn.Dropout, nn.Hardswish, nn.ReLU))]
+        backbone.classifier = nn.Sequential(*keep) if keep else nn.Identity()  # convnext keeps its norm+flatten
+        return width
+    else:
+        raise ValueError(f"don't know how to remove the classifier of {type(backbone).__name__}")
+    backbone.classifier = nn.Identity()
+    return width
+
+
+def build_backbone(name: str, pretrained: bool = False, weights_file: Optional[str | Path] = None) -> tuple[nn.Module, int]:
+    """A torchvision backbone without its classifier, and its feature width.
+
+    ``pretrained`` asks torchvision's weights API for the backbone's DEFAULT ImageNet weights;
+    ``weights_file`` loads a local state dict of the full torchvision model (``weights_only=True``).
+    """
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(f"unknown encoder {name!r}; a torchvision classification model such as "
+                         "resnet50, resnet18 or mobilenet_v3_small")
+    weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained and weights_file is None else None
+    backbone = torchvision.models.get_model(name, weights=weights)
+    if weights_file is not None:
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        backbone.load_state_dict(state)
+    width = _strip_classifier(backbone)
+    return backbone, width
+
+
+class ImageEncoder(nn.Module):
+    """CNN backbone (classifier removed) -> Linear to the embedding width."""
+
+    def __init__(self, config: CaptionModelConfig, weights_file: Optional[str | Path] = None):
+        super().__init__()
+        self.backbone, self.feature_dim = build_backbone(config.encoder, config.pretrained, weights_file)
+        self.project = nn.Linear(self.feature_dim, config.embed_dim)
+        self.frozen = config.freeze_encoder
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        super().train(mode)
+        if self.frozen:  # a frozen backbone keeps its batch-norm statistics
+            self.backbone.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images).flatten(1)  # (B, F)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project(self.features(images))  # (B, E)
+
+
+class CaptionModel(nn.Module):
+    def __init__(self, config: CaptionModelConfig, encoder_weights: Optional[str | Path] = None):
+        super().__init__()
+        self.config = config
+        self.encoder = ImageEncoder(config, encoder_weights)
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
+        self.core = DECODERS[config.decoder](
+            config.embed_dim, config.hidden_dim, num_layers=config.layers, batch_first=True,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+        )
+        self.head = nn.Linear(config.hidden_dim, config.vocab_size)
+        if config.freeze_embeddings:
+            self.embed.weight.requires_grad_(False)
+
+    # The recurrent core takes (h, c) for an LSTM and h alone otherwise; State is always a tuple.
+    def _run_core(self, inputs: torch.Tensor, state: Optional[State]) -> tuple[torch.Tensor, State]:
+        if state is not None:
+            state = state if self.config.decoder == "lstm" else state[0]
+        out, next_state = self.core(inputs, state)  # (B, T, H)
+        return out, (tuple(next_state) if isinstance(next_state, tuple) else (next_state,))
+
+    def state_from_image_embedding(self, image_embedding: torch.Tensor) -> State:
+        _, state = self._run_core(image_embedding.unsqueeze(1), None)  # image as step 0, from a zero state
+        return state  # each (L, B, H)
+
+    def image_step(self, images: torch.Tensor) -> State:
+        """float32 (B, 3, H, W) normalised images -> the state after the image step."""
+        return self.state_from_image_embedding(self.encoder(images))
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """int64 (B,) tokens and state -> logits (B, V) and the next state."""
+        out, state = self._run_core(self.embed(tokens).unsqueeze(1), state)  # (B, 1, H)
+        return self.head(out[:, 0]), state  # (B, V)
+
+    def forward(self, images: torch.Tensor, inputs: torch.Tensor, features: bool = False) -> torch.Tensor:
+        """Teacher forcing: ``inputs`` (B, T) = <start> w1 .. wn (padded) -> logits (B, T, V) for w1 .. <end>.
+
+        With ``features=True`` ``images`` are the backbone's cached features (B, F) instead of pixels.
+        """
+        image_embedding = self.encoder.project(images) if features else self.encoder(images)  # (B, E)
+        state = self.state_from_image_embedding(image_embedding)  # each (L, B, H)
+        out, _ = self._run_core(self.embed(inputs), state)  # (B, T, H)
+        return self.head(out)  # (B, T, V)
+
+
+def build_model(config: CaptionModelConfig, encoder_weights: Optional[str | Path] = None) -> CaptionModel:
+    return CaptionModel(config, encoder_weights)

@@ -1,0 +1,1 @@
+"""The torch-free runtime: numpy, Pillow and ONNX Runtime only."""

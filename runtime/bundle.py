@@ -1,0 +1,207 @@
+"""The bundle: a folder with two ONNX graphs and ``capkit.json``, the manifest that describes them.
+
+The manifest names the graphs, maps the logical roles (image, token, state, logits) to tensor
+names, and holds the vocabulary, the special token ids, the preprocessing spec and the default
+decoding options. docs/bundle.md describes the format for readers who write their own loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from capkit.runtime.errors import CapkitError
+from capkit.runtime.preprocess import PreprocessSpec
+from capkit.runtime.vocab import Vocabulary
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "capkit.json"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder_step.onnx"
+RUNS_DIR = Path("runs")  # training writes runs/<name>/ and points runs/latest at the newest
+LATEST_RUN = RUNS_DIR / "latest"
+DEFAULT_BUNDLE = LATEST_RUN / "bundle"  # where `capkit export` writes and `capkit caption` looks by default
+MODEL_ENV = "CAPKIT_MODEL"  # overrides DEFAULT_BUNDLE for `capkit caption` and `Captioner()`
+
+
+class BundleError(CapkitError):
+    """A bundle that cannot be used; the message names the folder and the problem in one line."""
+
+
+def default_bundle() -> Path:
+    return Path(os.environ.get(MODEL_ENV) or DEFAULT_BUNDLE)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class EncoderGraph:
+    file: str
+    sha256: str
+    image_input: str  # float32 (B, 3, H, W), normalised
+    state_outputs: tuple[str, ...]  # each (layers, B, hidden); feed the decoder's state_inputs in order
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "inputs": [self.image_input],
+                "outputs": list(self.state_outputs), "image_input": self.image_input,
+                "state_outputs": list(self.state_outputs)}
+
+
+@dataclass(frozen=True)
+class DecoderGraph:
+    file: str
+    sha256: str
+    token_input: str  # int64 (B,)
+    state_inputs: tuple[str, ...]  # each (layers, B, hidden)
+    logits_output: str  # float32 (B, V)
+    state_outputs: tuple[str, ...]  # in the order of state_inputs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "inputs": [self.token_input, *self.state_inputs],
+                "outputs": [self.logits_output, *self.state_outputs], "token_input": self.token_input,
+                "state_inputs": list(self.state_inputs), "logits_output": self.logits_output,
+                "state_outputs": list(self.state_outputs)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    vocab: Vocabulary
+    preprocess: PreprocessSpec
+    max_length: int  # default longest caption, in generated tokens
+    encoder: EncoderGraph
+    decoder: DecoderGraph
+    precision: str = "fp32"  # fp32 | fp16 | int8: what the graphs compute in
+    model: dict[str, Any] = field(default_factory=dict)  # the model's configuration (informative)
+    provenance: dict[str, Any] = field(default_factory=dict)  # run, checkpoint, metrics, versions
+    decoding: dict[str, Any] = field(default_factory=dict)  # default decoding options
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "precision": self.precision,
+            "vocab": list(self.vocab.words),
+            "special_tokens": self.vocab.special_token_ids(),
+            "max_length": self.max_length,
+            "preprocess": self.preprocess.to_dict(),
+            "graphs": {"encoder": self.encoder.to_dict(), "decoder_step": self.decoder.to_dict()},
+            "decoding": self.decoding,
+            "model": self.model,
+            "provenance": self.provenance,
+        }
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(f"unknown format_version {version!r} (this capkit reads {FORMAT_VERSION})")
+        vocab = Vocabulary(tuple(data["vocab"]))
+        if data["special_tokens"] != vocab.special_token_ids():
+            raise BundleError(f"special_tokens {data['special_tokens']} do not match the vocabulary's")
+        enc, dec = data["graphs"]["encoder"], data["graphs"]["decoder_step"]
+        encoder = EncoderGraph(enc["file"], enc["sha256"], enc["image_input"], tuple(enc["state_outputs"]))
+        decoder = DecoderGraph(dec["file"], dec["sha256"], dec["token_input"], tuple(dec["state_inputs"]),
+                               dec["logits_output"], tuple(dec["state_outputs"]))
+        if len(encoder.state_outputs) != len(decoder.state_inputs) or len(decoder.state_inputs) != len(decoder.state_outputs):
+            raise BundleError("the encoder's state outputs, the decoder's state inputs and outputs differ in number")
+        return cls(vocab=vocab, preprocess=PreprocessSpec.from_dict(data["preprocess"]),
+                   max_length=int(data["max_length"]), encoder=encoder, decoder=decoder,
+                   precision=data.get("precision", "fp32"), model=data.get("model", {}),
+                   provenance=data.get("provenance", {}), decoding=data.get("decoding", {}),
+                   format_version=version)
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder/name``, refusing absolute paths, ``..`` and links that lead outside the folder."""
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise BundleError(f"{folder}: file name {name!r} must be a plain name inside the bundle")
+    path = (folder / name).resolve()
+    if folder.resolve() not in path.parents:
+        raise BundleError(f"{folder}: {name!r} points outside the bundle")
+    return path
+
+
+def _external_data_files(onnx_path: Path) -> list[str]:
+    """Names of the external-data files an ONNX model refers to, read without the onnx package.
+
+    External data is recorded as ``StringStringEntryProto`` entries with key ``location``; a scan
+    of the protobuf bytes for that key finds them without parsing the graph.
+    """
+    data = onnx_path.read_bytes()
+    names, marker, start = [], b"\n\x08location\x12", 0
+    while (i := data.find(marker, start)) >= 0:
+        j = i + len(marker)
+        length, shift = 0, 0
+        while True:  # protobuf varint length
+            byte = data[j]
+            length |= (byte & 0x7F) << shift
+            j += 1
+            shift += 7
+            if not byte & 0x80:
+                break
+        names.append(data[j:j + length].decode("utf-8", "replace"))
+        start = j + length
+    return sorted(set(names))
+
+
+@dataclass(frozen=True)
+class Bundle:
+    folder: Path
+    manifest: Manifest
+
+    @property
+    def encoder_path(self) -> Path:
+        return _inside(self.folder, self.manifest.encoder.file)
+
+    @property
+    def decoder_path(self) -> Path:
+        return _inside(self.folder, self.manifest.decoder.file)
+
+
+def load_bundle(folder: Optional[str | os.PathLike] = None, verify: bool = True) -> Bundle:
+    """Reads and checks a bundle folder: manifest, format version, file names, sha256 of each graph."""
+    folder = Path(folder) if folder is not None else default_bundle()
+    manifest_path = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such bundle folder (run `capkit export`, or pass --model)")
+    if not manifest_path.is_file():
+        raise BundleError(f"{folder}: not a bundle, {MANIFEST_NAME} is missing")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{manifest_path}: unreadable manifest ({e})") from None
+    try:
+        manifest = Manifest.from_dict(data)
+    except BundleError as e:
+        raise BundleError(f"{folder}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{manifest_path}: malformed manifest ({type(e).__name__}: {e})") from None
+    bundle = Bundle(folder, manifest)
+    for graph, path in ((manifest.encoder, bundle.encoder_path), (manifest.decoder, bundle.decoder_path)):
+        if not path.is_file():
+            raise BundleError(f"{folder}: {graph.file} is missing")
+        if verify:
+            actual = sha256_file(path)
+            if actual != graph.sha256:
+                raise BundleError(f"{folder}: {graph.file} has sha256 {actual[:12]}..., the manifest says {graph.sha256[:12]}...")
+            for name in _external_data_files(path):
+                if not _inside(folder, name).is_file():
+                    raise BundleError(f"{folder}: external data file {name!r} of {graph.file} is missing")
+    return bundle

@@ -1,0 +1,294 @@
+"""The one decoding loop: greedy, temperature sampling (with top-k / top-p) and beam search.
+
+The loop only calls an :class:`Inference` (encode images, run one step, select state rows),
+then the logit filters, then a :class:`TokenDecoder`. The ONNX Runtime inference lives in
+``capkit.runtime.onnx_inference``; training has a thin torch adapter over the same interface,
+so the PyTorch reference and the runtime share this loop and sampling parity holds by
+construction.
+
+Seeded sampling is defined once, here: every image (batch row) owns a
+``numpy.random.default_rng(seed)`` and draws one uniform number per decoding step; the token is
+found by inverse CDF over ``softmax(logits / T)`` computed in float64. A caption is therefore a
+function of (image, seed) alone: batching and the order of images do not change it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol, Sequence
+
+import numpy as np
+
+from capkit.runtime.errors import CapkitError
+
+State = Any  # whatever an Inference keeps between steps (numpy arrays, OrtValues, torch tensors)
+
+
+class Inference(Protocol):
+    def encode(self, images: np.ndarray) -> State:
+        """float32 (B, 3, H, W) normalised images -> the recurrent state after the image step."""
+
+    def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """int64 (B,) tokens and state -> float32 (B, V) logits on the host, and the next state."""
+
+    def select(self, state: State, rows: np.ndarray) -> State:
+        """The state's batch rows ``rows`` (int64 (B',), may repeat): drops finished rows, reorders beams."""
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    temperature: float = 0.0  # 0: greedy argmax; > 0: sample from softmax(logits / T)
+    top_k: Optional[int] = None  # sample among the k most likely tokens only
+    top_p: Optional[float] = None  # sample from the smallest set of tokens whose probability reaches p
+    beam_size: int = 1  # > 1: beam search (deterministic; temperature must be 0)
+    max_length: int = 20  # most tokens generated per caption, <end> included
+    seed: Optional[int] = None  # seeds every image's own generator; None: fresh entropy
+
+
+@dataclass(frozen=True)
+class DecodingResult:
+    tokens: tuple[int, ...]  # generated ids, <start> and <end> left out
+    logprob: float  # sum of log softmax(logits) over the generated tokens, <end> included
+    finished: bool  # True when <end> was produced within max_length
+
+
+class DecodingOptionsError(CapkitError):
+    """An option outside its range; the message names it."""
+
+
+def verify_options(options: DecodingOptions) -> DecodingOptions:
+    """Checks every option once, before any work, and returns them unchanged."""
+    t = options.temperature
+    if not isinstance(t, (int, float)) or math.isnan(t) or math.isinf(t) or t < 0:
+        raise DecodingOptionsError(f"temperature must be a finite number >= 0, got {t}")
+    if options.top_k is not None and (int(options.top_k) != options.top_k or options.top_k < 1):
+        raise DecodingOptionsError(f"top-k must be an integer >= 1, got {options.top_k}")
+    if options.top_p is not None and not (0.0 < options.top_p <= 1.0):
+        raise DecodingOptionsError(f"top-p must be in (0, 1], got {options.top_p}")
+    if int(options.beam_size) != options.beam_size or options.beam_size < 1:
+        raise DecodingOptionsError(f"beam size must be an integer >= 1, got {options.beam_size}")
+    if options.beam_size > 1 and (t > 0 or options.top_k or options.top_p):
+        raise DecodingOptionsError("beam search is deterministic: use it with temperature 0 and no top-k/top-p")
+    if int(options.max_length) != options.max_length or options.max_length < 1:
+        raise DecodingOptionsError(f"max length must be an integer >= 1, got {options.max_length}")
+    return options
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)  # (B, V)
+    x = x - x.max(axis=-1, keepdims=True)  # (B, V)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))  # (B, V)
+
+
+class LogitFilter(Protocol):
+    def apply(self, scores: np.ndarray) -> None:
+        """Sets the scores (float64 (B, V), logits / T) of excluded tokens to -inf, in place."""
+
+
+@dataclass(frozen=True)
+class TopK:
+    k: int
+
+    def apply(self, scores: np.ndarray) -> None:
+        if self.k >= scores.shape[-1]:
+            return
+        kth = np.partition(scores, -self.k, axis=-1)[:, -self.k, None]  # (B, 1)
+        scores[scores < kth] = -np.inf
+
+
+@dataclass(frozen=True)
+class TopP:
+    p: float
+
+    def apply(self, scores: np.ndarray) -> None:
+        if self.p >= 1.0:
+            return
+        order = np.argsort(-scores, axis=-1, kind="stable")  # (B, V)
+        ranked = np.take_along_axis(scores, order, axis=-1)  # (B, V)
+        probs = np.exp(ranked - ranked[:, :1])  # (B, V)
+        cumulative = np.cumsum(probs, axis=-1) / probs.sum(axis=-1, keepdims=True)  # (B, V)
+        drop = (cumulative - probs / probs.sum(axis=-1, keepdims=True)) >= self.p  # mass before this token
+        np.put_along_axis(scores, order, np.where(drop, -np.inf, ranked), axis=-1)
+
+
+def sample_from_scores(scores: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Inverse CDF: scores float64 (B, V) and one uniform in [0, 1) per row -> int64 (B,) tokens."""
+    probs = np.exp(scores - scores.max(axis=-1, keepdims=True))  # (B, V)
+    cdf = np.cumsum(probs, axis=-1)  # (B, V)
+    targets = uniforms * cdf[:, -1]  # (B,)
+    tokens = (cdf <= targets[:, None]).sum(axis=-1)  # (B,) first index whose cdf exceeds the target
+    return np.minimum(tokens, scores.shape[-1] - 1).astype(np.int64)
+
+
+class TokenDecoder(Protocol):
+    def start(self, batch: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """First tokens (B',) and the state rows to select for them (None: keep as encoded)."""
+
+    def update(self, logits: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Chooses the next tokens; returns them and the state rows that continue (None: all)."""
+
+    def finish(self) -> list[DecodingResult]:
+        """One result per image, in input order."""
+
+
+@dataclass
+class SamplingDecoder:
+    """Greedy (temperature 0) or temperature sampling; finished rows leave the batch at once."""
+
+    start_id: int
+    end_id: int
+    options: DecodingOptions
+    filters: Sequence[LogitFilter] = ()
+    _active: np.ndarray = field(init=False)  # (B',) the image index of each row still decoding
+    _tokens: list[list[int]] = field(init=False)
+    _logprobs: np.ndarray = field(init=False)
+    _finished: np.ndarray = field(init=False)
+    _rngs: list[np.random.Generator] = field(init=False)
+
+    def start(self, batch: int) -> tuple[np.ndarray, None]:
+        self._active = np.arange(batch)
+        self._tokens = [[] for _ in range(batch)]
+        self._logprobs = np.zeros(batch)
+        self._finished = np.zeros(batch, dtype=bool)
+        if self.options.temperature > 0:
+            seeds = ([self.options.seed] * batch if self.options.seed is not None
+                     else np.random.SeedSequence().spawn(batch))
+            self._rngs = [np.random.default_rng(s) for s in seeds]
+        return np.full(batch, self.start_id, dtype=np.int64), None
+
+    def update(self, logits: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        rows = np.arange(len(self._active))  # (B',)
+        if self.options.temperature == 0:
+            chosen = logits.argmax(axis=-1).astype(np.int64)  # (B',)
+        else:
+            scores = logits.astype(np.float64) / self.options.temperature  # (B', V)
+            for logit_filter in self.filters:
+                logit_filter.apply(scores)
+            uniforms = np.array([self._rngs[i].random() for i in self._active])  # (B',)
+            chosen = sample_from_scores(scores, uniforms)  # (B',)
+        self._logprobs[self._active] += log_softmax(logits)[rows, chosen]
+        done = chosen == self.end_id  # (B',)
+        for image, token, stop in zip(self._active, chosen, done):
+            if stop:
+                self._finished[image] = True
+            else:
+                self._tokens[image].append(int(token))
+        if not done.any():
+            return chosen, None
+        keep = np.flatnonzero(~done)  # (B'',)
+        self._active = self._active[keep]
+        return chosen[keep], keep
+
+    def finish(self) -> list[DecodingResult]:
+        return [DecodingResult(tuple(t), float(lp), bool(f))
+                for t, lp, f in zip(self._tokens, self._logprobs, self._finished)]
+
+
+@dataclass
+class BeamSearchDecoder:
+    """Beam search with the beams of every image as rows of one batch; an image leaves the
+    batch once it holds ``beam_size`` finished hypotheses. The best by summed log-probability wins."""
+
+    start_id: int
+    end_id: int
+    beam_size: int
+    _images: np.ndarray = field(init=False)  # (G,) image index of each group still searching
+    _scores: np.ndarray = field(init=False)  # (G * N,) summed log-probabilities of the live beams
+    _sequences: list[list[int]] = field(init=False)  # (G * N) token lists of the live beams
+    _done: list[list[tuple[float, tuple[int, ...], bool]]] = field(init=False)
+
+    def start(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        n = self.beam_size
+        self._images = np.arange(batch)
+        self._scores = np.tile(np.r_[0.0, np.full(n - 1, -np.inf)], batch)  # only beam 0 is live at first
+        self._sequences = [[] for _ in range(batch * n)]
+        self._done = [[] for _ in range(batch)]
+        return np.full(batch * n, self.start_id, dtype=np.int64), np.repeat(np.arange(batch), n)
+
+    def update(self, logits: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        n, vocab = self.beam_size, logits.shape[-1]
+        candidates = (self._scores[:, None] + log_softmax(logits)).reshape(len(self._images), n * vocab)  # (G, N*V)
+        best = np.argsort(-candidates, axis=-1, kind="stable")[:, : 2 * n]  # (G, 2N)
+        tokens, rows, scores, sequences, groups = [], [], [], [], []
+        for g, image in enumerate(self._images):
+            kept = 0
+            for flat in best[g]:
+                score = float(candidates[g, flat])
+                if score == -np.inf:
+                    break
+                row, token = g * n + flat // vocab, int(flat % vocab)
+                if token == self.end_id:
+                    self._done[image].append((score, tuple(self._sequences[row]), True))
+                elif kept < n:
+                    kept += 1
+                    tokens.append(token)
+                    rows.append(row)
+                    scores.append(score)
+                    sequences.append(self._sequences[row] + [token])
+                if len(self._done[image]) >= n:
+                    break
+            if len(self._done[image]) >= n:  # this image is done: drop its beams
+                del tokens[len(tokens) - kept:], rows[len(rows) - kept:], scores[len(scores) - kept:]
+                del sequences[len(sequences) - kept:]
+            else:
+                groups.append(image)
+                while kept < n:  # pad a group whose live candidates ran short with dead beams
+                    kept += 1
+                    tokens.append(self.end_id)
+                    rows.append(g * n)
+                    scores.append(-np.inf)
+                    sequences.append([])
+        self._images = np.asarray(groups, dtype=np.int64)
+        self._scores = np.asarray(scores, dtype=np.float64)
+        self._sequences = sequences
+        return np.asarray(tokens, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+
+    def finish(self) -> list[DecodingResult]:
+        n = self.beam_size
+        for g, image in enumerate(self._images):  # max length reached: live beams count as unfinished
+            for b in range(n):
+                if self._scores[g * n + b] > -np.inf:
+                    self._done[image].append((float(self._scores[g * n + b]), tuple(self._sequences[g * n + b]), False))
+        results = []
+        for hypotheses in self._done:
+            score, tokens, finished = max(hypotheses, key=lambda h: h[0])
+            results.append(DecodingResult(tokens, score, finished))
+        return results
+
+
+def build_decoder(options: DecodingOptions, start_id: int, end_id: int) -> TokenDecoder:
+    if options.beam_size > 1:
+        return BeamSearchDecoder(start_id, end_id, options.beam_size)
+    filters: list[LogitFilter] = []
+    if options.top_k is not None:
+        filters.append(TopK(int(options.top_k)))
+    if options.top_p is not None:
+        filters.append(TopP(float(options.top_p)))
+    return SamplingDecoder(start_id, end_id, options, filters)
+
+
+def decode(inference: Inference, images: np.ndarray, options: DecodingOptions, *, start_id: int, end_id: int,
+           decoder: Optional[TokenDecoder] = None) -> list[DecodingResult]:
+    """Captions a batch of preprocessed images (float32 (B, 3, H, W)); one result per image, in order."""
+    verify_options(options)
+    decoder = decoder or build_decoder(options, start_id, end_id)
+    state = inference.encode(images)
+    tokens, rows = decoder.start(len(images))
+    if rows is not None:
+        state = inference.select(state, rows)
+    for _ in range(options.max_length):
+        logits, state = inference.step(tokens, state)
+        tokens, rows = decoder.update(logits)
+        if len(tokens) == 0:
+            break
+        if rows is not None:
+            state = inference.select(state, rows)
+    return decoder.finish()
+
+
+__all__ = [
+    "BeamSearchDecoder", "DecodingOptions", "DecodingOptionsError", "DecodingResult", "Inference", "LogitFilter",
+    "SamplingDecoder", "TokenDecoder", "TopK", "TopP", "build_decoder", "decode", "log_softmax",
+    "sample_from_scores", "verify_options",
+]

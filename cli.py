@@ -19,9 +19,11 @@ def main() -> None:
 
 def _register() -> None:
     # Each stage's commands live with the stage; their modules import torch only inside commands.
+    from capkit.export.cli import export
+    from capkit.runtime.cli import caption
     from capkit.training.cli import data, eval_command, train
 
-    for command in (data, train, eval_command):
+    for command in (data, train, eval_command, export, caption):
         main.add_command(command)
 
 

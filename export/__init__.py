@@ -1,0 +1,37 @@
+"""Export: a checkpoint -> a bundle (two ONNX graphs + ``capkit.json``), checked against PyTorch.
+
+    from capkit.export import export_checkpoint
+    report = export_checkpoint("runs/latest")          # runs/<name>/bundle, with the parity check
+    print(report.render())
+
+Attributes are imported on first use: ``import capkit.export`` (and ``capkit.export.cli``) must
+not import torch, so that ``capkit --help`` and the runtime stay cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    **dict.fromkeys(["DEFAULT_OPSET", "DecoderStepGraph", "EncoderGraph", "ExportError", "ExportReport",
+                     "export_checkpoint", "export_model"], "onnx_export"),
+    **dict.fromkeys(["ParityReport", "check_bundle", "sample_images", "synthetic_images"], "checks"),
+    **dict.fromkeys(["QuantizationError", "VariantReport", "compare_variant", "convert_fp16", "quantize_int8"],
+                    "quantize"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'capkit.export' has no attribute {name!r}")
+    value = getattr(import_module(f"capkit.export.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -156,13 +156,18 @@ class CaptionModel(nn.Module):
         out, state = self._run_core(self.embed(tokens).unsqueeze(1), state)  # (B, 1, H)
         return self.head(out[:, 0]), state  # (B, V)
 
-    def forward(self, images: torch.Tensor, inputs: torch.Tensor, features: bool = False) -> torch.Tensor:
-        """Teacher forcing: ``inputs`` (B, T) = <start> w1 .. wn (padded) -> logits (B, T, V) for w1 .. <end>.
+    def forward(self, images: torch.Tensor, inputs: torch.Tensor, owners: Optional[torch.Tensor] = None,
+                features: bool = False) -> torch.Tensor:
+        """Teacher forcing: ``inputs`` (N, T) = <start> w1 .. wn (padded) -> logits (N, T, V) for w1 .. <end>.
 
-        With ``features=True`` ``images`` are the backbone's cached features (B, F) instead of pixels.
+        ``owners`` (N,) gives the image row of each caption, so that an image seen with several
+        captions is encoded once (default: caption i belongs to image i). With ``features=True``
+        ``images`` are the backbone's cached features (B, F) instead of pixels.
         """
         image_embedding = self.encoder.project(images) if features else self.encoder(images)  # (B, E)
-        state = self.state_from_image_embedding(image_embedding)  # each (L, B, H)
+        if owners is not None:
+            image_embedding = image_embedding.index_select(0, owners)  # (N, E)
+        state = self.state_from_image_embedding(image_embedding)  # each (L, N, H)
         out, _ = self._run_core(self.embed(inputs), state)  # (B, T, H)
         return self.head(out)  # (B, T, V)
 

@@ -188,7 +188,8 @@ class SamplingDecoder:
 @dataclass
 class BeamSearchDecoder:
     """Beam search with the beams of every image as rows of one batch; an image leaves the
-    batch once it holds ``beam_size`` finished hypotheses. The best by summed log-probability wins."""
+    batch once a finished hypothesis scores at least as well as all its live beams. The best by
+    summed log-probability wins."""
 
     start_id: int
     end_id: int
@@ -213,22 +214,25 @@ class BeamSearchDecoder:
         tokens, rows, scores, sequences, groups = [], [], [], [], []
         for g, image in enumerate(self._images):
             kept = 0
-            for flat in best[g]:
+            for rank, flat in enumerate(best[g]):
                 score = float(candidates[g, flat])
                 if score == -np.inf:
                     break
                 row, token = g * n + flat // vocab, int(flat % vocab)
                 if token == self.end_id:
-                    self._done[image].append((score, tuple(self._sequences[row]), True))
+                    if rank < n:  # an ending only counts among the N best candidates (so beam 1 is greedy)
+                        self._done[image].append((score, tuple(self._sequences[row]), True))
                 elif kept < n:
                     kept += 1
                     tokens.append(token)
                     rows.append(row)
                     scores.append(score)
                     sequences.append(self._sequences[row] + [token])
-                if len(self._done[image]) >= n:
-                    break
-            if len(self._done[image]) >= n:  # this image is done: drop its beams
+            # Scores only fall as a sequence grows: once a finished hypothesis scores at least as
+            # well as every live beam, none can beat it, so this image is done (drop its beams).
+            # (Stopping at N finished ones instead can drop a far better live beam.)
+            live_best = max(scores[len(scores) - kept:], default=-np.inf)
+            if kept == 0 or max((h[0] for h in self._done[image]), default=-np.inf) >= live_best:
                 del tokens[len(tokens) - kept:], rows[len(rows) - kept:], scores[len(scores) - kept:]
                 del sequences[len(sequences) - kept:]
             else:

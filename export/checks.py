@@ -1,0 +1,180 @@
+"""The export check: the bundle is valid ONNX, loads in ONNX Runtime, and computes what PyTorch computes.
+
+Parity is measured on >= 32 preprocessed images (synthetic ones, topped up to the minimum when the
+user gives fewer files):
+- the encoder's state and one decoder step (batch 1 and the whole batch): max abs error <= 1e-4;
+- full greedy decoding: the same token sequence for every image, ONNX Runtime through
+  :class:`~capkit.runtime.onnx_inference.OnnxInference` and PyTorch through
+  :class:`~capkit.training.torch_inference.TorchInference`, both in the one ``decode`` loop;
+- seeded temperature sampling: the same sequences too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from capkit.models import CaptionModel
+from capkit.runtime.bundle import Bundle
+from capkit.runtime.decoding import DecodingOptions, DecodingResult, decode
+from capkit.runtime.preprocess import ImageSource, PreprocessSpec, preprocess_batch
+from capkit.training.torch_inference import TorchInference
+
+TOLERANCE = 1e-4
+MIN_IMAGES = 32
+SAMPLING_TEMPERATURE = 0.7
+SAMPLING_SEED = 0
+
+
+def synthetic_images(n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` uint8 RGB images of varied sizes: a flat background, a rectangle of another colour, mild noise.
+
+    Different enough that even a random-weight CNN gives each a different state."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n):
+        h, w = (int(v) for v in rng.integers(24, 96, 2))
+        a = np.empty((h, w, 3), np.int16)
+        a[:] = rng.integers(0, 256, 3)
+        y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+        a[y:y + int(rng.integers(h // 4, h // 2 + 1)), x:x + int(rng.integers(w // 4, w // 2 + 1))] = rng.integers(0, 256, 3)
+        a += rng.integers(-12, 13, a.shape, dtype=np.int16)
+        images.append(np.clip(a, 0, 255).astype(np.uint8))
+    return images
+
+
+def sample_images(spec: PreprocessSpec, files: Sequence[ImageSource] = (), minimum: int = MIN_IMAGES,
+                  seed: int = 0) -> np.ndarray:
+    """The user's images (paths, arrays, ...) topped up with synthetic ones to ``minimum``, preprocessed
+    exactly as the runtime does it -> float32 (N, 3, crop, crop)."""
+    sources = list(files) + synthetic_images(max(0, minimum - len(files)), seed)
+    return preprocess_batch(sources, spec)  # (N, 3, H, W)
+
+
+@dataclass
+class ParityReport:
+    images: int
+    tolerance: float
+    encoder_max_abs: float  # over every state tensor
+    step_max_abs: dict[str, float]  # "batch 1" / "batch N": over logits and next state
+    greedy_equal: int  # images whose greedy token sequences are identical
+    greedy_distinct: int  # distinct greedy captions (a model that says the same for everything tests little)
+    sampled_equal: int
+    temperature: float
+    seed: int
+    logprob_max_abs: float  # over the greedy and sampled captions
+    problems: list[str] = field(default_factory=list)  # checker / load failures
+
+    @property
+    def passed(self) -> bool:
+        return (not self.problems and self.encoder_max_abs <= self.tolerance
+                and all(e <= self.tolerance for e in self.step_max_abs.values())
+                and self.greedy_equal == self.images and self.sampled_equal == self.images)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    def render(self) -> str:
+        steps = ", ".join(f"{e:.1e} ({batch})" for batch, e in self.step_max_abs.items())
+        lines = [f"parity vs PyTorch on {self.images} images (tolerance {self.tolerance:g}):",
+                 *(f"  PROBLEM: {p}" for p in self.problems),
+                 f"  encoder state max abs err {self.encoder_max_abs:.1e}",
+                 f"  decoder step max abs err {steps}",
+                 f"  greedy sequences equal {self.greedy_equal}/{self.images} ({self.greedy_distinct} distinct"
+                 + ("; one caption for every image makes this comparison weak)" if self.greedy_distinct < 2 else ")"),
+                 f"  sampled sequences (T={self.temperature:g}, seed {self.seed}) equal {self.sampled_equal}/{self.images}",
+                 f"  caption log-probability max abs diff {self.logprob_max_abs:.1e}",
+                 f"  {'PASSED' if self.passed else 'FAILED'}"]
+        return "\n".join(lines)
+
+
+def check_graphs(bundle: Bundle) -> list[str]:
+    """``onnx.checker`` (full check, with shape inference) on both graphs; one line per failure."""
+    import onnx
+
+    problems = []
+    for path in (bundle.encoder_path, bundle.decoder_path):
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except Exception as e:  # ValidationError, InferenceError
+            problems.append(f"{path.name}: onnx.checker: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+    return problems
+
+
+def _max_abs(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))) for x, y in zip(a, b))
+
+
+def _numpy(state: Any) -> list[np.ndarray]:
+    return [s.numpy() if hasattr(s, "numpy") else np.asarray(s) for s in state]
+
+
+def _same(a: list[DecodingResult], b: list[DecodingResult]) -> tuple[int, float]:
+    equal = sum(x.tokens == y.tokens for x, y in zip(a, b))
+    logprob = max((abs(x.logprob - y.logprob) for x, y in zip(a, b) if x.tokens == y.tokens), default=0.0)
+    return equal, logprob
+
+
+def check_bundle(model: CaptionModel, bundle: Bundle, images: Optional[np.ndarray] = None, *,
+                 tolerance: float = TOLERANCE, temperature: float = SAMPLING_TEMPERATURE, seed: int = SAMPLING_SEED,
+                 checker: bool = True) -> ParityReport:
+    """ONNX (CPU provider) against the PyTorch model on ``images`` (float32 (N, 3, H, W); None: 32 synthetic)."""
+    from capkit.runtime.onnx_inference import OnnxInference
+
+    manifest = bundle.manifest
+    if images is None:
+        images = sample_images(manifest.preprocess)
+    images = np.ascontiguousarray(images, dtype=np.float32)  # (N, 3, H, W)
+    problems = check_graphs(bundle) if checker else []
+    try:
+        onnx_inf = OnnxInference(bundle, device="cpu", io_binding=False)
+    except Exception as e:  # BundleError with a one-line reason
+        return ParityReport(len(images), tolerance, float("inf"), {}, 0, 0, 0, temperature, seed, float("inf"),
+                            problems + [str(e)])
+    torch_inf = TorchInference(model.eval(), next(model.parameters()).device)
+
+    onnx_state, torch_state = onnx_inf.encode(images), _numpy(torch_inf.encode(images))  # each (L, N, H)
+    encoder_err = _max_abs(onnx_state, torch_state)
+    tokens = np.random.default_rng(seed).integers(0, len(manifest.vocab), len(images))  # (N,)
+    step_err = {}
+    for label, rows in (("batch 1", np.arange(1)), (f"batch {len(images)}", np.arange(len(images)))):
+        state = [np.ascontiguousarray(s[:, rows]) for s in torch_state]  # the same input state for both
+        logits, next_state = onnx_inf.step(tokens[rows], tuple(state))  # (B, V)
+        ref_logits, ref_state = torch_inf.step(tokens[rows], tuple(torch.from_numpy(s).to(torch_inf.device) for s in state))
+        step_err[label] = max(_max_abs([logits], [ref_logits]), _max_abs(next_state, _numpy(ref_state)))
+
+    ids = {"start_id": manifest.vocab.start_id, "end_id": manifest.vocab.end_id}
+    greedy = DecodingOptions(max_length=manifest.max_length)
+    sampled = DecodingOptions(max_length=manifest.max_length, temperature=temperature, seed=seed)
+    onnx_greedy = decode(onnx_inf, images, greedy, **ids)
+    greedy_equal, greedy_lp = _same(onnx_greedy, decode(torch_inf, images, greedy, **ids))
+    sampled_equal, sampled_lp = _same(decode(onnx_inf, images, sampled, **ids), decode(torch_inf, images, sampled, **ids))
+    return ParityReport(
+        images=len(images), tolerance=tolerance, encoder_max_abs=encoder_err, step_max_abs=step_err,
+        greedy_equal=greedy_equal, greedy_distinct=len({r.tokens for r in onnx_greedy}), sampled_equal=sampled_equal,
+        temperature=temperature, seed=seed, logprob_max_abs=max(greedy_lp, sampled_lp), problems=problems)
+
+
+def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Files as given; folders: the image files directly inside, sorted."""
+    from PIL import Image
+
+    Image.init()
+    extensions = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    files: list[str] = []
+    for path in map(os.fspath, paths):
+        if os.path.isdir(path):
+            files += sorted(os.path.join(path, name) for name in os.listdir(path)
+                            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
+                            and os.path.isfile(os.path.join(path, name)))
+        else:
+            files.append(path)
+    return files
+
+
+__all__ = ["MIN_IMAGES", "ParityReport", "TOLERANCE", "check_bundle", "check_graphs", "image_files", "sample_images",
+           "synthetic_images"]

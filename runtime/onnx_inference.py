@@ -1,0 +1,219 @@
+"""ONNX Runtime behind the decoding loop: :class:`OnnxInference` (numpy and onnxruntime only, no torch).
+
+Two sessions are built once, one per graph of the bundle. A step feeds the token and the state
+to ``decoder_step.onnx`` by the tensor names of the manifest, and gets the logits and the next
+state back. Two ways to keep the state between steps:
+- plain ``session.run``: the state is a tuple of numpy arrays (the CPU default);
+- IO binding: the state is a tuple of ``OrtValue`` living on the session's device; each step binds
+  the previous step's state outputs as inputs, and only the logits are copied to the host (the
+  CUDA default; selectable on the CPU, where the tests exercise it).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import onnxruntime as ort
+
+from capkit.runtime.bundle import Bundle, BundleError, load_bundle
+from capkit.runtime.errors import CapkitError
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+GRAPH_OPTIMIZATIONS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+QUIET = 3  # ONNX Runtime log severity for our sessions: errors only (no "nodes not assigned to CUDA" notices)
+SILENT = 4  # while probing CUDA: fatal only (the CUDA provider logs its load failure as an error)
+DEFAULT_SEVERITY = 2  # ONNX Runtime's default logger severity (warnings)
+
+State = tuple  # numpy arrays (plain run) or OrtValues (IO binding); each (layers, B, hidden)
+
+
+class RuntimeUnavailableError(CapkitError):
+    """The requested device (or ONNX Runtime provider) cannot be used here; one line naming it."""
+
+
+class CpuFallbackWarning(RuntimeWarning):
+    """``device="auto"`` found the CUDA provider listed but unusable and runs on the CPU."""
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def session_options(threads: Optional[int], graph_optimization: str) -> ort.SessionOptions:
+    if graph_optimization not in GRAPH_OPTIMIZATIONS:
+        raise CapkitError(f"unknown graph optimization {graph_optimization!r}; one of {', '.join(GRAPH_OPTIMIZATIONS)}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise CapkitError(f"threads must be an integer >= 1, got {threads!r}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = GRAPH_OPTIMIZATIONS[graph_optimization]
+    options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (one per physical core)
+    options.log_severity_level = QUIET
+    return options
+
+
+class OnnxInference:
+    """The runtime's :class:`~capkit.runtime.decoding.Inference` over a bundle's two ONNX graphs.
+
+    ``device``: "cpu", "cuda" (RuntimeUnavailableError when CUDA does not work here) or "auto"
+    (CUDA where a session really gets the CUDA provider, else the CPU with one warning).
+    ``threads``: ONNX Runtime's intra-op threads (None: its default). ``graph_optimization``:
+    disabled | basic | extended | all. ``optimized_model_dir``: a cache folder for the optimised
+    graphs; a later start loads them with optimisation off, which is faster. ``io_binding``: keep
+    the state on the device between steps (None: on for CUDA, off for the CPU).
+    """
+
+    def __init__(self, bundle: Union[Bundle, str, os.PathLike], device: str = "auto", threads: Optional[int] = None,
+                 graph_optimization: str = "all", optimized_model_dir: Union[str, os.PathLike, None] = None,
+                 io_binding: Optional[bool] = None):
+        if device not in DEVICES:
+            raise RuntimeUnavailableError(f"unknown device {device!r}; one of {', '.join(DEVICES)}")
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self._options = session_options(threads, graph_optimization)
+        self._optimization = graph_optimization
+        self._cache = Path(optimized_model_dir) if optimized_model_dir is not None else None
+        self.device, self._encoder, self._decoder = self._open(device)
+        self.providers: list[str] = self._decoder.get_providers()
+        self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
+        self._device_id = 0
+        self._check_names()
+        enc, dec = self.bundle.manifest.encoder, self.bundle.manifest.decoder
+        # Names and output lists are built once, here, not per step.
+        self._image_name = enc.image_input
+        self._encoder_outputs = list(enc.state_outputs)
+        self._token_name = dec.token_input
+        self._state_inputs = list(dec.state_inputs)
+        self._decoder_outputs = [dec.logits_output, *dec.state_outputs]
+        if self.io_binding:
+            self._encoder_binding = self._encoder.io_binding()
+            self._decoder_binding = self._decoder.io_binding()
+
+    # -- sessions -------------------------------------------------------------------------------
+    def _session(self, path: Path, sha256: str, device: str, cache: bool = True) -> ort.InferenceSession:
+        providers = [(CUDA, {"device_id": 0}), CPU] if device == "cuda" else [CPU]
+        options, cached, fresh = self._options, None, None
+        if cache and self._cache is not None and self._optimization != "disabled":
+            self._cache.mkdir(parents=True, exist_ok=True)
+            cached = self._cache / f"{path.stem}-{sha256[:16]}-{device}-{self._optimization}-ort{ort.__version__}.onnx"
+            if cached.is_file():  # already optimised: load it as it is
+                options = session_options(self._options.intra_op_num_threads or None, "disabled")
+                path, cached = cached, None
+            else:
+                fresh = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+                options.optimized_model_filepath = str(fresh)
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # a corrupt graph, an operator this ONNX Runtime lacks, ...
+            if fresh is not None:
+                fresh.unlink(missing_ok=True)
+            raise BundleError(f"{path}: ONNX Runtime cannot load it ({_first_line(e)})") from None
+        finally:
+            options.optimized_model_filepath = ""
+        if fresh is not None and fresh.is_file():
+            os.replace(fresh, cached)  # whole files only, for concurrent starts
+        return session
+
+    def _sessions(self, device: str) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+        manifest = self.bundle.manifest
+        return (self._session(self.bundle.encoder_path, manifest.encoder.sha256, device),
+                self._session(self.bundle.decoder_path, manifest.decoder.sha256, device))
+
+    def _open(self, device: str) -> tuple[str, ort.InferenceSession, ort.InferenceSession]:
+        if device == "cpu":
+            return ("cpu", *self._sessions("cpu"))
+        if CUDA not in ort.get_available_providers():
+            if device == "cuda":
+                raise RuntimeUnavailableError("device cuda: this ONNX Runtime has no CUDA provider "
+                                              "(pip install onnxruntime-gpu)")
+            return ("cpu", *self._sessions("cpu"))  # a CPU-only ONNX Runtime: the CPU is expected, no warning
+        # The provider is listed; only a session tells whether it loads (GPU, CUDA and cuDNN libraries).
+        manifest = self.bundle.manifest
+        ort.set_default_logger_severity(SILENT)  # the provider's load failures are logged as errors; we say it once
+        try:
+            probe = self._session(self.bundle.decoder_path, manifest.decoder.sha256, "cuda", cache=False)
+        finally:
+            ort.set_default_logger_severity(DEFAULT_SEVERITY)  # no getter: back to ONNX Runtime's default
+        if probe.get_providers()[0] == CUDA:
+            return ("cuda", *self._sessions("cuda"))
+        if device == "cuda":
+            raise RuntimeUnavailableError("device cuda: ONNX Runtime cannot use CUDA here (no GPU, or the CUDA/cuDNN "
+                                          "libraries it needs are missing); use --device cpu")
+        warnings.warn("capkit: CUDA is not usable by ONNX Runtime here (no GPU, or CUDA/cuDNN libraries missing); "
+                      "running on the CPU", CpuFallbackWarning, stacklevel=3)
+        return ("cpu", *self._sessions("cpu"))
+
+    def _check_names(self) -> None:
+        """The manifest's tensor names must be the graphs' own: a clear error instead of a failing run."""
+        manifest = self.bundle.manifest
+        for session, graph, inputs, outputs in (
+                (self._encoder, manifest.encoder, [manifest.encoder.image_input], manifest.encoder.state_outputs),
+                (self._decoder, manifest.decoder, [manifest.decoder.token_input, *manifest.decoder.state_inputs],
+                 [manifest.decoder.logits_output, *manifest.decoder.state_outputs])):
+            have_in = {i.name for i in session.get_inputs()}
+            have_out = {o.name for o in session.get_outputs()}
+            missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
+            if missing:
+                raise BundleError(f"{self.bundle.folder}: {graph.file} has no tensor named {', '.join(missing)} "
+                                  "(the manifest and the graph disagree)")
+
+    # -- Inference ------------------------------------------------------------------------------
+    def encode(self, images: np.ndarray) -> State:
+        images = np.ascontiguousarray(images, dtype=np.float32)  # (B, 3, H, W)
+        if not self.io_binding:
+            return tuple(self._encoder.run(self._encoder_outputs, {self._image_name: images}))  # each (L, B, H)
+        binding = self._encoder_binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_cpu_input(self._image_name, images)  # copied to the device
+        for name in self._encoder_outputs:
+            binding.bind_output(name, self.device, self._device_id)  # allocated on the device by ONNX Runtime
+        self._encoder.run_with_iobinding(binding)
+        return tuple(binding.get_outputs())  # OrtValues on the device, each (L, B, H)
+
+    def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)  # (B,)
+        if not self.io_binding:
+            feed = dict(zip(self._state_inputs, state))
+            feed[self._token_name] = tokens
+            logits, *state = self._decoder.run(self._decoder_outputs, feed)  # (B, V)
+            return logits, tuple(state)
+        binding = self._decoder_binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_cpu_input(self._token_name, tokens)
+        for name, value in zip(self._state_inputs, state):
+            binding.bind_ortvalue_input(name, value)  # last step's output, still on the device
+        binding.bind_output(self._decoder_outputs[0], "cpu")  # only the logits come to the host
+        for name in self._decoder_outputs[1:]:
+            binding.bind_output(name, self.device, self._device_id)
+        self._decoder.run_with_iobinding(binding)
+        logits, *state = binding.get_outputs()
+        return logits.numpy(), tuple(state)  # (B, V)
+
+    def select(self, state: State, rows: np.ndarray) -> State:
+        rows = np.asarray(rows, dtype=np.int64)  # (B',)
+        if not self.io_binding:
+            return tuple(np.ascontiguousarray(s[:, rows]) for s in state)  # each (L, B', H)
+        # Rare (once per finished row, or per beam step): through the host and back.
+        return tuple(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[:, rows]), self.device,
+                                                      self._device_id) for value in state)  # each (L, B', H)
+
+    def __repr__(self) -> str:
+        return f"OnnxInference({str(self.bundle.folder)!r}, device={self.device!r}, io_binding={self.io_binding})"
+
+
+def available_devices() -> list[str]:
+    """The devices this ONNX Runtime lists a provider for (listed is not the same as usable)."""
+    return ["cpu"] + (["cuda"] if CUDA in ort.get_available_providers() else [])
+
+
+__all__ = ["CpuFallbackWarning", "OnnxInference", "RuntimeUnavailableError", "available_devices", "session_options"]

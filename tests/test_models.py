@@ -1,0 +1,83 @@
+"""Model shapes, the two-piece form (image step + one decoding step) against teacher forcing."""
+
+import pytest
+import torch
+
+from capkit.models import CaptionModel, CaptionModelConfig, build_backbone
+
+
+def tiny(decoder="lstm", layers=1, encoder="resnet18", **kw):
+    torch.manual_seed(0)
+    return CaptionModel(CaptionModelConfig(vocab_size=30, encoder=encoder, decoder=decoder, layers=layers,
+                                           embed_dim=16, hidden_dim=24, **kw)).eval()
+
+
+@pytest.mark.parametrize("decoder, layers", [("lstm", 1), ("rnn", 2), ("gru", 1), ("lstm", 2)])
+def test_shapes_and_stepwise_equals_teacher_forcing(decoder, layers):
+    model = tiny(decoder, layers)
+    images = torch.randn(3, 3, 32, 32)  # (B, 3, H, W)
+    inputs = torch.randint(4, 30, (3, 6))  # (B, T)
+    inputs[:, 0] = 1
+    with torch.no_grad():
+        full = model(images, inputs)  # (B, T, V)
+        state = model.image_step(images)
+        assert len(state) == (2 if decoder == "lstm" else 1)
+        assert all(s.shape == (layers, 3, 24) for s in state)
+        steps = []
+        for t in range(inputs.shape[1]):
+            logits, state = model.step(inputs[:, t], state)  # (B, V)
+            steps.append(logits)
+    assert full.shape == (3, 6, 30)
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=0)
+
+
+def test_owners_encode_each_image_once_for_several_captions():
+    model = tiny()
+    images = torch.randn(2, 3, 32, 32)
+    inputs = torch.randint(4, 30, (3, 5))
+    owners = torch.tensor([0, 0, 1])
+    with torch.no_grad():
+        shared = model(images, inputs, owners)
+        repeated = model(images[owners], inputs)
+    torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=0)
+
+
+def test_cached_features_give_the_same_logits():
+    model = tiny(freeze_encoder=True)
+    images, inputs = torch.randn(2, 3, 32, 32), torch.randint(4, 30, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(model.encoder.features(images), inputs, features=True), model(images, inputs))
+
+
+@pytest.mark.parametrize("name, width", [("resnet18", 512), ("resnet50", 2048), ("mobilenet_v3_small", 576)])
+def test_backbones_lose_their_classifier(name, width):
+    backbone, feature_dim = build_backbone(name)
+    assert feature_dim == width
+    with torch.no_grad():
+        assert backbone.eval()(torch.randn(1, 3, 64, 64)).flatten(1).shape == (1, width)
+
+
+def test_frozen_encoder_has_no_trainable_backbone_and_keeps_batchnorm_in_eval():
+    model = tiny(freeze_encoder=True)
+    model.train()
+    assert not any(p.requires_grad for p in model.encoder.backbone.parameters())
+    assert all(p.requires_grad for p in model.encoder.project.parameters())
+    assert not model.encoder.backbone.training and model.core.training
+
+
+def test_encoder_weights_file_is_loaded(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18()
+    torch.nn.init.constant_(reference.conv1.weight, 0.125)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = CaptionModel(CaptionModelConfig(vocab_size=30, encoder="resnet18", embed_dim=16, hidden_dim=24), path)
+    assert torch.all(model.encoder.backbone.conv1.weight == 0.125)
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="unknown encoder"):
+        build_backbone("resnet_nonexistent")
+    with pytest.raises(ValueError, match="unknown decoder"):
+        CaptionModelConfig(vocab_size=30, decoder="transformer")

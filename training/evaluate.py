@@ -1,0 +1,100 @@
+"""BLEU-1..4 and CIDEr with pycocoevalcap's scorers, greedy and over a list of temperatures.
+
+Works with any :class:`capkit.runtime.decoding.Inference`: the PyTorch model through
+``TorchInference`` or an exported bundle through the runtime's ONNX inference. Captions and
+references are tokenised with the vocabulary's tokenizer (lower-case words, no punctuation),
+which stands in for the Java PTB tokenizer of the COCO toolkit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from capkit.runtime.decoding import DecodingOptions, Inference, decode, verify_options
+from capkit.runtime.preprocess import ImageError, PreprocessSpec, preprocess
+from capkit.runtime.vocab import Vocabulary, tokenize
+from capkit.training.datasets import CaptionedImage
+
+DEFAULT_TEMPERATURES = (0.0, 0.1, 0.2, 0.7, 1.0, 1.5, 2.0)  # the seed report's Table 2
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    temperature: float
+    bleu1: float
+    bleu2: float
+    bleu3: float
+    bleu4: float
+    cider: float
+    images: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def score_captions(references: dict[str, Sequence[str]], hypotheses: dict[str, str]) -> dict[str, float]:
+    """Corpus BLEU-1..4 and CIDEr of one hypothesis per image against its references."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    gts = {k: [" ".join(tokenize(r)) for r in refs] for k, refs in references.items()}
+    res = {k: [" ".join(tokenize(hypotheses[k])) or "<empty>"] for k in references}
+    with contextlib.redirect_stdout(io.StringIO()):  # the BLEU scorer prints its internals
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        cider, _ = Cider().compute_score(gts, res)
+    return {"bleu1": bleu[0], "bleu2": bleu[1], "bleu3": bleu[2], "bleu4": bleu[3], "cider": float(cider)}
+
+
+def generate_captions(inference: Inference, vocab: Vocabulary, spec: PreprocessSpec, records: Sequence[CaptionedImage],
+                      temperatures: Sequence[float], *, seed: int = 0, max_length: int = 20, batch_size: int = 32,
+                      progress: bool = True, warn: Callable[[str], None] = print) -> dict[float, dict[str, str]]:
+    """{temperature: {image_id: caption}}; each batch of images is preprocessed once for all temperatures."""
+    options = {t: verify_options(DecodingOptions(temperature=t, seed=seed, max_length=max_length)) for t in temperatures}
+    captions: dict[float, dict[str, str]] = {t: {} for t in temperatures}
+    for start in tqdm(range(0, len(records), batch_size), desc="captioning", disable=not progress, leave=False):
+        rows, ids = [], []
+        for record in records[start:start + batch_size]:
+            try:
+                rows.append(preprocess(record.image, spec))  # (3, H, W)
+                ids.append(record.image_id)
+            except ImageError as e:
+                warn(f"skipping unreadable image: {e}")
+        if not rows:
+            continue
+        pixels = np.stack(rows)  # (B, 3, H, W)
+        for t, opts in options.items():
+            for image_id, result in zip(ids, decode(inference, pixels, opts, start_id=vocab.start_id, end_id=vocab.end_id)):
+                captions[t][image_id] = vocab.decode(result.tokens)
+    return captions
+
+
+def evaluate(inference: Inference, vocab: Vocabulary, spec: PreprocessSpec, records: Sequence[CaptionedImage],
+             temperatures: Sequence[float] = DEFAULT_TEMPERATURES, *, seed: int = 0, max_length: int = 20,
+             batch_size: int = 32, limit: Optional[int] = None, progress: bool = True,
+             warn: Callable[[str], None] = print) -> list[EvalResult]:
+    records = list(records)[:limit] if limit else list(records)
+    captions = generate_captions(inference, vocab, spec, records, temperatures, seed=seed, max_length=max_length,
+                                 batch_size=batch_size, progress=progress, warn=warn)
+    results = []
+    for t in temperatures:
+        references = {r.image_id: r.captions for r in records if r.image_id in captions[t]}
+        if not references:
+            raise ValueError("no readable image to evaluate")
+        scores = score_captions(references, captions[t])
+        results.append(EvalResult(temperature=t, images=len(references), **scores))
+    return results
+
+
+def format_table(results: Sequence[EvalResult]) -> str:
+    """The seed report's Table 2 layout: one row per temperature."""
+    lines = [f"{'Temperature':>11}  {'BLEU-1':>6}  {'BLEU-2':>6}  {'BLEU-3':>6}  {'BLEU-4':>6}  {'CIDEr':>6}"]
+    for r in results:
+        label = "0 (greedy)" if r.temperature == 0 else f"{r.temperature:g}"
+        lines.append(f"{label:>11}  {r.bleu1:6.3f}  {r.bleu2:6.3f}  {r.bleu3:6.3f}  {r.bleu4:6.3f}  {r.cider:6.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,418 @@
+"""The training loop: teacher forcing, cross-entropy over real tokens, Adam with L2, per-epoch
+validation loss and perplexity, best/last checkpoints written atomically, resume, early stopping,
+and DistributedDataParallel when started by torchrun (``RANK`` set; only rank 0 writes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from capkit.models import CaptionModel, CaptionModelConfig
+from capkit.runtime.bundle import RUNS_DIR
+from capkit.runtime.errors import CapkitError
+from capkit.runtime.vocab import Vocabulary
+from capkit.training.checkpoint import BEST, LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
+from capkit.training.data import Batch, CaptionedImages, collate, compute_features, resolve_dataset, spec_for_backbone
+from capkit.runtime.preprocess import PreprocessSpec
+
+
+class TrainingError(CapkitError):
+    """Training stopped on a problem (non-finite loss, bad data, bad options); one line."""
+
+
+@dataclass
+class TrainConfig:
+    data: Optional[str] = None  # dataset source (see datasets.load_dataset); None: the built-in synthetic set
+    images: Optional[str] = None  # image folder, for sources that need one (COCO JSON, Flickr token file)
+    synthetic_count: int = 2400  # images in the generated synthetic set (80/10/10 split)
+    image_size: Optional[int] = None  # square input side; None: the backbone's own preset (64 for synthetic)
+    epochs: int = 12  # passes over the training images
+    batch_size: int = 32  # images per step; each brings all its captions (up to captions_per_image)
+    captions_per_image: int = 5  # COCO has five; the image is encoded once for all of them
+    lr: float = 1e-3  # Adam, the seed's Table 1
+    weight_decay: float = 1e-5  # L2 penalty, the seed's Table 1
+    grad_clip: float = 5.0  # max gradient norm; keeps recurrent training stable
+    min_count: int = 1  # words seen fewer times map to <unk> (5 is usual for COCO)
+    max_length: int = 20  # longest training caption (tokens after <start>) and default decoding length
+    patience: Optional[int] = None  # stop after this many epochs without a better validation loss
+    cache_features: bool = False  # with a frozen encoder: compute backbone features once, train on them
+    encoder_weights: Optional[str] = None  # local weights file for the backbone (weights_only load)
+    embeddings: Optional[str] = None  # GloVe / word2vec text file for the word embedding
+    device: str = "auto"  # auto | cpu | cuda
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0  # model init, data order, synthetic data
+    max_steps: Optional[int] = None  # stop after this many optimiser steps (smoke tests)
+    out: str = str(RUNS_DIR)  # runs folder
+    name: Optional[str] = None  # run folder name; default: encoder-decoder-timestamp
+    progress: bool = True  # progress bars (rank 0 only)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    best_val_loss: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_images: int = 0
+    stopped: str = "completed"  # completed | early-stopping | max-steps | interrupted
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: no CUDA device is available to PyTorch")
+    if name not in ("cpu", "cuda"):
+        raise TrainingError(f"unknown device {name!r}; auto, cpu or cuda")
+    return torch.device(name)
+
+
+@dataclass
+class Distributed:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1 or "RANK" in os.environ
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        if "RANK" not in os.environ:
+            return cls()
+        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+
+    def setup(self, device: torch.device) -> torch.device:
+        if not self.enabled:
+            return device
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        return device
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+    def broadcast_flag(self, flag: bool, device: torch.device) -> bool:
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def teardown(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy over real tokens, number of real tokens); padding is ignored."""
+    total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id, reduction="sum")  # ()
+    return total, (targets != pad_id).sum()
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _link_latest(run_dir: Path) -> None:
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(run_dir.name, tmp)
+    os.replace(tmp, latest)
+
+
+def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Train and validation loss per epoch (the seed's Figures 2-4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy per token")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _build_model(config: TrainConfig, model_config: CaptionModelConfig, vocab: Vocabulary, log) -> CaptionModel:
+    model = CaptionModel(model_config, encoder_weights=config.encoder_weights)
+    if config.embeddings:
+        from capkit.training.embeddings import load_word_vectors
+
+        vectors, coverage, found = load_word_vectors(config.embeddings, vocab, model_config.embed_dim)
+        with torch.no_grad():
+            model.embed.weight.copy_(vectors)
+        log(f"embeddings: {found} of {len(vocab) - 4} vocabulary words found in {config.embeddings} ({coverage:.1%})")
+    return model
+
+
+class _Run:
+    """One training run's state; ``train()`` below drives it."""
+
+    def __init__(self, config: TrainConfig, model_config: Optional[CaptionModelConfig], resume: Optional[Path], log):
+        self.dist = Distributed.from_env()
+        self.log = log if self.dist.master else (lambda *_: None)
+        self.device = self.dist.setup(resolve_device(config.device))
+        payload = None
+        if resume is not None:
+            payload = load_checkpoint(resolve_checkpoint(resume, LAST))
+            config = TrainConfig.from_dict({**payload["train_config"], **{k: getattr(config, k) for k in ("epochs", "patience", "max_steps", "device", "progress", "num_workers")}})
+        self.config = config
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        if self.dist.enabled and not self.dist.master:
+            dist.barrier()  # rank 0 generates the synthetic set (if needed) first
+        source, splits = resolve_dataset(config.data, config.images, synthetic_count=config.synthetic_count,
+                                         synthetic_seed=config.seed, progress=config.progress and self.dist.master)
+        if self.dist.enabled and self.dist.master:
+            dist.barrier()
+        self.splits = splits
+        if not splits.get("train"):
+            raise TrainingError(f"{source}: the training split is empty")
+        if not splits.get("val"):
+            raise TrainingError(f"{source}: the validation split is empty")
+        if payload is not None:
+            self.vocab = Vocabulary(tuple(payload["vocab"]))
+            model_config = CaptionModelConfig.from_dict(payload["model_config"])
+            self.spec = PreprocessSpec.from_dict(payload["preprocess"])
+        else:
+            self.vocab = Vocabulary.build((c for r in splits["train"] for c in r.captions), config.min_count)
+            model_config = model_config or CaptionModelConfig(vocab_size=len(self.vocab))
+            model_config.vocab_size = len(self.vocab)
+            image_size = config.image_size or (64 if config.data in (None, "synthetic") else None)
+            self.spec = spec_for_backbone(model_config.encoder, image_size)
+        if config.cache_features and not model_config.freeze_encoder:
+            raise TrainingError("--cache-features needs --freeze-encoder (features of a trained backbone change)")
+        self.model_config = model_config
+        self.source = source
+        self.model = _build_model(config, model_config, self.vocab, self.log) if payload is None else CaptionModel(
+            CaptionModelConfig.from_dict({**payload["model_config"], "pretrained": False}))
+        if payload is not None:
+            self.model.load_state_dict(payload["model"])
+        self.model.to(self.device)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.epoch, self.step, self.best_val_loss, self.history = 0, 0, math.inf, []
+        self.name = config.name or time.strftime(f"{model_config.encoder}-{model_config.decoder}-%Y%m%d-%H%M%S")
+        self.run_dir = Path(config.out) / self.name
+        if payload is not None:
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.epoch, self.step = payload["epoch"], payload["step"]
+            self.best_val_loss, self.history = payload["best_val_loss"], payload["history"]
+            self.name, self.run_dir = payload["run_name"], Path(resume) if Path(resume).is_dir() else Path(resume).parent
+            _set_rng_state(payload["rng"])
+        self.ddp_model = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                          if self.dist.enabled else self.model)
+        self.skipped: dict[str, str] = {}
+        self.loaders = {split: self._loader(split) for split in ("train", "val")}
+
+    def _loader(self, split: str) -> DataLoader:
+        features = None
+        if self.config.cache_features:
+            features = compute_features(self.model.encoder, self.splits[split], self.spec, self.device,
+                                        progress=self.config.progress and self.dist.master, desc=f"{split} features")
+        dataset = CaptionedImages(self.splits[split], self.vocab, self.spec, self.config.max_length,
+                                  self.config.captions_per_image, features)
+        if self.dist.enabled:
+            sampler = DistributedSampler(dataset, shuffle=split == "train", seed=self.config.seed)
+        else:
+            sampler = RandomSampler(dataset) if split == "train" else None
+        # A last training batch of one image would break batch norm in train mode: drop the remainder.
+        drop_last = split == "train" and len(dataset) // self.dist.world_size > self.config.batch_size
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, collate_fn=collate,
+                          num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
+                          drop_last=drop_last)
+
+    def _note_skipped(self, batch: Batch) -> None:
+        for path, reason in batch.skipped:
+            if path not in self.skipped:
+                self.skipped[path] = reason
+                if self.dist.master:
+                    warnings.warn(f"skipping unreadable image: {reason}")
+
+    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.ddp_model(batch.images, batch.inputs, batch.owners, features=self.config.cache_features)  # (N, T, V)
+        return token_loss(logits, batch.targets, self.vocab.pad_id)
+
+    def train_epoch(self) -> tuple[float, bool]:
+        """Mean training token loss of the epoch, and whether max_steps was reached."""
+        self.model.train()
+        loader = self.loaders["train"]
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(self.epoch)
+        totals = torch.zeros(2, device=self.device)  # (loss sum, tokens)
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
+                   disable=not (self.config.progress and self.dist.master))
+        for batch in bar:
+            self._note_skipped(batch)
+            if len(batch.images) < 2 and not self.config.cache_features:
+                continue  # nothing left, or a single image (batch norm needs two in train mode)
+            batch = batch.to(self.device)
+            loss_sum, tokens = self._loss(batch)
+            loss = loss_sum / tokens.clamp(min=1)
+            if self.dist.broadcast_flag(not torch.isfinite(loss).item(), self.device):
+                raise TrainingError(f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; "
+                                    f"stopped, the last good checkpoint is {self.run_dir / LAST}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            totals += torch.stack([loss_sum.detach(), tokens.to(totals.dtype)])
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if self.config.max_steps is not None and self.step >= self.config.max_steps:
+                break
+        totals = self.dist.all_sum(totals)
+        reached = self.config.max_steps is not None and self.step >= self.config.max_steps
+        return (totals[0] / totals[1].clamp(min=1)).item(), reached
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.model.eval()
+        totals = torch.zeros(2, device=self.device)
+        for batch in tqdm(self.loaders["val"], desc="validation", leave=False,
+                          disable=not (self.config.progress and self.dist.master)):
+            self._note_skipped(batch)
+            if not len(batch.owners):
+                continue
+            loss_sum, tokens = self._loss(batch.to(self.device))
+            totals += torch.stack([loss_sum, tokens.to(totals.dtype)])
+        totals = self.dist.all_sum(totals)
+        return (totals[0] / totals[1].clamp(min=1)).item()
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "model_config": self.model_config.to_dict(),
+            "model": self.model.state_dict(),
+            "vocab": list(self.vocab.words),
+            "preprocess": self.spec.to_dict(),
+            "max_length": self.config.max_length,
+            "train_config": asdict(self.config),
+            "run_name": self.name,
+            "data_source": self.source,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_val_loss": self.best_val_loss,
+            "history": self.history,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(),
+        }
+
+    def save(self, *names: str) -> None:
+        if not self.dist.master:
+            return
+        payload = self.payload()
+        for name in names:
+            save_checkpoint(payload, self.run_dir / name)
+
+
+def train(config: Optional[TrainConfig] = None, model_config: Optional[CaptionModelConfig] = None,
+          resume: Optional[str | os.PathLike] = None, log=print) -> TrainResult:
+    """Trains (or resumes, from ``resume``'s ``last.pt``) and returns where the run was written."""
+    config = config or TrainConfig()
+    run = _Run(config, model_config, Path(resume) if resume is not None else None, log)
+    config = run.config
+    try:
+        if run.dist.master:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(run.run_dir / "config.json", {"train": asdict(config), "model": run.model_config.to_dict(),
+                                                       "preprocess": run.spec.to_dict(), "data_source": run.source})
+            _link_latest(run.run_dir)
+            n_params = sum(p.numel() for p in run.model.parameters())
+            run.log(f"run {run.run_dir}: {run.model_config.encoder} + {run.model_config.layers}-layer "
+                    f"{run.model_config.decoder}, {n_params / 1e6:.1f}M parameters, vocabulary {len(run.vocab)}, "
+                    f"{len(run.splits['train'])} train / {len(run.splits['val'])} val images, device {run.device}"
+                    + (f", resuming after epoch {run.epoch}" if resume is not None else ""))
+        stopped, stale = "completed", 0
+        try:
+            while run.epoch < config.epochs:
+                started = time.time()
+                train_loss, reached = run.train_epoch()
+                val_loss = run.validate()
+                run.epoch += 1
+                entry = {"epoch": run.epoch, "step": run.step, "train_loss": train_loss, "val_loss": val_loss,
+                         "val_perplexity": math.exp(min(val_loss, 50.0)), "seconds": round(time.time() - started, 2)}
+                run.history.append(entry)
+                improved = val_loss < run.best_val_loss
+                if improved:
+                    run.best_val_loss = val_loss
+                run.save(*((LAST, BEST) if improved else (LAST,)))
+                if run.dist.master:
+                    _write_json(run.run_dir / "history.json", run.history)
+                    plot_history(run.history, run.run_dir / "loss.png", f"{run.name}")
+                run.log(f"epoch {run.epoch}/{config.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                        f"val perplexity {entry['val_perplexity']:.2f} ({entry['seconds']:.0f}s)" + (" *best" if improved else ""))
+                stale = 0 if improved else stale + 1
+                if reached:
+                    stopped = "max-steps"
+                    break
+                if config.patience is not None and stale >= config.patience:
+                    stopped = "early-stopping"
+                    run.log(f"early stopping: no better validation loss for {stale} epochs")
+                    break
+        except KeyboardInterrupt:
+            run.save(LAST)
+            stopped = "interrupted"
+            run.log(f"interrupted: saved {run.run_dir / LAST}; continue with `capkit train --resume {run.run_dir}`")
+        if run.skipped:
+            run.log(f"skipped {len(run.skipped)} unreadable image(s); first: {next(iter(run.skipped.values()))}")
+        return TrainResult(run.run_dir, run.epoch, run.best_val_loss, run.history, len(run.skipped), stopped)
+    finally:
+        run.dist.teardown()

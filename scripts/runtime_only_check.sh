@@ -88,4 +88,12 @@ output=$("$work/venv/bin/capkit" caption "$image" --model "$bundle" --device cpu
 "$py" -c 'import json, sys; d = json.loads(sys.argv[1]); assert "caption" in d and isinstance(d["tokens"], list), d' \
   "$output" || fail "unexpected output: $output"
 echo "$output"
+
+# --checkpoint needs PyTorch: without it, one line saying so and exit status 1, no traceback.
+set +e
+message=$("$work/venv/bin/capkit" caption "$image" --checkpoint "$work/none.pt" 2>&1)
+status=$?
+set -e
+[ "$status" -eq 1 ] && [ "$(printf '%s\n' "$message" | wc -l)" -eq 1 ] && [[ "$message" == *"needs PyTorch"* ]] \
+  || fail "--checkpoint without torch: exit $status, output: $message"
 echo "runtime-only: OK in $(( $(date +%s) - started ))s" >&2

@@ -19,11 +19,12 @@ def main() -> None:
 
 def _register() -> None:
     # Each stage's commands live with the stage; their modules import torch only inside commands.
+    from capkit.export.bench_cli import bench
     from capkit.export.cli import export
     from capkit.runtime.cli import caption
     from capkit.training.cli import data, eval_command, train
 
-    for command in (data, train, eval_command, export, caption):
+    for command in (data, train, eval_command, export, caption, bench):
         main.add_command(command)
 
 

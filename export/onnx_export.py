@@ -4,7 +4,10 @@ Graph contract (docs/bundle.md has the full format):
 - ``encoder.onnx``: ``image`` float32 (B, 3, H, W) -> the state, ``h`` (and ``c`` for an LSTM), each
   float32 (layers, B, hidden);
 - ``decoder_step.onnx``: ``token`` int64 (B,) and the state -> ``logits`` float32 (B, V) and the
-  next state, ``h_next`` (and ``c_next``).
+  next state, ``h_next`` (and ``c_next``), then the greedy choice ``next_token`` int64 (B,) =
+  argmax(logits) and ``next_logprob`` float64 (B,), its log-softmax (see
+  :func:`capkit.models.captioning.greedy_choice`): a greedy loop fetches these and never copies the
+  vocabulary-sized logits out of the graph.
 The batch axis is dynamic in both graphs.
 
 Exporter choice. The TorchScript exporter (``dynamo=False``) is used for opsets below 18, so for
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from capkit.models import CaptionModel
+from capkit.models import CaptionModel, greedy_choice
 from capkit.runtime import bundle as bundle_format  # its EncoderGraph/DecoderGraph are the manifest entries
 from capkit.runtime.bundle import DECODER_FILE, DEFAULT_BUNDLE, ENCODER_FILE, Bundle, Manifest, load_bundle, sha256_file
 from capkit.runtime.errors import CapkitError
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = 17
 FIRST_DYNAMO_OPSET = 18  # the torch.export-based exporter implements opset 18 and later only
 IMAGE_INPUT, TOKEN_INPUT, LOGITS_OUTPUT = "image", "token", "logits"
+NEXT_TOKEN_OUTPUT, NEXT_LOGPROB_OUTPUT = "next_token", "next_logprob"
 NEXT_SUFFIX = "_next"  # the decoder's state outputs: h -> h_next, c -> c_next
 SINGLE_FILE_LIMIT = 1_900_000_000  # protobuf's 2 GB limit, with room for the graph itself
 EXAMPLE_BATCH = 2  # not 1, so that no exporter can specialise the batch axis to 1
@@ -70,15 +74,19 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderStepGraph(nn.Module):
-    """token (B,) and state tensors -> logits (B, V) and the next state tensors: ``decoder_step.onnx``."""
+    """token (B,) and state tensors -> logits (B, V), the next state tensors and (``greedy``) the
+    greedy token (B,) and its log-probability (B,): ``decoder_step.onnx``."""
 
-    def __init__(self, model: CaptionModel):
+    def __init__(self, model: CaptionModel, greedy: bool = True):
         super().__init__()
         self.model = model
+        self.greedy = greedy
 
     def forward(self, token: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits, next_state = self.model.step(token, tuple(state))  # (B, V)
-        return (logits, *next_state)
+        if not self.greedy:
+            return (logits, *next_state)
+        return (logits, *next_state, *greedy_choice(logits))  # ..., (B,) int64, (B,) float64
 
 
 @contextlib.contextmanager
@@ -156,8 +164,11 @@ def _versions() -> dict[str, str]:
 
 def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, max_length: int,
                  out_dir: str | os.PathLike, *, opset: int = DEFAULT_OPSET, provenance: Optional[dict[str, Any]] = None,
-                 dynamo: Optional[bool] = None) -> Bundle:
+                 dynamo: Optional[bool] = None, greedy_outputs: bool = True) -> Bundle:
     """Writes ``encoder.onnx``, ``decoder_step.onnx`` and ``capkit.json`` into ``out_dir``; returns the loaded bundle.
+
+    ``greedy_outputs``: the step graph also computes the greedy token and its log-probability
+    (``next_token``, ``next_logprob``); False writes the plain contract of older bundles.
 
     ``dynamo`` None picks the exporter by opset (TorchScript below 18, torch.export from 18, see
     the module docstring). The model is exported in eval mode on its own device; its training
@@ -175,6 +186,7 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(model.config.state_names)
     next_names = [n + NEXT_SUFFIX for n in names]
+    greedy_names = [NEXT_TOKEN_OUTPUT, NEXT_LOGPROB_OUTPUT] if greedy_outputs else []
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -191,10 +203,10 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
             try:
                 _export_graph(EncoderGraph(model).eval(), (images,), staged[ENCODER_FILE], [IMAGE_INPUT], names,
                               {IMAGE_INPUT: 0, **{n: 1 for n in names}}, opset, use_dynamo)
-                _export_graph(DecoderStepGraph(model).eval(), (tokens, *state), staged[DECODER_FILE],
-                              [TOKEN_INPUT, *names], [LOGITS_OUTPUT, *next_names],
-                              {TOKEN_INPUT: 0, LOGITS_OUTPUT: 0, **{n: 1 for n in names + next_names}}, opset,
-                              use_dynamo)
+                _export_graph(DecoderStepGraph(model, greedy_outputs).eval(), (tokens, *state), staged[DECODER_FILE],
+                              [TOKEN_INPUT, *names], [LOGITS_OUTPUT, *next_names, *greedy_names],
+                              {TOKEN_INPUT: 0, LOGITS_OUTPUT: 0, **{n: 1 for n in names + next_names},
+                               **{n: 0 for n in greedy_names}}, opset, use_dynamo)
             except CapkitError:
                 raise
             except Exception as e:
@@ -209,7 +221,7 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
         vocab=vocab, preprocess=spec, max_length=int(max_length),
         encoder=bundle_format.EncoderGraph(ENCODER_FILE, sha256_file(out_dir / ENCODER_FILE), IMAGE_INPUT, tuple(names)),
         decoder=bundle_format.DecoderGraph(DECODER_FILE, sha256_file(out_dir / DECODER_FILE), TOKEN_INPUT, tuple(names),
-                             LOGITS_OUTPUT, tuple(next_names)),
+                                           LOGITS_OUTPUT, tuple(next_names), *(greedy_names or [None, None])),
         precision="fp32", model=model.config.to_dict(),
         provenance={"versions": _versions(), **(provenance or {}), "opset": actual_opset,
                     "exporter": "torch.export" if use_dynamo else "torchscript"},

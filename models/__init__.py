@@ -8,6 +8,8 @@ from capkit.models.captioning import (
     State,
     build_backbone,
     build_model,
+    greedy_choice,
 )
 
-__all__ = ["DECODERS", "CaptionModel", "CaptionModelConfig", "ImageEncoder", "State", "build_backbone", "build_model"]
+__all__ = ["DECODERS", "CaptionModel", "CaptionModelConfig", "ImageEncoder", "State", "build_backbone", "build_model",
+           "greedy_choice"]

@@ -35,6 +35,8 @@ class CaptionModelConfig:
     layers: int = 1  # stacked recurrent layers
     dropout: float = 0.0  # between stacked recurrent layers; ignored with one layer
     freeze_embeddings: bool = False  # keep pretrained word vectors fixed
+    project_norm: bool = True  # BatchNorm1d after the projection: the image step's input at the scale of word
+    # embeddings; from-scratch training on the synthetic set reaches a given BLEU in about half the epochs
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -99,12 +101,15 @@ def build_backbone(name: str, pretrained: bool = False, weights_file: Optional[s
 
 
 class ImageEncoder(nn.Module):
-    """CNN backbone (classifier removed) -> Linear to the embedding width."""
+    """CNN backbone (classifier removed) -> Linear to the embedding width (-> BatchNorm1d)."""
 
     def __init__(self, config: CaptionModelConfig, weights_file: Optional[str | Path] = None):
         super().__init__()
         self.backbone, self.feature_dim = build_backbone(config.encoder, config.pretrained, weights_file)
-        self.project = nn.Linear(self.feature_dim, config.embed_dim)
+        projection = [nn.Linear(self.feature_dim, config.embed_dim)]
+        if config.project_norm:
+            projection.append(nn.BatchNorm1d(config.embed_dim))
+        self.project = nn.Sequential(*projection)
         self.frozen = config.freeze_encoder
         if self.frozen:
             self.backbone.requires_grad_(False)
@@ -170,6 +175,22 @@ class CaptionModel(nn.Module):
         state = self.state_from_image_embedding(image_embedding)  # each (L, N, H)
         out, _ = self._run_core(self.embed(inputs), state)  # (B, T, H)
         return self.head(out)  # (B, T, V)
+
+
+def greedy_choice(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, V) -> the greedy token argmax(logits) int64 (B,) and its log-softmax float64 (B,).
+
+    The bulk of the work stays in the logits' dtype: ``rest``, the probability mass of the other
+    tokens relative to the best one, is one exp and one sum over the vocabulary; only the (B,)
+    result is widened, and ``-log1p(rest)`` keeps the precision of a confident model's
+    log-probability (close to 0) that ``log(1 + rest)`` in float32 would round away. The exported
+    step graph computes this too (``next_token``, ``next_logprob``), so a greedy loop never has to
+    copy the vocabulary-sized logits out of the graph.
+    """
+    best, token = logits.max(dim=-1)  # (B,), (B,) first index of the maximum, as numpy's argmax
+    others = torch.exp(logits - best.unsqueeze(-1)).scatter(-1, token.unsqueeze(-1), 0.0)  # (B, V)
+    rest = others.sum(dim=-1).double()  # (B,)
+    return token, -torch.log1p(rest)
 
 
 def build_model(config: CaptionModelConfig, encoder_weights: Optional[str | Path] = None) -> CaptionModel:

@@ -36,6 +36,15 @@ class Inference(Protocol):
         """The state's batch rows ``rows`` (int64 (B',), may repeat): drops finished rows, reorders beams."""
 
 
+class GreedyInference(Inference, Protocol):
+    """An Inference that can also make the greedy choice itself (optional: :func:`decode` uses
+    ``greedy_step`` when the inference has it and the decoding is greedy)."""
+
+    def greedy_step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
+        """Like ``step``, but returns argmax(logits) int64 (B,) and its log-softmax float64 (B,)
+        (:func:`greedy_from_logits`'s answer) instead of the logits, and the next state."""
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
     temperature: float = 0.0  # 0: greedy argmax; > 0: sample from softmax(logits / T)
@@ -79,6 +88,21 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)  # (B, V)
     x = x - x.max(axis=-1, keepdims=True)  # (B, V)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))  # (B, V)
+
+
+def chosen_log_softmax(logits: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """``log_softmax(logits)[rows, chosen]`` (float64 (B,)) without building the (B, V) result."""
+    x = logits.astype(np.float64)  # (B, V)
+    best = x.max(axis=-1, keepdims=True)  # (B, 1)
+    picked = x[np.arange(len(x)), chosen] - best[:, 0]  # (B,)
+    np.subtract(x, best, out=x)
+    return picked - np.log(np.exp(x, out=x).sum(axis=-1))  # (B,)
+
+
+def greedy_from_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """logits (B, V) -> argmax int64 (B,) (the first maximum) and its log-softmax float64 (B,)."""
+    chosen = logits.argmax(axis=-1).astype(np.int64)  # (B,)
+    return chosen, chosen_log_softmax(logits, chosen)
 
 
 class LogitFilter(Protocol):
@@ -134,55 +158,73 @@ class TokenDecoder(Protocol):
 
 @dataclass
 class SamplingDecoder:
-    """Greedy (temperature 0) or temperature sampling; finished rows leave the batch at once."""
+    """Greedy (temperature 0, or top-k 1) or temperature sampling; finished rows leave the batch at once.
+
+    Per step the work is a few vectorised numpy operations on (B',) arrays: the generated tokens
+    go into one preallocated (B, max_length) array, not into Python lists.
+    """
 
     start_id: int
     end_id: int
     options: DecodingOptions
     filters: Sequence[LogitFilter] = ()
     _active: np.ndarray = field(init=False)  # (B',) the image index of each row still decoding
-    _tokens: list[list[int]] = field(init=False)
+    _generated: np.ndarray = field(init=False)  # (B, max_length) the chosen tokens, by step
+    _lengths: np.ndarray = field(init=False)  # (B,) tokens before <end>; -1 while still decoding
+    _step: int = field(init=False)
     _logprobs: np.ndarray = field(init=False)
-    _finished: np.ndarray = field(init=False)
     _rngs: list[np.random.Generator] = field(init=False)
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the choice is argmax(logits): temperature 0, or top-k 1 (whose only candidate is the
+        argmax, ties aside), so that an inference's ``greedy_step`` can make it."""
+        return self.options.temperature == 0 or self.options.top_k == 1
 
     def start(self, batch: int) -> tuple[np.ndarray, None]:
         self._active = np.arange(batch)
-        self._tokens = [[] for _ in range(batch)]
+        self._generated = np.zeros((batch, self.options.max_length), dtype=np.int64)
+        self._lengths = np.full(batch, -1, dtype=np.int64)
+        self._step = 0
         self._logprobs = np.zeros(batch)
-        self._finished = np.zeros(batch, dtype=bool)
-        if self.options.temperature > 0:
+        if not self.greedy:
             seeds = ([self.options.seed] * batch if self.options.seed is not None
                      else np.random.SeedSequence().spawn(batch))
             self._rngs = [np.random.default_rng(s) for s in seeds]
         return np.full(batch, self.start_id, dtype=np.int64), None
 
     def update(self, logits: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        rows = np.arange(len(self._active))  # (B',)
-        if self.options.temperature == 0:
-            chosen = logits.argmax(axis=-1).astype(np.int64)  # (B',)
-        else:
-            scores = logits.astype(np.float64) / self.options.temperature  # (B', V)
-            for logit_filter in self.filters:
-                logit_filter.apply(scores)
-            uniforms = np.array([self._rngs[i].random() for i in self._active])  # (B',)
-            chosen = sample_from_scores(scores, uniforms)  # (B',)
-        self._logprobs[self._active] += log_softmax(logits)[rows, chosen]
+        if self.greedy:
+            return self.advance(*greedy_from_logits(logits))
+        scores = logits.astype(np.float64) / self.options.temperature  # (B', V)
+        for logit_filter in self.filters:
+            logit_filter.apply(scores)
+        uniforms = np.array([self._rngs[i].random() for i in self._active])  # (B',)
+        chosen = sample_from_scores(scores, uniforms)  # (B',)
+        return self.advance(chosen, chosen_log_softmax(logits, chosen))
+
+    def advance(self, chosen: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Records this step's tokens (int64 (B',)) and their log-probabilities (B',); returns the tokens
+        that continue and the rows they continue from (None: all)."""
+        active, step = self._active, self._step
+        if step == self._generated.shape[1]:  # more steps than max_length: grow
+            self._generated = np.concatenate([self._generated, np.zeros_like(self._generated)], axis=1)
+        rows = slice(None) if len(active) == len(self._lengths) else active  # a slice while no row has finished
+        self._generated[rows, step] = chosen
+        self._logprobs[rows] += logprobs
+        self._step = step + 1
         done = chosen == self.end_id  # (B',)
-        for image, token, stop in zip(self._active, chosen, done):
-            if stop:
-                self._finished[image] = True
-            else:
-                self._tokens[image].append(int(token))
         if not done.any():
             return chosen, None
+        self._lengths[active[done]] = step
         keep = np.flatnonzero(~done)  # (B'',)
-        self._active = self._active[keep]
+        self._active = active[keep]
         return chosen[keep], keep
 
     def finish(self) -> list[DecodingResult]:
-        return [DecodingResult(tuple(t), float(lp), bool(f))
-                for t, lp, f in zip(self._tokens, self._logprobs, self._finished)]
+        lengths = np.where(self._lengths < 0, self._step, self._lengths)
+        return [DecodingResult(tuple(row[:n].tolist()), float(lp), bool(end >= 0))
+                for row, n, lp, end in zip(self._generated, lengths, self._logprobs, self._lengths)]
 
 
 @dataclass
@@ -274,16 +316,27 @@ def build_decoder(options: DecodingOptions, start_id: int, end_id: int) -> Token
 
 def decode(inference: Inference, images: np.ndarray, options: DecodingOptions, *, start_id: int, end_id: int,
            decoder: Optional[TokenDecoder] = None) -> list[DecodingResult]:
-    """Captions a batch of preprocessed images (float32 (B, 3, H, W)); one result per image, in order."""
+    """Captions a batch of preprocessed images (float32 (B, 3, H, W)); one result per image, in order.
+
+    Greedy decoding (a :class:`SamplingDecoder` whose choice is the argmax) goes through the
+    inference's ``greedy_step`` when it has one: the greedy token and its log-probability come
+    from the inference (e.g. the step graph's ``next_token`` output), not from the logits.
+    """
     verify_options(options)
     decoder = decoder or build_decoder(options, start_id, end_id)
+    greedy_step = getattr(inference, "greedy_step", None) if isinstance(decoder, SamplingDecoder) and decoder.greedy \
+        else None
     state = inference.encode(images)
     tokens, rows = decoder.start(len(images))
     if rows is not None:
         state = inference.select(state, rows)
     for _ in range(options.max_length):
-        logits, state = inference.step(tokens, state)
-        tokens, rows = decoder.update(logits)
+        if greedy_step is not None:
+            chosen, logprobs, state = greedy_step(tokens, state)
+            tokens, rows = decoder.advance(chosen, logprobs)
+        else:
+            logits, state = inference.step(tokens, state)
+            tokens, rows = decoder.update(logits)
         if len(tokens) == 0:
             break
         if rows is not None:
@@ -292,7 +345,7 @@ def decode(inference: Inference, images: np.ndarray, options: DecodingOptions, *
 
 
 __all__ = [
-    "BeamSearchDecoder", "DecodingOptions", "DecodingOptionsError", "DecodingResult", "Inference", "LogitFilter",
-    "SamplingDecoder", "TokenDecoder", "TopK", "TopP", "build_decoder", "decode", "log_softmax",
-    "sample_from_scores", "verify_options",
+    "BeamSearchDecoder", "DecodingOptions", "DecodingOptionsError", "DecodingResult", "GreedyInference", "Inference",
+    "LogitFilter", "SamplingDecoder", "TokenDecoder", "TopK", "TopP", "build_decoder", "chosen_log_softmax", "decode",
+    "greedy_from_logits", "log_softmax", "sample_from_scores", "verify_options",
 ]

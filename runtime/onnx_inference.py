@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from capkit.runtime.bundle import Bundle, BundleError, load_bundle
+from capkit.runtime.decoding import greedy_from_logits
 from capkit.runtime.errors import CapkitError
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -49,15 +50,23 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def session_options(threads: Optional[int], graph_optimization: str) -> ort.SessionOptions:
+def _check_threads(threads: Optional[int], name: str = "threads") -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise CapkitError(f"{name} must be an integer >= 1, got {threads!r}")
+
+
+def session_options(threads: Optional[int], graph_optimization: str, spinning: bool = True) -> ort.SessionOptions:
+    """ONNX Runtime session options. ``spinning`` False: idle intra-op threads sleep instead of
+    spinning, so that they leave the cores to the Python side of the loop between two runs."""
     if graph_optimization not in GRAPH_OPTIMIZATIONS:
         raise CapkitError(f"unknown graph optimization {graph_optimization!r}; one of {', '.join(GRAPH_OPTIMIZATIONS)}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise CapkitError(f"threads must be an integer >= 1, got {threads!r}")
+    _check_threads(threads)
     options = ort.SessionOptions()
     options.graph_optimization_level = GRAPH_OPTIMIZATIONS[graph_optimization]
     options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (one per physical core)
     options.log_severity_level = QUIET
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -66,19 +75,28 @@ class OnnxInference:
 
     ``device``: "cpu", "cuda" (RuntimeUnavailableError when CUDA does not work here) or "auto"
     (CUDA where a session really gets the CUDA provider, else the CPU with one warning).
-    ``threads``: ONNX Runtime's intra-op threads (None: its default). ``graph_optimization``:
-    disabled | basic | extended | all. ``optimized_model_dir``: a cache folder for the optimised
-    graphs; a later start loads them with optimisation off, which is faster. ``io_binding``: keep
-    the state on the device between steps (None: on for CUDA, off for the CPU).
+    ``threads``: ONNX Runtime's intra-op threads for both graphs (None: its default, one per
+    core). ``step_threads``: the decoder step graph's own (None: as ``threads``). ``spinning``:
+    whether idle intra-op threads spin between runs (ONNX Runtime's default, True) or sleep.
+    ``graph_optimization``: disabled | basic | extended | all. ``optimized_model_dir``: a cache
+    folder for the optimised graphs; a later start loads them with optimisation off, which is
+    faster. ``io_binding``: keep the state on the device between steps (None: on for CUDA, off for
+    the CPU).
+
+    A bundle whose step graph computes the greedy choice (``next_token``/``next_logprob``, see
+    docs/bundle.md) gets :meth:`greedy_step` from the graph; older bundles get it from the logits.
     """
 
     def __init__(self, bundle: Union[Bundle, str, os.PathLike], device: str = "auto", threads: Optional[int] = None,
                  graph_optimization: str = "all", optimized_model_dir: Union[str, os.PathLike, None] = None,
-                 io_binding: Optional[bool] = None):
+                 io_binding: Optional[bool] = None, *, step_threads: Optional[int] = None, spinning: bool = True):
         if device not in DEVICES:
             raise RuntimeUnavailableError(f"unknown device {device!r}; one of {', '.join(DEVICES)}")
+        _check_threads(step_threads, "step threads")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self._options = session_options(threads, graph_optimization)
+        self.threads = {"encoder": threads, "decoder_step": threads if step_threads is None else step_threads}
+        self.spinning = bool(spinning)
+        self._options = {graph: session_options(n, graph_optimization, self.spinning) for graph, n in self.threads.items()}
         self._optimization = graph_optimization
         self._cache = Path(optimized_model_dir) if optimized_model_dir is not None else None
         self.device, self._encoder, self._decoder = self._open(device)
@@ -93,19 +111,21 @@ class OnnxInference:
         self._token_name = dec.token_input
         self._state_inputs = list(dec.state_inputs)
         self._decoder_outputs = [dec.logits_output, *dec.state_outputs]
+        greedy = dec.greedy_outputs
+        self._greedy_outputs = [*greedy, *dec.state_outputs] if greedy is not None else None
         if self.io_binding:
             self._encoder_binding = self._encoder.io_binding()
             self._decoder_binding = self._decoder.io_binding()
 
     # -- sessions -------------------------------------------------------------------------------
-    def _session(self, path: Path, sha256: str, device: str, cache: bool = True) -> ort.InferenceSession:
+    def _session(self, path: Path, sha256: str, device: str, graph: str, cache: bool = True) -> ort.InferenceSession:
         providers = [(CUDA, {"device_id": 0}), CPU] if device == "cuda" else [CPU]
-        options, cached, fresh = self._options, None, None
+        options, cached, fresh = self._options[graph], None, None
         if cache and self._cache is not None and self._optimization != "disabled":
             self._cache.mkdir(parents=True, exist_ok=True)
             cached = self._cache / f"{path.stem}-{sha256[:16]}-{device}-{self._optimization}-ort{ort.__version__}.onnx"
             if cached.is_file():  # already optimised: load it as it is
-                options = session_options(self._options.intra_op_num_threads or None, "disabled")
+                options = session_options(self.threads[graph], "disabled", self.spinning)
                 path, cached = cached, None
             else:
                 fresh = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
@@ -124,8 +144,8 @@ class OnnxInference:
 
     def _sessions(self, device: str) -> tuple[ort.InferenceSession, ort.InferenceSession]:
         manifest = self.bundle.manifest
-        return (self._session(self.bundle.encoder_path, manifest.encoder.sha256, device),
-                self._session(self.bundle.decoder_path, manifest.decoder.sha256, device))
+        return (self._session(self.bundle.encoder_path, manifest.encoder.sha256, device, "encoder"),
+                self._session(self.bundle.decoder_path, manifest.decoder.sha256, device, "decoder_step"))
 
     def _open(self, device: str) -> tuple[str, ort.InferenceSession, ort.InferenceSession]:
         if device == "cpu":
@@ -139,7 +159,7 @@ class OnnxInference:
         manifest = self.bundle.manifest
         ort.set_default_logger_severity(SILENT)  # the provider's load failures are logged as errors; we say it once
         try:
-            probe = self._session(self.bundle.decoder_path, manifest.decoder.sha256, "cuda", cache=False)
+            probe = self._session(self.bundle.decoder_path, manifest.decoder.sha256, "cuda", "decoder_step", cache=False)
         finally:
             ort.set_default_logger_severity(DEFAULT_SEVERITY)  # no getter: back to ONNX Runtime's default
         if probe.get_providers()[0] == CUDA:
@@ -157,7 +177,7 @@ class OnnxInference:
         for session, graph, inputs, outputs in (
                 (self._encoder, manifest.encoder, [manifest.encoder.image_input], manifest.encoder.state_outputs),
                 (self._decoder, manifest.decoder, [manifest.decoder.token_input, *manifest.decoder.state_inputs],
-                 [manifest.decoder.logits_output, *manifest.decoder.state_outputs])):
+                 manifest.decoder.outputs)):
             have_in = {i.name for i in session.get_inputs()}
             have_out = {o.name for o in session.get_outputs()}
             missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
@@ -199,6 +219,48 @@ class OnnxInference:
         logits, *state = binding.get_outputs()
         return logits.numpy(), tuple(state)  # (B, V)
 
+    def greedy_step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
+        """``step`` for greedy decoding: argmax(logits) int64 (B,), its log-softmax float64 (B,) and
+        the next state. From the graph's ``next_token``/``next_logprob`` outputs when it has them
+        (the logits then stay inside ONNX Runtime), else from the logits."""
+        if self._greedy_outputs is None:
+            logits, state = self.step(tokens, state)
+            return (*greedy_from_logits(logits), state)
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)  # (B,)
+        if not self.io_binding:
+            feed = dict(zip(self._state_inputs, state))
+            feed[self._token_name] = tokens
+            chosen, logprobs, *state = self._decoder.run(self._greedy_outputs, feed)  # (B,), (B,)
+            return chosen, logprobs, tuple(state)
+        binding = self._decoder_binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_cpu_input(self._token_name, tokens)
+        for name, value in zip(self._state_inputs, state):
+            binding.bind_ortvalue_input(name, value)
+        for name in self._greedy_outputs[:2]:  # only the (B,) choice comes to the host
+            binding.bind_output(name, "cpu")
+        for name in self._greedy_outputs[2:]:
+            binding.bind_output(name, self.device, self._device_id)
+        self._decoder.run_with_iobinding(binding)
+        chosen, logprobs, *state = binding.get_outputs()
+        return chosen.numpy(), logprobs.numpy(), tuple(state)
+
+    # -- for benchmarks and tools ---------------------------------------------------------------
+    @property
+    def sessions(self) -> dict[str, ort.InferenceSession]:
+        """The two ONNX Runtime sessions, by graph: ``encoder`` and ``decoder_step``."""
+        return {"encoder": self._encoder, "decoder_step": self._decoder}
+
+    @property
+    def has_greedy_outputs(self) -> bool:
+        """Whether the step graph computes the greedy choice itself (``next_token``, ``next_logprob``)."""
+        return self._greedy_outputs is not None
+
+    def step_outputs(self, greedy: bool) -> list[str]:
+        """The step graph outputs a greedy (or a logits) step fetches, in the order it fetches them."""
+        return list(self._greedy_outputs if greedy and self._greedy_outputs is not None else self._decoder_outputs)
+
     def select(self, state: State, rows: np.ndarray) -> State:
         rows = np.asarray(rows, dtype=np.int64)  # (B',)
         if not self.io_binding:
@@ -208,7 +270,8 @@ class OnnxInference:
                                                       self._device_id) for value in state)  # each (L, B', H)
 
     def __repr__(self) -> str:
-        return f"OnnxInference({str(self.bundle.folder)!r}, device={self.device!r}, io_binding={self.io_binding})"
+        return (f"OnnxInference({str(self.bundle.folder)!r}, device={self.device!r}, io_binding={self.io_binding}, "
+                f"threads={self.threads})")
 
 
 def available_devices() -> list[str]:

@@ -63,9 +63,14 @@ def test_graph_contract(export_kit, kind: str) -> None:
     assert [i.name for i in decoder.graph.input] == ["token", *states]
     assert decoder.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
     assert dims(decoder.graph.input[0]) == ["batch"]
-    assert [o.name for o in decoder.graph.output] == ["logits", *(s + "_next" for s in states)]
+    # logits, the next state, then the greedy choice (next_token int64, next_logprob float64; docs/bundle.md)
+    assert [o.name for o in decoder.graph.output] == ["logits", *(s + "_next" for s in states), "next_token",
+                                                      "next_logprob"]
     assert dims(decoder.graph.output[0]) == ["batch", len(export_kit.vocab)]
-    assert all(dims(o) == [layers, "batch", 32] for o in decoder.graph.output[1:])
+    assert all(dims(o) == [layers, "batch", 32] for o in decoder.graph.output[1:-2])
+    assert [dims(o) for o in decoder.graph.output[-2:]] == [["batch"], ["batch"]]
+    assert [o.type.tensor_type.elem_type for o in decoder.graph.output[-2:]] == [onnx.TensorProto.INT64,
+                                                                                 onnx.TensorProto.DOUBLE]
     assert {o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx")} == {17}
     assert not list(bundle.folder.glob("*.data")), "small models are single-file graphs"
     onnx.checker.check_model(str(bundle.encoder_path), full_check=True)
@@ -150,7 +155,7 @@ def test_reference_evaluator_matches_onnxruntime(export_kit) -> None:
     feed = {"token": tokens, "h": ort_state[0], "c": ort_state[1]}
     reference_step = ReferenceEvaluator(str(bundle.decoder_path)).run(None, feed)
     ort_step = ort_session(bundle.decoder_path).run(None, feed)
-    assert [r.shape for r in reference_step] == [(2, len(export_kit.vocab)), (1, 2, 32), (1, 2, 32)]
+    assert [r.shape for r in reference_step] == [(2, len(export_kit.vocab)), (1, 2, 32), (1, 2, 32), (2,), (2,)]
     assert max(max_abs(r, o) for r, o in zip(reference_step, ort_step)) <= TOLERANCE
 
 

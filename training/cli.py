@@ -57,10 +57,11 @@ def synthetic(out: Optional[Path], count: int, seed: int, image_size: int, as_js
 @click.option("--embeddings", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Pretrained word vectors (GloVe / word2vec text format).")
 @click.option("--freeze-embeddings", is_flag=True)
-@click.option("--epochs", type=click.IntRange(1), default=12, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=25, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-5, show_default=True, help="L2 penalty.")
+@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
 @click.option("--min-count", type=click.IntRange(1), default=1, show_default=True, help="Vocabulary threshold.")
 @click.option("--max-length", type=click.IntRange(2), default=20, show_default=True)
 @click.option("--patience", type=click.IntRange(1), default=None, help="Early-stopping patience in epochs.")

@@ -4,6 +4,7 @@ and the optional cache of frozen-backbone features."""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -43,6 +44,16 @@ def resolve_dataset(data: Optional[str], images: Optional[str] = None, *, synthe
                            progress=progress)
         data = str(folder)
     return data, load_dataset(data, images)
+
+
+def synthetic_image_size(source: str) -> Optional[int]:
+    """The image side of a synthetic dataset folder (from its meta.json), None for other sources."""
+    meta = Path(source) / "meta.json"
+    try:
+        params = json.loads(meta.read_text())["params"]
+        return int(params["image_size"]) if params.get("generator") == "capkit.training.synthetic" else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def spec_for_backbone(encoder: str, image_size: Optional[int] = None) -> PreprocessSpec:

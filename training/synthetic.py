@@ -5,7 +5,7 @@ the right) or two shapes side by side (the left one is always mentioned first). 
 reference captions, one from each of five templates of its kind, so that the references vary in
 wording the way COCO's five do, while a model that says any one of them with the right content
 matches a reference exactly. Every fact a caption states is plainly visible at 64 px: shapes never
-overlap or touch the border, "small" and "large" differ by a factor of two, and the background
+overlap or touch the border, "large" shapes are 1.5-2x the side of "small" ones, and the background
 colours are never shape colours.
 
 The output is an ordinary COCO-format folder that :func:`capkit.training.datasets.load_dataset`
@@ -26,7 +26,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from capkit.runtime.errors import CapkitError
 
-SYNTHETIC_VERSION = 1  # bump when the images or captions change, so that cached copies are regenerated
+SYNTHETIC_VERSION = 2  # bump when the images or captions change, so that cached copies are regenerated
 META_FILE = "meta.json"
 SPLITS = ("train", "val", "test")
 CAPTIONS_PER_IMAGE = 5
@@ -56,8 +56,8 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "gray": (128, 128, 128),
     "white": (245, 245, 245),
 }
-SHAPES = ("circle", "square", "triangle", "diamond", "star")
-SIZES: dict[str, tuple[float, float]] = {"small": (0.20, 0.24), "large": (0.40, 0.44)}  # bounding box / image side
+SHAPES = ("circle", "square", "triangle", "star")  # clearly different outlines even at 14 px
+SIZES: dict[str, tuple[float, float]] = {"small": (0.22, 0.26), "large": (0.40, 0.44)}  # bounding box / image side
 POSITIONS: dict[str, float] = {"left": 0.25, "middle": 0.50, "right": 0.75}  # centre x / image side
 POSITION_WORDS = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 JITTER = 0.035  # centre x moves at most this fraction of the side around its nominal position

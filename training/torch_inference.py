@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from capkit.models import CaptionModel, State
+from capkit.models import CaptionModel, State, greedy_choice
 from capkit.runtime.decoding import DecodingOptions, DecodingResult, decode
 from capkit.runtime.preprocess import ImageSource, PreprocessSpec, preprocess_batch
 from capkit.runtime.vocab import Vocabulary
@@ -30,6 +30,13 @@ class TorchInference:
     def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         logits, state = self.model.step(torch.from_numpy(tokens).to(self.device), state)  # (B, V)
         return logits.float().cpu().numpy(), state
+
+    @torch.inference_mode()
+    def greedy_step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
+        """The greedy choice in PyTorch, as the exported step graph makes it (``greedy_choice``)."""
+        logits, state = self.model.step(torch.from_numpy(tokens).to(self.device), state)  # (B, V)
+        chosen, logprobs = greedy_choice(logits.float())  # (B,), (B,)
+        return chosen.cpu().numpy(), logprobs.cpu().numpy(), state
 
     def select(self, state: State, rows: np.ndarray) -> State:
         index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)  # (B',)

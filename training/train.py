@@ -26,7 +26,8 @@ from capkit.runtime.bundle import RUNS_DIR
 from capkit.runtime.errors import CapkitError
 from capkit.runtime.vocab import Vocabulary
 from capkit.training.checkpoint import BEST, LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
-from capkit.training.data import Batch, CaptionedImages, collate, compute_features, resolve_dataset, spec_for_backbone
+from capkit.training.data import (Batch, CaptionedImages, collate, compute_features, resolve_dataset, spec_for_backbone,
+                                  synthetic_image_size)
 from capkit.runtime.preprocess import PreprocessSpec
 
 
@@ -40,11 +41,12 @@ class TrainConfig:
     images: Optional[str] = None  # image folder, for sources that need one (COCO JSON, Flickr token file)
     synthetic_count: int = 2400  # images in the generated synthetic set (80/10/10 split)
     image_size: Optional[int] = None  # square input side; None: the backbone's own preset (64 for synthetic)
-    epochs: int = 12  # passes over the training images
+    epochs: int = 25  # passes over the training images (the synthetic default needs about 25)
     batch_size: int = 32  # images per step; each brings all its captions (up to captions_per_image)
     captions_per_image: int = 5  # COCO has five; the image is encoded once for all of them
     lr: float = 1e-3  # Adam, the seed's Table 1
     weight_decay: float = 1e-5  # L2 penalty, the seed's Table 1
+    lr_schedule: str = "cosine"  # constant (the seed's) | cosine: decays to 0 over the run, a surer finish
     grad_clip: float = 5.0  # max gradient norm; keeps recurrent training stable
     min_count: int = 1  # words seen fewer times map to <unk> (5 is usual for COCO)
     max_length: int = 20  # longest training caption (tokens after <start>) and default decoding length
@@ -236,8 +238,10 @@ class _Run:
             self.vocab = Vocabulary.build((c for r in splits["train"] for c in r.captions), config.min_count)
             model_config = model_config or CaptionModelConfig(vocab_size=len(self.vocab))
             model_config.vocab_size = len(self.vocab)
-            image_size = config.image_size or (64 if config.data in (None, "synthetic") else None)
+            image_size = config.image_size or synthetic_image_size(source)  # synthetic images are used whole
             self.spec = spec_for_backbone(model_config.encoder, image_size)
+        if config.lr_schedule not in ("constant", "cosine"):
+            raise TrainingError(f"unknown learning-rate schedule {config.lr_schedule!r}; constant or cosine")
         if config.cache_features and not model_config.freeze_encoder:
             raise TrainingError("--cache-features needs --freeze-encoder (features of a trained backbone change)")
         self.model_config = model_config
@@ -310,6 +314,7 @@ class _Run:
             if self.dist.broadcast_flag(not torch.isfinite(loss).item(), self.device):
                 raise TrainingError(f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; "
                                     f"stopped, the last good checkpoint is {self.run_dir / LAST}")
+            self._set_lr()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -322,6 +327,15 @@ class _Run:
         totals = self.dist.all_sum(totals)
         reached = self.config.max_steps is not None and self.step >= self.config.max_steps
         return (totals[0] / totals[1].clamp(min=1)).item(), reached
+
+    def _set_lr(self) -> None:
+        """The learning rate of this step, from the step count alone (so a resumed run continues it)."""
+        if self.config.lr_schedule == "constant":
+            return
+        total = max(1, self.config.epochs * len(self.loaders["train"]))
+        lr = 0.5 * self.config.lr * (1.0 + math.cos(math.pi * min(self.step / total, 1.0)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     @torch.no_grad()
     def validate(self) -> float:

@@ -1,0 +1,88 @@
+"""`capkit bench`: a thin command over :mod:`capkit.runtime.benchmark` (ONNX bundles, no torch) and
+:mod:`capkit.training.benchmark` (PyTorch eager on a checkpoint, only when one is given and torch is
+installed). The tables (or ``--json``) go to stdout, progress to stderr. Nothing heavy is imported
+until the command runs."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from capkit.cli_options import device_option, echo_json, json_option, status, user_errors
+
+
+def _batch_sizes(value: str) -> list[int]:
+    try:
+        sizes = sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+    if not sizes or sizes[0] < 1:
+        raise click.BadParameter(f"{value!r}: batch sizes must be integers >= 1")
+    return sizes
+
+
+@click.command("bench")
+@click.option("--model", "models", multiple=True, metavar="BUNDLE",
+              help="Bundle folder to measure (repeatable, e.g. fp32 and int8) [default: $CAPKIT_MODEL, else "
+                   "runs/latest/bundle, unless --checkpoint alone is given].")
+@click.option("--checkpoint", default=None, metavar="RUN_OR_PT",
+              help="Also measure PyTorch eager on this checkpoint's weights (needs capkit[train]).")
+@click.option("--images", multiple=True, type=click.Path(exists=True),
+              help="Image file or folder (repeatable) [default: 8 synthetic 640x480 JPEG photos].")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Batch sizes for images/s, comma-separated.")
+@device_option
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Intra-op threads (ONNX Runtime both graphs, and torch) [default: each library's choice].")
+@click.option("--step-threads", type=click.IntRange(1), default=None,
+              help="ONNX Runtime threads of the decoder step graph [default: as --threads].")
+@click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="Timed runs per figure.")
+@click.option("--warmup", type=click.IntRange(0), default=2, show_default=True, help="Untimed runs first.")
+@click.option("--max-length", type=click.IntRange(1), default=20, show_default=True,
+              help="Greedy caption length limit (random-weight models always run it out).")
+@click.option("--cold-runs", type=click.IntRange(0), default=3, show_default=True,
+              help="Fresh `capkit caption` processes timed per target (0: no cold start, no peak memory).")
+@json_option
+def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str, ...], batch_sizes: str, device: str,
+          threads: Optional[int], step_threads: Optional[int], repeats: int, warmup: int, max_length: int,
+          cold_runs: int, as_json: bool) -> None:
+    """Speed and memory of the ONNX runtime (and of PyTorch eager with --checkpoint), side by side.
+
+    Median (p90) of: encoder, one decoder step, the decode loop, a whole caption at batch 1, images/s
+    per batch size, the cold start of `capkit caption IMAGE` and its peak memory; then the ratios.
+
+    \b
+    capkit bench --model runs/latest/bundle --model runs/latest/bundle-int8 --checkpoint runs/latest
+    capkit bench --batch-sizes 1,16 --cold-runs 0 --json
+    """
+    from capkit.runtime.benchmark import BenchReport, ImageSet, bench_bundle, machine_info
+
+    sizes = _batch_sizes(batch_sizes)
+    with user_errors():
+        targets = list(models) if models or checkpoint else [None]
+        machine = machine_info()
+        common = dict(batch_sizes=sizes, repeats=repeats, warmup=warmup, max_length=max_length, progress=status)
+        reports = []
+        with ImageSet(images) as image_set:
+            settings = {"images": image_set.describe(), "batch_sizes": sizes, "repeats": repeats, "warmup": warmup,
+                        "max_length": max_length, "decoding": "greedy", "device": device, "threads": threads,
+                        "step_threads": step_threads, "cold_runs": cold_runs}
+            for bundle in targets:
+                reports.append(bench_bundle(bundle, image_set.paths, device=device, threads=threads,
+                                            step_threads=step_threads, cold_runs=cold_runs, **common))
+            if checkpoint is not None:
+                try:
+                    from capkit.training.benchmark import bench_checkpoint
+                except ImportError as e:
+                    status(f"Warning: PyTorch is not installed ({e}); the PyTorch eager side is skipped")
+                else:
+                    reports.append(bench_checkpoint(checkpoint, image_set.paths, device=device, threads=threads,
+                                                    cold_runs=cold_runs, **common))
+        report = BenchReport(machine, settings, reports, load_after=machine_info()["load_average"])
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.render())
+
+
+__all__ = ["bench"]

@@ -1,0 +1,254 @@
+"""`capkit bench` and its libraries (capkit.runtime.benchmark, capkit.training.benchmark) on a tiny model.
+
+No timing thresholds: the checks are on structure and consistency (positive times, every ratio
+equal to the quotient of the figures reported next to it, peak memory of the right child), never on
+how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from capkit.runtime.benchmark import (BenchError, BenchReport, Stats, TimedInference, bench_bundle, bundle_bytes,
+                                      caption_command, cold_start, compare, image_paths, machine_info, measure,
+                                      render_text, run_child, synthetic_photos)
+from capkit.runtime.decoding import DecodingOptions, decode
+
+torch = pytest.importorskip("torch")
+
+from capkit.cli import main  # noqa: E402
+from capkit.runtime.captioner import Captioner  # noqa: E402
+from capkit.training.benchmark import bench_checkpoint  # noqa: E402
+from capkit.training.checkpoint import save_checkpoint  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = dict(batch_sizes=[1, 2], repeats=2, warmup=1, max_length=8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bundle(export_kit) -> Path:
+    return export_kit.bundle("lstm").folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(export_kit, tmp_path_factory) -> Path:
+    model = export_kit.model("lstm")
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(),
+                     "vocab": list(export_kit.vocab.words), "preprocess": export_kit.spec.to_dict(),
+                     "max_length": export_kit.max_length, "run_name": "bench-test"}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[str]:
+    return synthetic_photos(tmp_path_factory.mktemp("photos"), count=3, size=(80, 60))
+
+
+def positive(stats: dict) -> bool:
+    return stats["median"] > 0 and stats["p90"] >= stats["median"] and stats["runs"] >= 1
+
+
+# -- the pieces ---------------------------------------------------------------------------------------------------
+def test_stats_and_measure() -> None:
+    stats = Stats.of([0.001, 0.002, 0.003, 0.004, 0.010])
+    assert stats.median == pytest.approx(3.0) and stats.p90 == pytest.approx(7.6) and stats.runs == 5
+    assert stats.unit == "ms" and Stats.from_dict(stats.to_dict()) == stats
+    calls = []
+    samples = measure(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and len(samples) == 4 and all(s >= 0 for s in samples)
+    with pytest.raises(BenchError):
+        measure(lambda: None, repeats=0, warmup=0)
+    with pytest.raises(BenchError):
+        Stats.of([])
+
+
+def test_timed_inference_is_transparent(export_kit) -> None:
+    from capkit.runtime.onnx_inference import OnnxInference
+
+    inference = OnnxInference(export_kit.bundle("lstm"), device="cpu")
+    timed = TimedInference(inference)
+    assert hasattr(timed, "greedy_step")  # the loop takes the same path through the wrapper
+    vocab, images = export_kit.vocab, export_kit.images[:4]
+    options = DecodingOptions(max_length=export_kit.max_length)
+    expected = decode(inference, images, options, start_id=vocab.start_id, end_id=vocab.end_id)
+    got = decode(timed, images, options, start_id=vocab.start_id, end_id=vocab.end_id)
+    assert [r.tokens for r in got] == [r.tokens for r in expected]
+    assert timed.encode_seconds > 0 and 1 <= timed.steps <= export_kit.max_length
+    assert timed.steps == max(len(r.tokens) + r.finished for r in expected)  # one step per generated token
+
+    class StepOnly:  # an inference without greedy_step: the wrapper must not invent one
+        encode, step, select = inference.encode, inference.step, inference.select
+
+    assert not hasattr(TimedInference(StepOnly()), "greedy_step")
+    state = inference.encode(images)
+    cached = TimedInference(inference, encoded=state)
+    assert cached.encode(images) is state
+
+
+def test_run_child_reports_the_childs_own_peak_memory() -> None:
+    small = run_child([sys.executable, "-c", "print('hi')"])
+    big = run_child([sys.executable, "-c", "import numpy as np; a = np.ones(300_000_000 // 8); print(a.sum() > 0)"])
+    assert small[2] == 0 and small[3].strip() == "hi" and small[0] > 0
+    assert big[2] == 0 and big[3].strip() == "True"
+    if small[1] is not None:
+        assert big[1] >= 300 and small[1] < big[1] - 200  # MB: the 300 MB array shows, in that child only
+    failed = run_child([sys.executable, "-c", "import sys; sys.exit(3)"])
+    assert failed[2] == 3
+
+
+def test_images(tmp_path: Path, photos: list[str]) -> None:
+    assert len(photos) == 3 and all(Path(p).suffix == ".jpg" for p in photos)
+    from PIL import Image
+
+    assert Image.open(photos[0]).size == (80, 60)
+    assert image_paths([str(Path(photos[0]).parent)]) == sorted(photos)
+    with pytest.raises(BenchError, match="no such file"):
+        image_paths([str(tmp_path / "missing.jpg")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BenchError, match="no images"):
+        image_paths([str(tmp_path / "empty")])
+
+
+# -- a bundle, PyTorch, the ratios ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reports(bundle: Path, checkpoint: Path, photos: list[str]):
+    onnx = bench_bundle(bundle, photos, device="cpu", threads=1, cold_runs=1, **FAST)
+    eager = bench_checkpoint(checkpoint, photos, device="cpu", threads=1, cold_runs=1, **FAST)
+    return onnx, eager
+
+
+def test_bundle_report(reports, bundle: Path, export_kit) -> None:
+    onnx, _ = reports
+    data = onnx.to_dict()
+    json.dumps(data)  # serialisable as it is
+    assert data["name"] == "onnx fp32" and data["runtime"] == "onnxruntime" and data["precision"] == "fp32"
+    assert data["device"] == "cpu" and data["threads"]["encoder"] == 1 and data["threads"]["decoder_step"] == 1
+    for key in ("encoder_ms", "step_ms", "loop_ms", "decode_ms", "caption_ms"):
+        assert positive(data[key]), key
+    assert data["encoder_ms"]["runs"] == 2 and data["step_ms"]["runs"] >= 2
+    assert 1 <= data["steps"] <= FAST["max_length"]
+    assert data["loop_overhead"] == pytest.approx(data["loop_ms"]["median"] / (data["steps"] * data["step_ms"]["median"]))
+    assert data["decode_overhead"] == pytest.approx(
+        data["decode_ms"]["median"] / (data["steps"] * data["step_ms"]["median"]))
+    assert set(data["throughput"]) == {"1", "2"} and all(positive(s) for s in data["throughput"].values())
+    assert all(s["unit"] == "images/s" for s in data["throughput"].values())
+    assert data["batch_speedup"]["2"] == pytest.approx(
+        data["throughput"]["2"]["median"] / data["throughput"]["1"]["median"])
+    assert data["size_bytes"] == bundle_bytes(export_kit.bundle("lstm")) > 0
+    cold = data["cold_start"]
+    assert cold["wall"]["unit"] == "s" and positive(cold["wall"]) and cold["wall"]["runs"] == 1
+    command = cold["command"]
+    assert command[command.index("--model") + 1] == str(bundle) and command[command.index("--device") + 1] == "cpu"
+    expected = Captioner(bundle, device="cpu").caption(cold["command"][cold["command"].index("caption") + 1]).text
+    assert cold["output"] == expected  # the child really captioned the image
+    if cold["peak_rss_mb"] is not None:
+        assert cold["peak_rss_mb"] > 10
+
+
+def test_pytorch_report_and_ratios(reports, checkpoint: Path) -> None:
+    onnx, eager = reports
+    data = eager.to_dict()
+    assert data["name"] == "pytorch eager" and data["runtime"] == "pytorch" and data["size_bytes"] is None
+    assert data["threads"] == {"torch": 1} and torch.get_num_threads() == 1  # restored afterwards
+    assert "--checkpoint" in data["cold_start"]["command"] and str(checkpoint) in data["cold_start"]["command"]
+    assert data["cold_start"]["output"] == onnx.cold_start.output  # same weights, same caption
+    for key in ("encoder_ms", "step_ms", "loop_ms", "decode_ms", "caption_ms"):
+        assert positive(data[key]), key
+
+    ratios = compare(eager, onnx)["ratios"]
+    assert ratios["caption"] == pytest.approx(eager.caption.median / onnx.caption.median)
+    assert ratios["encoder"] == pytest.approx(eager.encoder.median / onnx.encoder.median)
+    assert ratios["step"] == pytest.approx(eager.step.median / onnx.step.median)
+    assert ratios["throughput"]["2"] == pytest.approx(onnx.throughput[2].median / eager.throughput[2].median)
+    assert ratios["cold_start"] == pytest.approx(eager.cold_start.wall.median / onnx.cold_start.wall.median)
+    if onnx.cold_start.peak_rss_mb:
+        assert ratios["peak_rss"] == pytest.approx(eager.cold_start.peak_rss_mb / onnx.cold_start.peak_rss_mb)
+    assert "size" not in ratios  # PyTorch has no bundle size
+
+    report = BenchReport(machine_info(), {"repeats": 2}, [onnx, eager])
+    full = report.to_dict()
+    assert [(c["target"], c["baseline"]) for c in full["comparisons"]] == [("onnx fp32", "pytorch eager")]
+    text = report.render()
+    assert "onnx fp32 vs pytorch eager" in text and "img/s b2" in text and "encoder ms" in text
+    assert render_text(full, markdown=True).count("|---|") >= 2
+
+
+def test_int8_is_compared_with_fp32(reports, export_kit, tmp_path: Path, photos: list[str]) -> None:
+    from capkit.export.quantize import quantize_int8
+
+    onnx, eager = reports
+    int8 = quantize_int8(export_kit.bundle("lstm"), tmp_path / "int8", export_kit.images)
+    report8 = bench_bundle(int8.folder, photos, device="cpu", threads=1, **FAST)
+    assert report8.name == "onnx int8" and report8.cold_start is None
+    comparisons = BenchReport(machine_info(), {}, [onnx, report8, eager]).comparisons()
+    pairs = [(c["target"], c["baseline"]) for c in comparisons]
+    assert pairs == [("onnx fp32", "pytorch eager"), ("onnx int8", "pytorch eager"), ("onnx int8", "onnx fp32")]
+    size = comparisons[-1]["ratios"]["size"]
+    assert size == pytest.approx(onnx.size_bytes / report8.size_bytes) and size > 1
+
+
+def test_cold_start_failure_is_one_line(tmp_path: Path, photos: list[str]) -> None:
+    with pytest.raises(BenchError, match="cold start"):
+        cold_start(caption_command(photos[0], ["--model", str(tmp_path / "nowhere"), "--device", "cpu"]), runs=1)
+
+
+# -- the command --------------------------------------------------------------------------------------------------------
+def test_bench_command_json(bundle: Path, checkpoint: Path, photos: list[str]) -> None:
+    args = ["bench", "--model", str(bundle), "--checkpoint", str(checkpoint), "--images", str(Path(photos[0]).parent),
+            "--batch-sizes", "2,1", "--repeats", "1", "--warmup", "0", "--max-length", "5", "--cold-runs", "0",
+            "--device", "cpu", "--threads", "1", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [t["name"] for t in data["targets"]] == ["onnx fp32", "pytorch eager"]
+    assert data["settings"]["batch_sizes"] == [1, 2] and data["settings"]["images"] == "3 image files"
+    assert data["machine"]["cores"] >= 1 and "onnxruntime" in " ".join(data["machine"]["versions"])
+    assert all(t["cold_start"] is None and t["steps"] <= 5 for t in data["targets"])
+    (comparison,) = data["comparisons"]
+    onnx, eager = data["targets"]
+    assert comparison["ratios"]["caption"] == pytest.approx(eager["caption_ms"]["median"] / onnx["caption_ms"]["median"])
+
+
+def test_bench_command_text_and_errors(bundle: Path, photos: list[str]) -> None:
+    base = ["bench", "--model", str(bundle), "--images", photos[0], "--repeats", "1", "--warmup", "0",
+            "--cold-runs", "0", "--device", "cpu", "--batch-sizes", "1"]
+    result = CliRunner().invoke(main, base)
+    assert result.exit_code == 0, result.output
+    assert "encoder ms" in result.stdout and "onnx fp32" in result.stdout and "machine:" in result.stdout
+    bad = CliRunner().invoke(main, base[:-1] + ["1,x"])
+    assert bad.exit_code == 2 and "comma-separated" in bad.output
+    missing = CliRunner().invoke(main, ["bench", "--model", str(Path(photos[0]).parent), "--cold-runs", "0",
+                                        "--device", "cpu", "--images", photos[0]])
+    assert missing.exit_code == 1 and "Error:" in missing.output and "Traceback" not in missing.output
+
+
+def test_bundle_bench_is_torch_free(bundle: Path, photos: list[str]) -> None:
+    """`capkit bench --model` (no --checkpoint) never imports torch or onnx."""
+    script = textwrap.dedent(f"""
+        import json, sys
+        from capkit.cli import main
+        main(["bench", "--model", {str(bundle)!r}, "--images", {photos[0]!r}, "--repeats", "1", "--warmup", "0",
+              "--cold-runs", "0", "--device", "cpu", "--batch-sizes", "1", "--json"], standalone_mode=False)
+        print("FORBIDDEN=" + json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "onnx", "torchvision"}})))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "FORBIDDEN=[]"
+    assert json.loads(proc.stdout.strip().splitlines()[0])["targets"][0]["name"] == "onnx fp32"

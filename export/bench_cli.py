@@ -36,6 +36,8 @@ def _batch_sizes(value: str) -> list[int]:
               help="Intra-op threads (ONNX Runtime both graphs, and torch) [default: each library's choice].")
 @click.option("--step-threads", type=click.IntRange(1), default=None,
               help="ONNX Runtime threads of the decoder step graph [default: as --threads].")
+@click.option("--spin-us", type=click.IntRange(0), default=None,
+              help="How long idle ONNX Runtime threads spin before sleeping, microseconds [default: the runtime's, 200].")
 @click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="Timed runs per figure.")
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True, help="Untimed runs first.")
 @click.option("--max-length", type=click.IntRange(1), default=20, show_default=True,
@@ -44,7 +46,7 @@ def _batch_sizes(value: str) -> list[int]:
               help="Fresh `capkit caption` processes timed per target (0: no cold start, no peak memory).")
 @json_option
 def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str, ...], batch_sizes: str, device: str,
-          threads: Optional[int], step_threads: Optional[int], repeats: int, warmup: int, max_length: int,
+          threads: Optional[int], step_threads: Optional[int], spin_us: Optional[int], repeats: int, warmup: int, max_length: int,
           cold_runs: int, as_json: bool) -> None:
     """Speed and memory of the ONNX runtime (and of PyTorch eager with --checkpoint), side by side.
 
@@ -66,10 +68,11 @@ def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str,
         with ImageSet(images) as image_set:
             settings = {"images": image_set.describe(), "batch_sizes": sizes, "repeats": repeats, "warmup": warmup,
                         "max_length": max_length, "decoding": "greedy", "device": device, "threads": threads,
-                        "step_threads": step_threads, "cold_runs": cold_runs}
+                        "step_threads": step_threads, "spin_us": spin_us, "cold_runs": cold_runs}
             for bundle in targets:
                 reports.append(bench_bundle(bundle, image_set.paths, device=device, threads=threads,
-                                            step_threads=step_threads, cold_runs=cold_runs, **common))
+                                            step_threads=step_threads, cold_runs=cold_runs,
+                                            spin_us="default" if spin_us is None else spin_us, **common))
             if checkpoint is not None:
                 try:
                     from capkit.training.benchmark import bench_checkpoint

@@ -6,15 +6,20 @@ to the same :func:`bench_captioner`. Every figure is the median and the 90th per
 repeated runs after warm-up runs, all greedy (argmax) decoding with a fixed ``max_length``:
 
 - ``encoder``: the image step on one preprocessed image (batch 1), ms;
-- ``step``: one decoder step in isolation, batch 1, ms: for a bundle ``session.run`` of the step
-  graph with a prebuilt feed and the outputs the loop fetches; for PyTorch the eager greedy step;
+- ``step``: one decoder step without the loop, batch 1, ms: for a bundle ``session.run`` of the
+  step graph with a prebuilt feed and the outputs the loop fetches; for PyTorch the eager greedy
+  step; chained (each step's next token and state feed the next), as in a decode. Each sample is
+  the mean step of a chain of ``max_length`` steps, so that it compares with ``loop`` (a sum of
+  steps too) median for median: single steps are skewed (a thread wake-up now and then), and the
+  median of single steps would leave that tail out of one side only;
 - ``loop``: the decode loop of one caption, batch 1, from an encoded state, run back to back as
   the isolated steps are; with ``steps`` (the steps it ran) it gives ``loop_overhead`` = loop /
   (steps x step), what the Python loop adds to the graph's own time;
 - ``decode``: the same loop right after the caption's own encoder run, as a caption really runs
   (encoder excluded from the figure): the encoder's weights and activations have pushed the step
-  graph's weights out of the CPU caches, so the first steps are slower; ``decode_overhead`` =
-  decode / (steps x step);
+  graph's weights out of the CPU caches, so the first steps are slower; ``cold_step``: a chain
+  of isolated steps right after an encoder run likewise; ``decode_overhead`` = decode / (steps x
+  cold_step);
 - ``caption``: end to end per image at batch 1 (image file -> caption: read, preprocess, encode,
   decode), ms; ``preprocess``: the reading and preprocessing alone, ms per image;
 - ``throughput``: images per second captioning ``max(batch_sizes)`` image files at each batch size;
@@ -52,7 +57,7 @@ DEFAULT_REPEATS = 10
 DEFAULT_WARMUP = 2
 DEFAULT_MAX_LENGTH = 20
 DEFAULT_COLD_RUNS = 3
-STEP_REPEATS = 100  # isolated steps are short: more of them
+STEP_CHAINS = 3  # chains of isolated steps per round (each chain max_length steps, one sample)
 SYNTHETIC_PHOTO_SIZE = (640, 480)  # a typical photo, so that reading and resizing cost what they do in use
 
 
@@ -159,6 +164,7 @@ class TargetReport:
     step: Stats  # ms, batch 1, isolated
     loop: Stats  # ms, batch 1, the decode loop from an encoded state, back to back
     decode: Stats  # ms, batch 1, the decode loop right after the caption's encoder run
+    cold_step: Stats  # ms per step of a chain of isolated steps right after an encoder run
     steps: float  # steps per caption in the decode runs (max_length when captions never end)
     caption: Stats  # ms, end to end per image at batch 1
     preprocess: Stats  # ms per image: read the file and preprocess it
@@ -176,8 +182,8 @@ class TargetReport:
 
     @property
     def decode_overhead(self) -> float:
-        """decode (after the encoder) / (steps x isolated step): the loop plus the CPU caches' refill."""
-        return self.decode.median / max(self.steps * self.step.median, 1e-12)
+        """decode / (steps x cold step), both right after an encoder run: the loop's overhead in a caption."""
+        return self.decode.median / max(self.steps * self.cold_step.median, 1e-12)
 
     def batch_speedup(self, batch_size: int) -> Optional[float]:
         """Images/s at ``batch_size`` over images/s at batch 1 (None when either was not measured)."""
@@ -190,7 +196,8 @@ class TargetReport:
             "name": self.name, "runtime": self.runtime, "precision": self.precision, "device": self.device,
             "threads": self.threads, "source": self.source, "size_bytes": self.size_bytes,
             "encoder_ms": self.encoder.to_dict(), "step_ms": self.step.to_dict(), "loop_ms": self.loop.to_dict(),
-            "decode_ms": self.decode.to_dict(), "steps": self.steps, "loop_overhead": self.loop_overhead,
+            "decode_ms": self.decode.to_dict(), "cold_step_ms": self.cold_step.to_dict(), "steps": self.steps,
+            "loop_overhead": self.loop_overhead,
             "decode_overhead": self.decode_overhead, "caption_ms": self.caption.to_dict(),
             "preprocess_ms": self.preprocess.to_dict(),
             "throughput": {str(b): s.to_dict() for b, s in sorted(self.throughput.items())},
@@ -289,19 +296,38 @@ class BenchReport:
 
 # -- the measurements -------------------------------------------------------------------------------------------------
 def isolated_step(inference: Any, pixels: np.ndarray, start_id: int) -> Callable[[], Any]:
-    """A zero-argument call of one decoder step at the batch of ``pixels``, from the encoded state and
-    ``<start>``: the step graph's ``session.run`` for ONNX (prebuilt feed, the outputs a greedy loop
-    fetches), else the inference's greedy (or plain) step."""
+    """A zero-argument call of one decoder step at the batch of ``pixels``, without the decode loop:
+    for ONNX the step graph's ``session.run`` with the outputs a greedy loop fetches, else the
+    inference's greedy (or plain) step. Calls are chained as a decode chains them (each call's next
+    token and state are the next call's inputs, from the encoded state and ``<start>``), so that
+    the graph works on fresh data as it does in the loop; what the loop adds is the rest."""
     state = inference.encode(pixels)
     tokens = np.full(len(pixels), start_id, dtype=np.int64)
     sessions = getattr(inference, "sessions", None)
     if sessions is not None and not getattr(inference, "io_binding", False):
-        manifest = inference.bundle.manifest
+        decoder = inference.bundle.manifest.decoder
         session, outputs = sessions["decoder_step"], inference.step_outputs(greedy=True)
-        feed = {manifest.decoder.token_input: tokens, **dict(zip(manifest.decoder.state_inputs, state))}
-        return lambda: session.run(outputs, feed)
-    step = getattr(inference, "greedy_step", None) or inference.step
-    return lambda: step(tokens, state)
+        greedy = inference.has_greedy_outputs
+        token_name, state_names, first_state = decoder.token_input, list(decoder.state_inputs), 2 if greedy else 1
+        feed = {token_name: tokens, **dict(zip(state_names, state))}
+
+        def graph_step() -> None:
+            out = session.run(outputs, feed)
+            if greedy:
+                feed[token_name] = out[0]
+            feed.update(zip(state_names, out[first_state:]))
+
+        return graph_step
+    greedy_step = getattr(inference, "greedy_step", None)
+    carried = [tokens, state]
+
+    def inference_step() -> None:
+        if greedy_step is not None:
+            carried[0], _, carried[1] = greedy_step(*carried)
+        else:
+            carried[1] = inference.step(*carried)[1]
+
+    return inference_step
 
 
 def bench_captioner(captioner: Any, images: Sequence[ImageSource], *, name: str, runtime: str, precision: str,
@@ -311,74 +337,100 @@ def bench_captioner(captioner: Any, images: Sequence[ImageSource], *, name: str,
     """Measures one captioner (a :class:`~capkit.runtime.captioner.Captioner`, over any Inference).
 
     ``images``: what ``caption`` reads (files, for an end-to-end figure); the first is also the
-    encoder's and the loop's input. ``extra``: TargetReport fields (device, threads, source, size_bytes)."""
+    encoder's and the loop's input. ``extra``: TargetReport fields (device, threads, source, size_bytes).
+
+    The batch-1 figures are taken in ``repeats`` rounds, each round timing every one of them once
+    (the isolated step as STEP_CHAINS chains), and the batch figures likewise: a burst
+    of load from another process then spreads over all figures instead of spoiling one of them."""
     if not images:
         raise BenchError("no images to caption")
     batch_sizes = sorted({int(b) for b in batch_sizes})
     if not batch_sizes or batch_sizes[0] < 1:
         raise BenchError(f"batch sizes must be integers >= 1, got {batch_sizes}")
+    if repeats < 1 or warmup < 0:
+        raise BenchError(f"repeats must be >= 1 and warm-up >= 0, got {repeats} and {warmup}")
     options = DecodingOptions(max_length=max_length)
     inference, vocab = captioner.inference, captioner.vocab
     pixels = preprocess(images[0], captioner.spec)[None]  # (1, 3, H, W)
-
-    progress(f"{name}: encoder")
-    encoder = Stats.of(measure(lambda: inference.encode(pixels), repeats, warmup))
-    # The isolated step and the loop from an encoded state are measured in alternating rounds, so that
-    # a change of machine load during the run moves both alike and their ratio stays meaningful.
-    progress(f"{name}: decoder step and decode loop")
     step_call = isolated_step(inference, pixels, vocab.start_id)
+    cached = TimedInference(inference, encoded=inference.encode(pixels))  # the loop from an encoded state
+    fresh = TimedInference(inference)  # the loop right after the caption's own encoder run
+    cycle = _cycle(images)
     steps: list[int] = []
 
-    def loop_once(timed: TimedInference, into: list[float]) -> None:
+    def loop_seconds(timed: TimedInference) -> float:
         timed.steps = 0
         started = time.perf_counter()
         decode(timed, pixels, options, start_id=vocab.start_id, end_id=vocab.end_id)
-        into.append(time.perf_counter() - started - timed.encode_seconds)
+        elapsed = time.perf_counter() - started - timed.encode_seconds
         steps.append(timed.steps)
+        return elapsed
 
-    warm = TimedInference(inference, encoded=inference.encode(pixels))
-    for _ in range(warmup + 3):
-        step_call()
-    for _ in range(warmup):
-        loop_once(warm, [])
-    step_samples: list[float] = []
-    loop_samples: list[float] = []
-    per_round = max(1, -(-STEP_REPEATS // repeats))  # ceil: about STEP_REPEATS isolated steps in all
-    for _ in range(repeats):
-        step_samples += measure(step_call, per_round, 0)
-        loop_once(warm, loop_samples)
-    fresh = TimedInference(inference)  # the loop right after the caption's own encoder run
-    decode_samples: list[float] = []
+    def chain_seconds() -> float:
+        started = time.perf_counter()
+        for _ in range(max_length):
+            step_call()
+        return (time.perf_counter() - started) / max_length
+
+    # One round: the encoder, the loop right after it, a caption, preprocessing; then chains of
+    # isolated steps alternating with loops from an encoded state, so that those two (whose ratio
+    # is the loop's overhead) run under the same conditions, caches warm with the step graph.
+    def cold_chain_seconds() -> float:
+        inference.encode(pixels)  # as in a caption: the step graph's weights pushed out of the caches
+        return chain_seconds()
+
+    timed_calls: dict[str, Callable[[], Any]] = {
+        "encoder": lambda: inference.encode(pixels),
+        "decode": lambda: loop_seconds(fresh),
+        "cold_step": cold_chain_seconds,
+        "caption": lambda: captioner.caption(next(cycle), max_length=max_length),
+        "preprocess": lambda: preprocess(next(cycle), captioner.spec),
+    }
+    samples: dict[str, list[float]] = {key: [] for key in [*timed_calls, "step", "loop"]}
+    progress(f"{name}: batch 1 ({repeats} rounds of encoder, decode, caption, preprocess, step and loop)")
     for index in range(warmup + repeats):
-        loop_once(fresh, decode_samples if index >= warmup else [])
-    step = Stats.of(step_samples)
-    mean_steps = float(np.mean(steps))
-    loops = {"loop": loop_samples, "decode": decode_samples}
+        record = index >= warmup
+        for key, call in timed_calls.items():
+            started = time.perf_counter()
+            value = call()
+            elapsed = time.perf_counter() - started
+            if record:
+                samples[key].append(value if key in ("decode", "cold_step") else elapsed)
+        for _ in range(STEP_CHAINS):
+            step_time, loop_time = chain_seconds(), loop_seconds(cached)
+            if record:
+                samples["step"].append(step_time)
+                samples["loop"].append(loop_time)
+        if not record:
+            steps.clear()
 
-    progress(f"{name}: caption (batch 1, end to end)")
-    cycle = _cycle(images)
-    caption = Stats.of(measure(lambda: captioner.caption(next(cycle), max_length=max_length), repeats, warmup))
-    preprocessing = Stats.of(measure(lambda: preprocess(next(cycle), captioner.spec), repeats, warmup))
-
-    throughput: dict[int, Stats] = {}
-    encoder_per_image: dict[int, Stats] = {}
     count = max(batch_sizes)
     chunk = [images[i % len(images)] for i in range(count)]
     runs = max(1, min(repeats, 3))  # whole passes over `count` images: a few suffice
-    for batch_size in batch_sizes:
-        progress(f"{name}: throughput at batch {batch_size} ({count} images)")
-        seconds = measure(lambda: captioner.caption_batch(chunk, max_length=max_length, batch_size=batch_size),
-                          runs, 1)
-        throughput[batch_size] = Stats.of([count / s for s in seconds], scale=1.0, unit="images/s")
-        batch = np.repeat(pixels, batch_size, axis=0)  # (B, 3, H, W)
-        encoder_per_image[batch_size] = Stats.of(measure(lambda: inference.encode(batch), runs, 1), scale=1e3 / batch_size)
+    rates: dict[int, list[float]] = {b: [] for b in batch_sizes}
+    encoder_rows: dict[int, list[float]] = {b: [] for b in batch_sizes}
+    batches = {b: np.repeat(pixels, b, axis=0) for b in batch_sizes}  # (B, 3, H, W)
+    progress(f"{name}: batches {batch_sizes} ({runs} rounds of {count} images each)")
+    for index in range(1 + runs):
+        for batch_size in batch_sizes:
+            started = time.perf_counter()
+            captioner.caption_batch(chunk, max_length=max_length, batch_size=batch_size)
+            seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            inference.encode(batches[batch_size])
+            encoder_seconds = time.perf_counter() - started
+            if index:
+                rates[batch_size].append(count / seconds)
+                encoder_rows[batch_size].append(encoder_seconds / batch_size)
 
-    return TargetReport(name=name, runtime=runtime, precision=precision, encoder=encoder, step=step,
-                        loop=Stats.of(loops["loop"]), decode=Stats.of(loops["decode"]), steps=mean_steps,
-                        caption=caption, preprocess=preprocessing, throughput=throughput,
-                        encoder_per_image=encoder_per_image,
-                        device=str(extra.pop("device", getattr(captioner, "device", "cpu"))),
-                        threads=extra.pop("threads", {}), **extra)
+    return TargetReport(
+        name=name, runtime=runtime, precision=precision, encoder=Stats.of(samples["encoder"]),
+        step=Stats.of(samples["step"]), loop=Stats.of(samples["loop"]), decode=Stats.of(samples["decode"]),
+        cold_step=Stats.of(samples["cold_step"]),
+        steps=float(np.mean(steps)), caption=Stats.of(samples["caption"]), preprocess=Stats.of(samples["preprocess"]),
+        throughput={b: Stats.of(r, scale=1.0, unit="images/s") for b, r in rates.items()},
+        encoder_per_image={b: Stats.of(r) for b, r in encoder_rows.items()},
+        device=str(extra.pop("device", getattr(captioner, "device", "cpu"))), threads=extra.pop("threads", {}), **extra)
 
 
 def _cycle(items: Sequence[Any]) -> Iterator[Any]:
@@ -387,20 +439,24 @@ def _cycle(items: Sequence[Any]) -> Iterator[Any]:
 
 
 def bench_bundle(bundle: Union[str, os.PathLike], images: Sequence[ImageSource], *, device: str = "cpu",
-                 threads: Optional[int] = None, step_threads: Optional[int] = None, name: Optional[str] = None,
-                 cold_runs: int = 0, cold_image: Optional[str] = None, **options: Any) -> TargetReport:
-    """:func:`bench_captioner` for an ONNX bundle, plus ``cold_runs`` fresh ``capkit caption`` processes."""
+                 threads: Optional[int] = None, step_threads: Optional[int] = None,
+                 spin_us: Union[int, None, str] = "default",
+                 name: Optional[str] = None, cold_runs: int = 0, cold_image: Optional[str] = None,
+                 **options: Any) -> TargetReport:
+    """:func:`bench_captioner` for an ONNX bundle, plus ``cold_runs`` fresh ``capkit caption`` processes.
+    ``spin_us``: as OnnxInference's (``"default"``: its default; None: ONNX Runtime's)."""
     from capkit.runtime.bundle import load_bundle
     from capkit.runtime.captioner import Captioner
     from capkit.runtime.onnx_inference import OnnxInference
 
     loaded = load_bundle(bundle)
     manifest = loaded.manifest
-    inference = OnnxInference(loaded, device=device, threads=threads, step_threads=step_threads)
+    spin = {} if spin_us == "default" else {"spin_us": spin_us}
+    inference = OnnxInference(loaded, device=device, threads=threads, step_threads=step_threads, **spin)
     captioner = Captioner.from_inference(inference, manifest.vocab, manifest.preprocess, manifest.max_length, loaded)
     report = bench_captioner(captioner, images, name=name or f"onnx {manifest.precision}", runtime="onnxruntime",
                              precision=manifest.precision, device=inference.device, source=str(loaded.folder),
-                             threads={**inference.threads, "spinning": inference.spinning},
+                             threads={**inference.threads, "spin_us": inference.spin_us},
                              size_bytes=bundle_bytes(loaded), **options)
     if not inference.has_greedy_outputs:
         report.notes.append("the step graph has no next_token output (an older bundle): greedy steps copy the logits")
@@ -588,11 +644,12 @@ def target_rows(report: dict[str, Any]) -> list[tuple[list[str], list[list[str]]
     start and size; each as (header, rows)."""
     targets = report["targets"]
     batch_sizes = sorted({int(b) for t in targets for b in t["throughput"]})
-    latency = (["target", "encoder ms", "step ms", "loop ms (steps)", "loop / steps x step", "decode ms",
-                "decode / steps x step", "preprocess ms", "caption ms"],
+    latency = (["target", "encoder ms", "step ms", "loop ms (steps)", "loop / (steps x step)", "step ms after encoder",
+                "decode ms after encoder", "decode / (steps x step after encoder)", "preprocess ms", "caption ms"],
                [[t["name"], _stat(t["encoder_ms"]), _stat(t["step_ms"], 3), f"{_stat(t['loop_ms'])} ({t['steps']:g})",
-                 _fmt(t["loop_overhead"], 3, "x"), _stat(t["decode_ms"]), _fmt(t["decode_overhead"], 3, "x"),
-                 _stat(t["preprocess_ms"]), _stat(t["caption_ms"])] for t in targets])
+                 _fmt(t["loop_overhead"], 3, "x"), _stat(t["cold_step_ms"], 3), _stat(t["decode_ms"]),
+                 _fmt(t["decode_overhead"], 3, "x"), _stat(t["preprocess_ms"]), _stat(t["caption_ms"])]
+                for t in targets])
     batches = (["target", *[f"img/s b{b}" for b in batch_sizes], *[f"b{b}/b1" for b in batch_sizes if b != 1],
                 *[f"encoder ms/img b{b}" for b in batch_sizes]],
                [[t["name"], *[_stat(t["throughput"].get(str(b)), 1) for b in batch_sizes],

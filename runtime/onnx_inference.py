@@ -12,6 +12,7 @@ state back. Two ways to keep the state between steps:
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -55,18 +56,33 @@ def _check_threads(threads: Optional[int], name: str = "threads") -> None:
         raise CapkitError(f"{name} must be an integer >= 1, got {threads!r}")
 
 
-def session_options(threads: Optional[int], graph_optimization: str, spinning: bool = True) -> ort.SessionOptions:
-    """ONNX Runtime session options. ``spinning`` False: idle intra-op threads sleep instead of
-    spinning, so that they leave the cores to the Python side of the loop between two runs."""
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
+
+
+DEFAULT_SPIN_US = 200  # how long an idle intra-op thread spins before it sleeps (see OnnxInference)
+SPIN_DURATION_SINCE = (1, 27)  # the first ONNX Runtime with session.intra_op.spin_duration_us
+
+
+def session_options(threads: Optional[int], graph_optimization: str,
+                    spin_us: Optional[int] = DEFAULT_SPIN_US) -> ort.SessionOptions:
+    """ONNX Runtime session options. ``spin_us``: how long idle intra-op threads spin before they
+    sleep (0: never; None: ONNX Runtime's default, which spins much longer). An ONNX Runtime too old
+    to bound the spin gets no spinning instead."""
     if graph_optimization not in GRAPH_OPTIMIZATIONS:
         raise CapkitError(f"unknown graph optimization {graph_optimization!r}; one of {', '.join(GRAPH_OPTIMIZATIONS)}")
     _check_threads(threads)
+    if spin_us is not None and (isinstance(spin_us, bool) or not isinstance(spin_us, int) or spin_us < 0):
+        raise CapkitError(f"spin must be an integer >= 0 (microseconds), got {spin_us!r}")
     options = ort.SessionOptions()
     options.graph_optimization_level = GRAPH_OPTIMIZATIONS[graph_optimization]
     options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (one per physical core)
     options.log_severity_level = QUIET
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if spin_us is not None:
+        bounded = spin_us > 0 and _version(ort.__version__) >= SPIN_DURATION_SINCE
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if bounded else "0")
+        if bounded:
+            options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
     return options
 
 
@@ -76,8 +92,13 @@ class OnnxInference:
     ``device``: "cpu", "cuda" (RuntimeUnavailableError when CUDA does not work here) or "auto"
     (CUDA where a session really gets the CUDA provider, else the CPU with one warning).
     ``threads``: ONNX Runtime's intra-op threads for both graphs (None: its default, one per
-    core). ``step_threads``: the decoder step graph's own (None: as ``threads``). ``spinning``:
-    whether idle intra-op threads spin between runs (ONNX Runtime's default, True) or sleep.
+    core). ``step_threads``: the decoder step graph's own (None: as ``threads``). ``spin_us``: how
+    long an idle intra-op thread spins before it sleeps, in microseconds (0: never; None: ONNX
+    Runtime's default). Each session has its own thread pool, and with ONNX Runtime's long default
+    spin a pool keeps spinning after its run and competes with the other session's: on 2 cores the
+    encoder right after a decode loop (the next caption) ran 2x slower, a whole ResNet-50 caption
+    took 57-59 ms instead of 31 ms (no spinning at all: 33-36 ms, and steps wait for sleeping
+    threads). 200 us covers the Python between two steps, so a step's threads are still awake.
     ``graph_optimization``: disabled | basic | extended | all. ``optimized_model_dir``: a cache
     folder for the optimised graphs; a later start loads them with optimisation off, which is
     faster. ``io_binding``: keep the state on the device between steps (None: on for CUDA, off for
@@ -89,14 +110,15 @@ class OnnxInference:
 
     def __init__(self, bundle: Union[Bundle, str, os.PathLike], device: str = "auto", threads: Optional[int] = None,
                  graph_optimization: str = "all", optimized_model_dir: Union[str, os.PathLike, None] = None,
-                 io_binding: Optional[bool] = None, *, step_threads: Optional[int] = None, spinning: bool = True):
+                 io_binding: Optional[bool] = None, *, step_threads: Optional[int] = None,
+                 spin_us: Optional[int] = DEFAULT_SPIN_US):
         if device not in DEVICES:
             raise RuntimeUnavailableError(f"unknown device {device!r}; one of {', '.join(DEVICES)}")
         _check_threads(step_threads, "step threads")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.threads = {"encoder": threads, "decoder_step": threads if step_threads is None else step_threads}
-        self.spinning = bool(spinning)
-        self._options = {graph: session_options(n, graph_optimization, self.spinning) for graph, n in self.threads.items()}
+        self.spin_us = spin_us
+        self._options = {graph: session_options(n, graph_optimization, spin_us) for graph, n in self.threads.items()}
         self._optimization = graph_optimization
         self._cache = Path(optimized_model_dir) if optimized_model_dir is not None else None
         self.device, self._encoder, self._decoder = self._open(device)
@@ -125,7 +147,7 @@ class OnnxInference:
             self._cache.mkdir(parents=True, exist_ok=True)
             cached = self._cache / f"{path.stem}-{sha256[:16]}-{device}-{self._optimization}-ort{ort.__version__}.onnx"
             if cached.is_file():  # already optimised: load it as it is
-                options = session_options(self.threads[graph], "disabled", self.spinning)
+                options = session_options(self.threads[graph], "disabled", self.spin_us)
                 path, cached = cached, None
             else:
                 fresh = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
@@ -279,4 +301,4 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if CUDA in ort.get_available_providers() else [])
 
 
-__all__ = ["CpuFallbackWarning", "OnnxInference", "RuntimeUnavailableError", "available_devices", "session_options"]
+__all__ = ["CpuFallbackWarning", "DEFAULT_SPIN_US", "OnnxInference", "RuntimeUnavailableError", "available_devices", "session_options"]

@@ -98,8 +98,9 @@ class ExportKit:
             loss.backward()
             optimizer.step()
         with torch.no_grad():  # fold the normalisation into the projection: the model now takes raw features
-            model.encoder.project.weight.div_(scale)
-            model.encoder.project.bias.sub_(model.encoder.project.weight @ mean)
+            linear = model.encoder.project[0]  # the Linear; a BatchNorm1d may follow it
+            linear.weight.div_(scale)
+            linear.bias.sub_(linear.weight @ mean)
         return model.eval()
 
 

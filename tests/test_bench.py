@@ -140,14 +140,15 @@ def test_bundle_report(reports, bundle: Path, export_kit) -> None:
     json.dumps(data)  # serialisable as it is
     assert data["name"] == "onnx fp32" and data["runtime"] == "onnxruntime" and data["precision"] == "fp32"
     assert data["device"] == "cpu" and data["threads"]["encoder"] == 1 and data["threads"]["decoder_step"] == 1
-    for key in ("encoder_ms", "step_ms", "loop_ms", "decode_ms", "caption_ms"):
+    for key in ("encoder_ms", "step_ms", "loop_ms", "decode_ms", "cold_step_ms", "caption_ms", "preprocess_ms"):
         assert positive(data[key]), key
-    assert data["encoder_ms"]["runs"] == 2 and data["step_ms"]["runs"] >= 2
+    assert data["encoder_ms"]["runs"] == 2 and data["step_ms"]["runs"] == data["loop_ms"]["runs"] >= 2
     assert 1 <= data["steps"] <= FAST["max_length"]
     assert data["loop_overhead"] == pytest.approx(data["loop_ms"]["median"] / (data["steps"] * data["step_ms"]["median"]))
     assert data["decode_overhead"] == pytest.approx(
-        data["decode_ms"]["median"] / (data["steps"] * data["step_ms"]["median"]))
+        data["decode_ms"]["median"] / (data["steps"] * data["cold_step_ms"]["median"]))
     assert set(data["throughput"]) == {"1", "2"} and all(positive(s) for s in data["throughput"].values())
+    assert set(data["encoder_ms_per_image"]) == {"1", "2"} and all(positive(s) for s in data["encoder_ms_per_image"].values())
     assert all(s["unit"] == "images/s" for s in data["throughput"].values())
     assert data["batch_speedup"]["2"] == pytest.approx(
         data["throughput"]["2"]["median"] / data["throughput"]["1"]["median"])

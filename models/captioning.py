@@ -37,6 +37,8 @@ class CaptionModelConfig:
     freeze_embeddings: bool = False  # keep pretrained word vectors fixed
     project_norm: bool = True  # BatchNorm1d after the projection: the image step's input at the scale of word
     # embeddings; from-scratch training on the synthetic set reaches a given BLEU in about half the epochs
+    forget_bias: float = 1.0  # LSTM forget-gate bias at init (Jozefowicz et al. 2015): the image, seen only at
+    # step 0, must survive to the words that describe it; PyTorch's 0 halves the memory at every step
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -138,6 +140,11 @@ class CaptionModel(nn.Module):
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
         self.head = nn.Linear(config.hidden_dim, config.vocab_size)
+        if config.decoder == "lstm":
+            with torch.no_grad():
+                for name, bias in self.core.named_parameters():
+                    if name.startswith("bias_ih"):  # gates i, f, g, o: the second quarter is the forget gate's
+                        bias[config.hidden_dim:2 * config.hidden_dim].fill_(config.forget_bias)
         if config.freeze_embeddings:
             self.embed.weight.requires_grad_(False)
 

@@ -242,3 +242,34 @@ def test_malformed_files_name_file_and_line(tmp_path):
     unknown.write_text("hello\n")
     with pytest.raises(DatasetError, match=r"notes\.txt: unrecognised dataset format"):
         load_dataset(unknown)
+
+
+def test_captions_per_image_are_a_fresh_seeded_subset_each_epoch(tmp_path):
+    pytest.importorskip("torch")
+    from capkit.runtime.preprocess import PreprocessSpec
+    from capkit.runtime.vocab import Vocabulary
+    from capkit.training.data import CaptionedImages
+
+    captions = [f"caption number {w}" for w in ("one", "two", "three", "four", "five")]
+    records = [CaptionedImage(png(tmp_path / f"{i}.png"), tuple(captions), str(i)) for i in range(3)]
+    vocab = Vocabulary.build(captions)
+    spec = PreprocessSpec(resize=8, crop=8)
+
+    def drawn(dataset, epoch: int, i: int) -> list[str]:
+        dataset.set_epoch(epoch)
+        _, encoded, _, _ = dataset[i]
+        return [vocab.decode(c.tolist()) for c in encoded]
+
+    first = CaptionedImages(records, vocab, spec, 10, captions_per_image=2)
+    assert [drawn(first, e, 0) for e in range(3)] == [captions[:2]] * 3  # no sampling: the first ones
+    assert len(drawn(CaptionedImages(records, vocab, spec, 10), 0, 0)) == 5  # None: all of them
+
+    sampled = CaptionedImages(records, vocab, spec, 10, captions_per_image=2, sample=True, seed=7)
+    again = CaptionedImages(records, vocab, spec, 10, captions_per_image=2, sample=True, seed=7)
+    draws = [drawn(sampled, e, i) for e in range(20) for i in range(3)]
+    assert draws == [drawn(again, e, i) for e in range(20) for i in range(3)]  # same seed, epoch, item: same captions
+    assert all(len(d) == 2 and len(set(d)) == 2 and set(d) <= set(captions) for d in draws)
+    assert {c for d in draws for c in d} == set(captions)  # every caption is used over the epochs
+    assert len({tuple(d) for d in draws}) > 3  # and the subsets change
+    other = CaptionedImages(records, vocab, spec, 10, captions_per_image=2, sample=True, seed=8)
+    assert draws != [drawn(other, e, i) for e in range(20) for i in range(3)]

@@ -81,3 +81,19 @@ def test_unknown_names_are_refused():
         build_backbone("resnet_nonexistent")
     with pytest.raises(ValueError, match="unknown decoder"):
         CaptionModelConfig(vocab_size=30, decoder="transformer")
+
+
+def test_lstm_forget_gate_bias_starts_at_the_configured_value():
+    hidden = 24
+    model = CaptionModel(CaptionModelConfig(vocab_size=30, encoder="resnet18", embed_dim=16, hidden_dim=hidden,
+                                            decoder="lstm", layers=2, forget_bias=1.5))
+    for layer in range(2):
+        bias = getattr(model.core, f"bias_ih_l{layer}")  # gates i, f, g, o
+        assert torch.equal(bias[hidden:2 * hidden], torch.full((hidden,), 1.5))
+        others = torch.cat([bias[:hidden], bias[2 * hidden:]])
+        assert others.abs().max() <= hidden ** -0.5 and others.std() > 0  # PyTorch's uniform init, untouched
+        recurrent = getattr(model.core, f"bias_hh_l{layer}")[hidden:2 * hidden]
+        assert recurrent.abs().max() <= hidden ** -0.5 and recurrent.std() > 0
+    gru = CaptionModel(CaptionModelConfig(vocab_size=30, encoder="resnet18", embed_dim=16, hidden_dim=hidden,
+                                          decoder="gru", forget_bias=1.5))
+    assert gru.core.bias_ih_l0.abs().max() <= hidden ** -0.5  # only the LSTM has a forget gate

@@ -12,6 +12,7 @@ from typing import Optional
 import click
 
 from capkit.cli_options import device_option, echo_json, json_option, status, user_errors
+from capkit.training.synthetic import DEFAULT_COUNT
 
 
 @click.group()
@@ -22,7 +23,7 @@ def data() -> None:
 @data.command("synthetic")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder to write [default: the cache folder that `capkit train` uses].")
-@click.option("--count", type=click.IntRange(10), default=2400, show_default=True, help="Number of images.")
+@click.option("--count", type=click.IntRange(10), default=DEFAULT_COUNT, show_default=True, help="Number of images.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--image-size", type=click.IntRange(32), default=64, show_default=True)
 @json_option
@@ -57,8 +58,10 @@ def synthetic(out: Optional[Path], count: int, seed: int, image_size: int, as_js
 @click.option("--embeddings", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Pretrained word vectors (GloVe / word2vec text format).")
 @click.option("--freeze-embeddings", is_flag=True)
-@click.option("--epochs", type=click.IntRange(1), default=25, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--captions-per-image", type=click.IntRange(1), default=2, show_default=True,
+              help="Captions each image brings per epoch: a fresh random subset each epoch.")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-5, show_default=True, help="L2 penalty.")
 @click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
@@ -66,7 +69,7 @@ def synthetic(out: Optional[Path], count: int, seed: int, image_size: int, as_js
 @click.option("--max-length", type=click.IntRange(2), default=20, show_default=True)
 @click.option("--patience", type=click.IntRange(1), default=None, help="Early-stopping patience in epochs.")
 @click.option("--image-size", type=click.IntRange(16), default=None, help="Input side [default: the backbone's; 64 on synthetic].")
-@click.option("--synthetic-count", type=click.IntRange(10), default=2400, show_default=True)
+@click.option("--synthetic-count", type=click.IntRange(10), default=DEFAULT_COUNT, show_default=True)
 @click.option("--workers", "num_workers", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many steps.")

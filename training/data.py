@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torchvision
 from torch.utils.data import DataLoader, Dataset
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from capkit.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageError, PreprocessSpec, load_image
 from capkit.runtime.vocab import Vocabulary
 from capkit.training.datasets import CaptionedImage, load_dataset
-from capkit.training.synthetic import generate_synthetic
+from capkit.training.synthetic import DEFAULT_COUNT, generate_synthetic
 
 SYNTHETIC = "synthetic"
 CACHE_ENV = "CAPKIT_CACHE"
@@ -34,7 +35,7 @@ def synthetic_dir(count: int, seed: int, image_size: int) -> Path:
     return cache_dir() / f"synthetic-n{count}-s{seed}-px{image_size}"
 
 
-def resolve_dataset(data: Optional[str], images: Optional[str] = None, *, synthetic_count: int = 2400,
+def resolve_dataset(data: Optional[str], images: Optional[str] = None, *, synthetic_count: int = DEFAULT_COUNT,
                     synthetic_seed: int = 0, synthetic_size: int = 64,
                     progress: bool = True) -> tuple[str, dict[str, list[CaptionedImage]]]:
     """(source, splits): ``data`` None or "synthetic" generates the built-in set into the cache first."""
@@ -84,12 +85,21 @@ def encode_caption(vocab: Vocabulary, caption: str, max_length: int) -> list[int
 
 
 class CaptionedImages(Dataset):
-    """Item i: (image tensor or None if unreadable, encoded captions, image path, error or None)."""
+    """Item i: (image tensor or None if unreadable, encoded captions, image path, error or None).
+
+    ``captions_per_image``: how many of an image's captions an item brings (None: all). With
+    ``sample`` they are a fresh random subset each epoch (:meth:`set_epoch`), drawn from
+    ``default_rng((seed, epoch, i))``, so that every caption is used over the epochs and a resumed
+    or distributed run draws the same ones; without it, the first ones."""
 
     def __init__(self, records: Sequence[CaptionedImage], vocab: Vocabulary, spec: PreprocessSpec, max_length: int,
-                 captions_per_image: int = 5, features: Optional[torch.Tensor] = None):
+                 captions_per_image: Optional[int] = None, features: Optional[torch.Tensor] = None,
+                 sample: bool = False, seed: int = 0):
         self.records = list(records)
-        self.captions = [[torch.tensor(encode_caption(vocab, c, max_length)) for c in r.captions[:captions_per_image]]
+        self.per_image = captions_per_image
+        self.sample, self.seed, self.epoch = sample, seed, 0
+        kept = None if sample else captions_per_image  # sampling draws from all of them
+        self.captions = [[torch.tensor(encode_caption(vocab, c, max_length)) for c in r.captions[:kept]]
                          for r in self.records]
         self.transform = torchvision_transform(spec)
         self.features = features  # (N, F) cached backbone features, rows aligned with records (NaN row: unreadable)
@@ -97,15 +107,26 @@ class CaptionedImages(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def captions_of(self, i: int) -> list[torch.Tensor]:
+        captions = self.captions[i]
+        if not self.sample or self.per_image is None or len(captions) <= self.per_image:
+            return captions
+        chosen = np.random.default_rng((self.seed, self.epoch, i)).choice(len(captions), self.per_image, replace=False)
+        return [captions[j] for j in sorted(chosen)]
+
     def __getitem__(self, i: int):
         path = str(self.records[i].image)
+        captions = self.captions_of(i)
         if self.features is not None:
             row = self.features[i]  # (F,)
-            return (None if torch.isnan(row[0]) else row), self.captions[i], path, None
+            return (None if torch.isnan(row[0]) else row), captions, path, None
         try:
-            return self.transform(load_image(path)), self.captions[i], path, None  # (3, H, W)
+            return self.transform(load_image(path)), captions, path, None  # (3, H, W)
         except ImageError as e:
-            return None, self.captions[i], path, str(e)
+            return None, captions, path, str(e)
 
 
 @dataclass

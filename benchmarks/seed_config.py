@@ -241,8 +241,8 @@ def targets(report: dict[str, Any], bleu: dict[str, Any], auto: Optional[dict[st
         enc1, enc16 = fp32["encoder_ms_per_image"]["1"]["median"], fp32["encoder_ms_per_image"]["16"]["median"]
         prep = fp32["preprocess_ms"]["median"]
         row("5", "batch 16 >= 2x batch-1 images/s", f"fp32 {b16:.2f}x, int8 {b16_int8:.2f}x", met,
-            "" if met else (f"batching shares the decoder's weight reads (a batch-16 step costs "
-                            f"~{fp32['step_ms']['median']:.2f} ms at batch 1), but the encoder costs "
+            "" if met else (f"batching shares the decoder's weight reads (one step costs "
+                            f"{fp32['step_ms']['median']:.2f} ms at batch 1), but the encoder costs "
                             f"{enc16:.1f} ms per image at batch 16 against {enc1:.1f} ms at batch 1 (ONNX Runtime's CPU "
                             f"convolutions do the same work per image) and reading + preprocessing a photo "
                             f"({prep:.1f} ms) is per image too: together they are "

@@ -58,6 +58,7 @@ def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str,
     capkit bench --batch-sizes 1,16 --cold-runs 0 --json
     """
     from capkit.runtime.benchmark import BenchReport, ImageSet, bench_bundle, machine_info
+    from capkit.runtime.onnx_inference import DEFAULT_SPIN_US
 
     sizes = _batch_sizes(batch_sizes)
     with user_errors():
@@ -72,7 +73,7 @@ def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str,
             for bundle in targets:
                 reports.append(bench_bundle(bundle, image_set.paths, device=device, threads=threads,
                                             step_threads=step_threads, cold_runs=cold_runs,
-                                            spin_us="default" if spin_us is None else spin_us, **common))
+                                            spin_us=DEFAULT_SPIN_US if spin_us is None else spin_us, **common))
             if checkpoint is not None:
                 try:
                     from capkit.training.benchmark import bench_checkpoint

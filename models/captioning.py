@@ -38,7 +38,7 @@ class CaptionModelConfig:
     project_norm: bool = True  # BatchNorm1d after the projection: the image step's input at the scale of word
     # embeddings; from-scratch training on the synthetic set reaches a given BLEU in about half the epochs
     forget_bias: float = 1.0  # LSTM forget-gate bias at init (Jozefowicz et al. 2015): the image, seen only at
-    # step 0, must survive to the words that describe it; PyTorch's 0 halves the memory at every step
+    # step 0, must survive to the words that describe it; PyTorch's ~0 halves the memory at every step
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:

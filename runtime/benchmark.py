@@ -50,6 +50,7 @@ import numpy as np
 
 from capkit.runtime.decoding import DecodingOptions, decode
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.onnx_inference import DEFAULT_SPIN_US
 from capkit.runtime.preprocess import ImageSource, preprocess
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -440,19 +441,18 @@ def _cycle(items: Sequence[Any]) -> Iterator[Any]:
 
 def bench_bundle(bundle: Union[str, os.PathLike], images: Sequence[ImageSource], *, device: str = "cpu",
                  threads: Optional[int] = None, step_threads: Optional[int] = None,
-                 spin_us: Union[int, None, str] = "default",
+                 spin_us: Optional[int] = DEFAULT_SPIN_US,
                  name: Optional[str] = None, cold_runs: int = 0, cold_image: Optional[str] = None,
                  **options: Any) -> TargetReport:
     """:func:`bench_captioner` for an ONNX bundle, plus ``cold_runs`` fresh ``capkit caption`` processes.
-    ``spin_us``: as OnnxInference's (``"default"``: its default; None: ONNX Runtime's)."""
+    ``spin_us``: as OnnxInference's (None: ONNX Runtime's own)."""
     from capkit.runtime.bundle import load_bundle
     from capkit.runtime.captioner import Captioner
     from capkit.runtime.onnx_inference import OnnxInference
 
     loaded = load_bundle(bundle)
     manifest = loaded.manifest
-    spin = {} if spin_us == "default" else {"spin_us": spin_us}
-    inference = OnnxInference(loaded, device=device, threads=threads, step_threads=step_threads, **spin)
+    inference = OnnxInference(loaded, device=device, threads=threads, step_threads=step_threads, spin_us=spin_us)
     captioner = Captioner.from_inference(inference, manifest.vocab, manifest.preprocess, manifest.max_length, loaded)
     report = bench_captioner(captioner, images, name=name or f"onnx {manifest.precision}", runtime="onnxruntime",
                              precision=manifest.precision, device=inference.device, source=str(loaded.folder),

@@ -58,6 +58,8 @@ def synthetic(out: Optional[Path], count: int, seed: int, image_size: int, as_js
 @click.option("--embeddings", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Pretrained word vectors (GloVe / word2vec text format).")
 @click.option("--freeze-embeddings", is_flag=True)
+@click.option("--forget-bias", type=float, default=1.0, show_default=True,
+              help="LSTM forget-gate bias at init (PyTorch's own init: small random values around 0).")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--captions-per-image", type=click.IntRange(1), default=2, show_default=True,
@@ -79,7 +81,7 @@ def synthetic(out: Optional[Path], count: int, seed: int, image_size: int, as_js
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @device_option
 @json_option
-def train(encoder, pretrained, freeze_encoder, decoder, layers, embed_dim, hidden_dim, dropout, freeze_embeddings,
+def train(encoder, pretrained, freeze_encoder, decoder, layers, embed_dim, hidden_dim, dropout, freeze_embeddings, forget_bias,
           resume, as_json, **options) -> None:
     """Train a captioning model (no arguments: a small model on the synthetic dataset)."""
     from capkit.models import CaptionModelConfig
@@ -89,7 +91,7 @@ def train(encoder, pretrained, freeze_encoder, decoder, layers, embed_dim, hidde
         model_config = CaptionModelConfig(vocab_size=5, encoder=encoder, pretrained=pretrained,
                                           freeze_encoder=freeze_encoder, embed_dim=embed_dim, hidden_dim=hidden_dim,
                                           decoder=decoder, layers=layers, dropout=dropout,
-                                          freeze_embeddings=freeze_embeddings)
+                                          freeze_embeddings=freeze_embeddings, forget_bias=forget_bias)
         result = run_training(TrainConfig(**options), model_config, resume=resume, log=status)
     summary = {"run": str(result.run_dir), "epochs": result.epochs, "best_val_loss": result.best_val_loss,
                "stopped": result.stopped, "skipped_images": result.skipped_images, "history": result.history}

@@ -42,7 +42,7 @@ class TrainConfig:
     images: Optional[str] = None  # image folder, for sources that need one (COCO JSON, Flickr token file)
     synthetic_count: int = DEFAULT_COUNT  # images in the generated synthetic set (80/10/10 split)
     image_size: Optional[int] = None  # square input side; None: the backbone's own preset (64 for synthetic)
-    epochs: int = 10  # passes over the training images (the synthetic default: 10 x 120 steps, about 8 min on 2 cores)
+    epochs: int = 10  # passes over the training images (the synthetic default: 10 x 120 steps, about 7 min on 2 cores)
     batch_size: int = 32  # images per step; each brings captions_per_image of its captions
     captions_per_image: Optional[int] = 2  # a fresh random subset per epoch (None: all; COCO has five). The
     # image is encoded once for all of them; at 5 the decoder costs more than the CNN, and 2 carry the same facts

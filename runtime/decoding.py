@@ -172,7 +172,7 @@ class SamplingDecoder:
     _generated: np.ndarray = field(init=False)  # (B, max_length) the chosen tokens, by step
     _lengths: np.ndarray = field(init=False)  # (B,) tokens before <end>; -1 while still decoding
     _step: int = field(init=False)
-    _logprobs: np.ndarray = field(init=False)
+    _logprobs: np.ndarray = field(init=False)  # (B, max_length) each chosen token's log-probability, by step
     _rngs: list[np.random.Generator] = field(init=False)
 
     @property
@@ -186,7 +186,7 @@ class SamplingDecoder:
         self._generated = np.zeros((batch, self.options.max_length), dtype=np.int64)
         self._lengths = np.full(batch, -1, dtype=np.int64)
         self._step = 0
-        self._logprobs = np.zeros(batch)
+        self._logprobs = np.zeros((batch, self.options.max_length))
         if not self.greedy:
             seeds = ([self.options.seed] * batch if self.options.seed is not None
                      else np.random.SeedSequence().spawn(batch))
@@ -209,22 +209,31 @@ class SamplingDecoder:
         active, step = self._active, self._step
         if step == self._generated.shape[1]:  # more steps than max_length: grow
             self._generated = np.concatenate([self._generated, np.zeros_like(self._generated)], axis=1)
-        rows = slice(None) if len(active) == len(self._lengths) else active  # a slice while no row has finished
-        self._generated[rows, step] = chosen
-        self._logprobs[rows] += logprobs
+            self._logprobs = np.concatenate([self._logprobs, np.zeros_like(self._logprobs)], axis=1)
+        if len(active) == len(self._lengths):  # no row has finished: whole columns, no index arrays
+            self._generated[:, step] = chosen
+            self._logprobs[:, step] = logprobs  # summed once, in finish (an add per step costs more)
+        else:
+            self._generated[active, step] = chosen
+            self._logprobs[active, step] = logprobs
         self._step = step + 1
-        done = chosen == self.end_id  # (B',)
-        if not done.any():
+        # A scan of a short Python list: at batch 1 a numpy reduction (``(chosen == end).any()``)
+        # costs a few microseconds more per step, once the step graph has left the caches cold.
+        if self.end_id not in chosen.tolist():
             return chosen, None
+        done = chosen == self.end_id  # (B',)
         self._lengths[active[done]] = step
         keep = np.flatnonzero(~done)  # (B'',)
         self._active = active[keep]
         return chosen[keep], keep
 
     def finish(self) -> list[DecodingResult]:
-        lengths = np.where(self._lengths < 0, self._step, self._lengths)
-        return [DecodingResult(tuple(row[:n].tolist()), float(lp), bool(end >= 0))
-                for row, n, lp, end in zip(self._generated, lengths, self._logprobs, self._lengths)]
+        # Python lists, not numpy reductions: a few rows, and this runs once per batch in cold caches.
+        results = []
+        for row, logprobs, end in zip(self._generated.tolist(), self._logprobs.tolist(), self._lengths.tolist()):
+            n = end if end >= 0 else self._step  # tokens before <end>
+            results.append(DecodingResult(tuple(row[:n]), sum(logprobs[: n + (end >= 0)]), end >= 0))  # <end> counts
+        return results
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -37,6 +38,7 @@ SILENT = 4  # while probing CUDA: fatal only (the CUDA provider logs its load fa
 DEFAULT_SEVERITY = 2  # ONNX Runtime's default logger severity (warnings)
 
 State = tuple  # numpy arrays (plain run) or OrtValues (IO binding); each (layers, B, hidden)
+NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
 
 
 class RuntimeUnavailableError(CapkitError):
@@ -86,6 +88,68 @@ def session_options(threads: Optional[int], graph_optimization: str,
     return options
 
 
+class BoundGreedySteps:
+    """Greedy steps of the step graph at one batch size on the CPU, with host buffers bound once.
+
+    Two buffer sets (token, log-probability, state) and two IO bindings that alternate: binding k
+    reads set k's token and state and writes the next token, its log-probability and the next
+    state into set 1 - k, which the following step reads. A chain of steps thus runs with no
+    allocation, no feed dict, no binding and no copy: only ``run_with_iobinding``. A state or
+    tokens that are not the previous step's buffers (the encoder's output, selected rows) are
+    copied into set 0 first. The arrays a step returns are overwritten by the step after next.
+
+    ``session``: the step graph's CPU session; ``names``: the token input, the state inputs, and
+    the outputs in :meth:`OnnxInference.step_outputs` order (next_token, next_logprob, state...);
+    ``state``: arrays of the state's shapes (each (L, B, H)).
+    """
+
+    def __init__(self, session: ort.InferenceSession, token_name: str, state_names: list[str], outputs: list[str],
+                 state: State):
+        self.session = session
+        self.batch = int(state[0].shape[1])
+        types = {o.name: o.type for o in session.get_outputs()}
+        logprob_type = NUMPY_TYPES.get(types[outputs[1]])
+        if types[outputs[0]] != "tensor(int64)" or logprob_type is None:
+            raise BundleError(f"{outputs[0]}/{outputs[1]}: unexpected types {types[outputs[0]]}/{types[outputs[1]]}")
+        self.tokens = [np.zeros(self.batch, np.int64) for _ in range(2)]  # (B,) each
+        self.logprobs = [np.zeros(self.batch, logprob_type) for _ in range(2)]  # (B,) each
+        self.states = [tuple(np.zeros(s.shape, s.dtype) for s in state) for _ in range(2)]  # each (L, B, H)
+        self.bindings = []
+        for k in (0, 1):
+            binding = session.io_binding()
+            for name, array in ((token_name, self.tokens[k]), *zip(state_names, self.states[k])):
+                binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+            written = (self.tokens[1 - k], self.logprobs[1 - k], *self.states[1 - k])
+            for name, array in zip(outputs, written):
+                binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+            self.bindings.append(binding)
+        self._checked = [False, False]
+
+    def run(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
+        """One greedy step: argmax int64 (B,), its log-softmax (B,) and the next state."""
+        k = 0 if state is self.states[0] else 1 if state is self.states[1] else None
+        if k is None:  # a state that is not a previous step's: into set 0
+            k = 0
+            for buffer, value in zip(self.states[0], state):
+                np.copyto(buffer, value)  # (L, B, H)
+        if tokens is not self.tokens[k]:
+            np.copyto(self.tokens[k], tokens)  # (B,)
+        self.session.run_with_iobinding(self.bindings[k])
+        if not self._checked[k]:
+            self._check(k)
+        j = 1 - k
+        return self.tokens[j], self.logprobs[j], self.states[j]
+
+    def _check(self, k: int) -> None:
+        """Once per binding: ONNX Runtime must have written into our buffers, not beside them."""
+        written = (self.tokens[1 - k], self.logprobs[1 - k], *self.states[1 - k])
+        for value, array in zip(self.bindings[k].get_outputs(), written):
+            if value.data_ptr() != array.ctypes.data:
+                raise CapkitError(f"ONNX Runtime {ort.__version__} did not write the greedy step's outputs into the bound "
+                                  "buffers; use io_binding=True")
+        self._checked[k] = True
+
+
 class OnnxInference:
     """The runtime's :class:`~capkit.runtime.decoding.Inference` over a bundle's two ONNX graphs.
 
@@ -106,6 +170,9 @@ class OnnxInference:
 
     A bundle whose step graph computes the greedy choice (``next_token``/``next_logprob``, see
     docs/bundle.md) gets :meth:`greedy_step` from the graph; older bundles get it from the logits.
+    On the CPU without IO binding, greedy steps run on buffers bound once per batch size
+    (:class:`BoundGreedySteps`, one set per thread): what :meth:`greedy_step` returns is valid
+    until the step after next, which is all a decode loop needs.
     """
 
     def __init__(self, bundle: Union[Bundle, str, os.PathLike], device: str = "auto", threads: Optional[int] = None,
@@ -138,6 +205,7 @@ class OnnxInference:
         if self.io_binding:
             self._encoder_binding = self._encoder.io_binding()
             self._decoder_binding = self._decoder.io_binding()
+        self._local = threading.local()  # each thread's BoundGreedySteps (a session runs concurrently, buffers do not)
 
     # -- sessions -------------------------------------------------------------------------------
     def _session(self, path: Path, sha256: str, device: str, graph: str, cache: bool = True) -> ort.InferenceSession:
@@ -248,12 +316,12 @@ class OnnxInference:
         if self._greedy_outputs is None:
             logits, state = self.step(tokens, state)
             return (*greedy_from_logits(logits), state)
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64)  # (B,)
         if not self.io_binding:
-            feed = dict(zip(self._state_inputs, state))
-            feed[self._token_name] = tokens
-            chosen, logprobs, *state = self._decoder.run(self._greedy_outputs, feed)  # (B,), (B,)
-            return chosen, logprobs, tuple(state)
+            steps = getattr(self._local, "greedy", None)
+            if steps is None or steps.batch != len(tokens):
+                steps = self._local.greedy = self.bound_greedy_steps(state)
+            return steps.run(tokens, state)  # (B,), (B,), each (L, B, H)
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)  # (B,)
         binding = self._decoder_binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
@@ -273,6 +341,13 @@ class OnnxInference:
     def sessions(self) -> dict[str, ort.InferenceSession]:
         """The two ONNX Runtime sessions, by graph: ``encoder`` and ``decoder_step``."""
         return {"encoder": self._encoder, "decoder_step": self._decoder}
+
+    def bound_greedy_steps(self, state: State) -> BoundGreedySteps:
+        """New bound buffers for greedy steps at the batch of ``state`` (CPU, no IO binding, a step graph
+        with greedy outputs): what :meth:`greedy_step` uses, and what a benchmark times as the graph's step."""
+        if self.io_binding or self._greedy_outputs is None:
+            raise CapkitError("bound greedy steps need the CPU without IO binding and a step graph with greedy outputs")
+        return BoundGreedySteps(self._decoder, self._token_name, self._state_inputs, self._greedy_outputs, state)
 
     @property
     def has_greedy_outputs(self) -> bool:
@@ -301,4 +376,4 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if CUDA in ort.get_available_providers() else [])
 
 
-__all__ = ["CpuFallbackWarning", "DEFAULT_SPIN_US", "OnnxInference", "RuntimeUnavailableError", "available_devices", "session_options"]
+__all__ = ["BoundGreedySteps", "CpuFallbackWarning", "DEFAULT_SPIN_US", "OnnxInference", "RuntimeUnavailableError", "available_devices", "session_options"]

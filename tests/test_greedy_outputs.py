@@ -9,6 +9,7 @@ without the outputs.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from capkit.models import greedy_choice  # noqa: E402
 from capkit.runtime.bundle import MANIFEST_NAME, BundleError, load_bundle  # noqa: E402
 from capkit.runtime.decoding import (DecodingOptions, chosen_log_softmax, decode, greedy_from_logits,  # noqa: E402
                                      log_softmax)
+from capkit.runtime.errors import CapkitError  # noqa: E402
 from capkit.runtime.onnx_inference import OnnxInference  # noqa: E402
 from capkit.training.torch_inference import TorchInference  # noqa: E402
 
@@ -184,3 +186,62 @@ def test_manifest_greedy_names(export_kit, tmp_path: Path) -> None:
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="without the other"):
         load_bundle(folder)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_bound_greedy_steps_match_plain_runs(export_kit, kind: str) -> None:
+    """The CPU's greedy steps on buffers bound once: the same tokens, log-probabilities and states as
+    ``session.run`` step after step, while the buffers alternate instead of being allocated."""
+    bundle, images = export_kit.bundle(kind, KINDS[kind]), export_kit.images
+    inference = OnnxInference(bundle, device="cpu")
+    session, names = inference.sessions["decoder_step"], inference.bundle.manifest.decoder
+    outputs = inference.step_outputs(greedy=True)
+    tokens = np.full(5, export_kit.vocab.start_id, np.int64)
+    state = reference = inference.encode(images[:5])
+    returned = []
+    for _ in range(6):
+        chosen, logprobs, state = inference.greedy_step(tokens, state)
+        ref_chosen, ref_logprobs, *reference = session.run(
+            outputs, {names.token_input: tokens if not returned else ref_tokens, **dict(zip(names.state_inputs, reference))})
+        assert np.array_equal(chosen, ref_chosen) and np.array_equal(logprobs, ref_logprobs)
+        assert all(np.array_equal(s, r) for s, r in zip(state, reference))
+        returned.append((chosen, state))
+        tokens, ref_tokens = chosen, ref_chosen
+    assert len({id(c) for c, _ in returned}) == 2 and len({id(s) for _, s in returned}) == 2  # two sets, in turns
+    assert returned[0][0] is returned[2][0] and returned[1][1] is returned[3][1]
+    # A new batch size gets its own buffers; a state that is not a step's own is copied in, not aliased.
+    fresh = inference.encode(images[:2])
+    kept = [s.copy() for s in fresh]
+    chosen, _, state = inference.greedy_step(np.array([1, 1], np.int64), fresh)
+    assert chosen.shape == (2,) and all(s is not f for s, f in zip(state, fresh))
+    assert all(np.array_equal(f, k) for f, k in zip(fresh, kept))
+
+
+def test_bound_greedy_steps_per_thread(export_kit) -> None:
+    """Threads sharing one OnnxInference each get their own buffers: concurrent greedy decodes give the
+    captions of sequential ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inference, images, vocab = OnnxInference(export_kit.bundle("gru"), device="cpu"), export_kit.images, export_kit.vocab
+    chunks = [images[i::4] for i in range(4)]
+    alone = [[r.tokens for r in run(inference, chunk, GREEDY, vocab)] for chunk in chunks]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns between steps, not after whole decodes
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(5):
+                together = list(pool.map(lambda chunk: [r.tokens for r in run(inference, chunk, GREEDY, vocab)],
+                                         chunks))
+                assert together == alone
+    finally:
+        sys.setswitchinterval(interval)
+    assert len({t for chunk in alone for t in chunk}) >= 3
+
+
+def test_bound_greedy_steps_need_the_greedy_outputs(export_kit, tmp_path: Path) -> None:
+    model = export_kit.model("gru")
+    old = export_model(model, export_kit.vocab, export_kit.spec, export_kit.max_length, tmp_path / "old",
+                       greedy_outputs=False)
+    inference = OnnxInference(old, device="cpu")
+    with pytest.raises(CapkitError, match="greedy outputs"):
+        inference.bound_greedy_steps(inference.encode(export_kit.images[:1]))

@@ -399,8 +399,8 @@ def bench_captioner(captioner: Any, images: Sequence[ImageSource], *, name: str,
     }
     samples: dict[str, list[float]] = {key: [] for key in [*timed_calls, "step", "loop"]}
     progress(f"{name}: batch 1 ({repeats} rounds of encoder, decode, caption, preprocess, step and loop)")
-    # Whatever runs first after the "encoder" call is slower (about 20% for int8's decode): decode
-    # and cold_step, whose ratio is the loop's overhead in a caption, take turns at that place.
+    # Whatever runs first after another kind of call is slower (about 20% for int8's decode right
+    # after the "encoder" call): the two sides of each overhead ratio take turns at going first.
     orders = [list(timed_calls), list(timed_calls)]
     first, second = orders[1].index("decode"), orders[1].index("cold_step")
     orders[1][first], orders[1][second] = orders[1][second], orders[1][first]
@@ -413,8 +413,11 @@ def bench_captioner(captioner: Any, images: Sequence[ImageSource], *, name: str,
             elapsed = time.perf_counter() - started
             if record:
                 samples[key].append(value if key in ("decode", "cold_step") else elapsed)
-        for _ in range(STEP_CHAINS):
-            step_time, loop_time = chain_seconds(), loop_seconds(cached)
+        for chain in range(STEP_CHAINS):  # the chain and the loop take turns at going first, as above
+            if (index * STEP_CHAINS + chain) % 2:
+                loop_time, step_time = loop_seconds(cached), chain_seconds()
+            else:
+                step_time, loop_time = chain_seconds(), loop_seconds(cached)
             if record:
                 samples["step"].append(step_time)
                 samples["loop"].append(loop_time)

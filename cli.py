@@ -18,8 +18,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    # Each stage's commands live with the stage; their modules import torch only inside commands.
-    from capkit.export.bench_cli import bench
+    # Each stage's commands live with the stage (bench, over the runtime and training, beside this file);
+    # their modules import torch only inside commands.
+    from capkit.bench_cli import bench
     from capkit.export.cli import export
     from capkit.runtime.cli import caption
     from capkit.training.cli import data, eval_command, train

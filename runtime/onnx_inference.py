@@ -98,9 +98,10 @@ class BoundGreedySteps:
     tokens that are not the previous step's buffers (the encoder's output, selected rows) are
     copied into set 0 first. The arrays a step returns are overwritten by the step after next.
 
-    ``session``: the step graph's CPU session; ``names``: the token input, the state inputs, and
-    the outputs in :meth:`OnnxInference.step_outputs` order (next_token, next_logprob, state...);
-    ``state``: arrays of the state's shapes (each (L, B, H)).
+    ``session``: the step graph's CPU session; ``token_name``, ``state_names``: its inputs;
+    ``outputs``: next_token, next_logprob, then the next state's, as
+    :meth:`OnnxInference.step_outputs` orders them; ``state``: arrays of the state's shapes and
+    dtype (each (L, B, H)).
     """
 
     def __init__(self, session: ort.InferenceSession, token_name: str, state_names: list[str], outputs: list[str],

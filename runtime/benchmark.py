@@ -10,9 +10,9 @@ repeated runs after warm-up runs, all greedy (argmax) decoding with a fixed ``ma
   loop runs it (``run_with_iobinding`` on the buffers bound for greedy steps; ``session.run`` of the
   logits where the graph has no greedy outputs; the inference's greedy step with IO binding on);
   for PyTorch the eager greedy step; chained (each step's next token and state feed the next), as
-  in a decode. Each sample is the mean step of a chain of ``max_length`` steps, so that it compares with ``loop`` (a sum of
-  steps too) median for median: single steps are skewed (a thread wake-up now and then), and the
-  median of single steps would leave that tail out of one side only;
+  in a decode. Each sample is the mean step of a chain of ``max_length`` steps, so that it
+  compares with ``loop`` (a sum of steps too) median for median: single steps are skewed (a thread
+  wake-up now and then), and the median of single steps would leave that tail out of one side only;
 - ``loop``: the decode loop of one caption, batch 1, from an encoded state, run back to back as
   the isolated steps are; with ``steps`` (the steps it ran) it gives ``loop_overhead`` = loop /
   (steps x step), what the Python loop adds to the graph's own time;

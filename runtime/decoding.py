@@ -42,7 +42,9 @@ class GreedyInference(Inference, Protocol):
 
     def greedy_step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
         """Like ``step``, but returns argmax(logits) int64 (B,) and its log-softmax float64 (B,)
-        (:func:`greedy_from_logits`'s answer) instead of the logits, and the next state."""
+        (:func:`greedy_from_logits`'s answer) instead of the logits, and the next state. The arrays
+        returned may be buffers that the step after next overwrites (the ONNX Runtime inference on
+        the CPU reuses two sets): copy what is kept longer, as the loop does."""
 
 
 @dataclass(frozen=True)

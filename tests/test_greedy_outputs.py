@@ -196,13 +196,13 @@ def test_bound_greedy_steps_match_plain_runs(export_kit, kind: str) -> None:
     inference = OnnxInference(bundle, device="cpu")
     session, names = inference.sessions["decoder_step"], inference.bundle.manifest.decoder
     outputs = inference.step_outputs(greedy=True)
-    tokens = np.full(5, export_kit.vocab.start_id, np.int64)
+    tokens = ref_tokens = np.full(5, export_kit.vocab.start_id, np.int64)
     state = reference = inference.encode(images[:5])
     returned = []
     for _ in range(6):
         chosen, logprobs, state = inference.greedy_step(tokens, state)
         ref_chosen, ref_logprobs, *reference = session.run(
-            outputs, {names.token_input: tokens if not returned else ref_tokens, **dict(zip(names.state_inputs, reference))})
+            outputs, {names.token_input: ref_tokens, **dict(zip(names.state_inputs, reference))})
         assert np.array_equal(chosen, ref_chosen) and np.array_equal(logprobs, ref_logprobs)
         assert all(np.array_equal(s, r) for s, r in zip(state, reference))
         returned.append((chosen, state))

@@ -59,7 +59,7 @@ def synthetic(out: Optional[Path], count: int, seed: int, image_size: int, as_js
               help="Pretrained word vectors (GloVe / word2vec text format).")
 @click.option("--freeze-embeddings", is_flag=True)
 @click.option("--forget-bias", type=float, default=1.0, show_default=True,
-              help="LSTM forget-gate bias at init (PyTorch's own init: small random values around 0).")
+              help="LSTM forget-gate bias at init (of bias_ih; 0 sets it to 0, not to PyTorch's small random values).")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--captions-per-image", type=click.IntRange(1), default=2, show_default=True,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The seed configuration, measured: ONNX fp32 and int8 bundles against PyTorch eager, side by side.
 
-    .venv/bin/python benchmarks/seed_config.py               # about 5 minutes on 2 cores; updates README.md
+    .venv/bin/python benchmarks/seed_config.py               # minutes (export, then every figure); updates README.md
     .venv/bin/python benchmarks/seed_config.py --no-readme   # print the section only
 
 The seed's model is a ResNet-50 encoder, an LSTM (embedding 300, hidden 512, 1 layer), a 10,000-word
@@ -135,7 +135,7 @@ def run_bench(fp32: Path, int8: Path, checkpoint: Path, args: argparse.Namespace
 def default_device_cold_start(bundle: Path, runs: int) -> dict[str, Any]:
     """`capkit caption IMAGE --model BUNDLE` as typed, i.e. with the default --device auto (which
     first asks ONNX Runtime's CUDA provider whether it works here)."""
-    from capkit.runtime.benchmark import caption_command, cold_start, synthetic_photos
+    from capkit.bench import caption_command, cold_start, synthetic_photos
 
     image = synthetic_photos(WORK / "photo", count=1)[0]
     command = caption_command(image, ["--model", str(bundle)])
@@ -257,7 +257,7 @@ def targets(report: dict[str, Any], bleu: dict[str, Any], auto: Optional[dict[st
 # -- the README section -------------------------------------------------------------------------------------------
 def render(report: dict[str, Any], rows: list[dict[str, Any]], command: list[str], origin: str,
            bleu: dict[str, Any], elapsed: float) -> str:
-    from capkit.runtime.benchmark import render_text
+    from capkit.bench import render_text
 
     machine = report["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())

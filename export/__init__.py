@@ -13,15 +13,17 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+DEFAULT_OPSET = 17  # the ONNX opset written unless asked otherwise (here, so that the CLI reads it without torch)
+
 _EXPORTS = {
-    **dict.fromkeys(["DEFAULT_OPSET", "DecoderStepGraph", "EncoderGraph", "ExportError", "ExportReport",
+    **dict.fromkeys(["DecoderStepModule", "EncoderModule", "ExportError", "ExportReport",
                      "export_checkpoint", "export_model"], "onnx_export"),
     **dict.fromkeys(["ParityReport", "check_bundle", "sample_images", "synthetic_images"], "checks"),
     **dict.fromkeys(["QuantizationError", "VariantReport", "compare_variant", "convert_fp16", "quantize_int8"],
                     "quantize"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "DEFAULT_OPSET"])
 
 
 def __getattr__(name: str) -> Any:

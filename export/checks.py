@@ -21,7 +21,8 @@ import torch
 from capkit.models import CaptionModel
 from capkit.runtime.bundle import Bundle
 from capkit.runtime.decoding import DecodingOptions, DecodingResult, decode
-from capkit.runtime.preprocess import ImageSource, PreprocessSpec, preprocess_batch
+from capkit.runtime.inputs import expand_inputs
+from capkit.runtime.preprocess import ImageError, ImageSource, PreprocessSpec, preprocess_batch
 from capkit.training.torch_inference import TorchInference
 
 TOLERANCE = 1e-4
@@ -159,21 +160,14 @@ def check_bundle(model: CaptionModel, bundle: Bundle, images: Optional[np.ndarra
         temperature=temperature, seed=seed, logprob_max_abs=max(greedy_lp, sampled_lp), problems=problems)
 
 
-def image_files(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Files as given; folders: the image files directly inside, sorted."""
-    from PIL import Image
-
-    Image.init()
-    extensions = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    files: list[str] = []
-    for path in map(os.fspath, paths):
-        if os.path.isdir(path):
-            files += sorted(os.path.join(path, name) for name in os.listdir(path)
-                            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
-                            and os.path.isfile(os.path.join(path, name)))
-        else:
-            files.append(path)
-    return files
+def image_files(arguments: Sequence[str | os.PathLike]) -> list[str]:
+    """The image files named by ``arguments`` (files, folders, patterns: :func:`~capkit.runtime.inputs.expand_inputs`);
+    an argument that names none is an error."""
+    inputs = expand_inputs(arguments)
+    for item in inputs:
+        if item.error is not None:
+            raise ImageError(item.error)
+    return [item.path for item in inputs if item.path is not None]
 
 
 __all__ = ["MIN_IMAGES", "ParityReport", "TOLERANCE", "check_bundle", "check_graphs", "image_files", "sample_images",

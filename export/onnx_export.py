@@ -38,9 +38,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from capkit.export import DEFAULT_OPSET
 from capkit.models import CaptionModel, greedy_choice
-from capkit.runtime import bundle as bundle_format  # its EncoderGraph/DecoderGraph are the manifest entries
-from capkit.runtime.bundle import DECODER_FILE, DEFAULT_BUNDLE, ENCODER_FILE, Bundle, Manifest, load_bundle, sha256_file
+from capkit.runtime.bundle import (DECODER_FILE, DEFAULT_BUNDLE, ENCODER_FILE, Bundle, DecoderStepGraph, EncoderGraph,
+                                   Manifest, load_bundle, sha256_file)
+from capkit.runtime.decoding import DecodingOptions
 from capkit.runtime.errors import CapkitError
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import Vocabulary
@@ -49,7 +51,6 @@ if TYPE_CHECKING:
     from capkit.export.checks import ParityReport
     from capkit.export.quantize import VariantReport
 
-DEFAULT_OPSET = 17
 FIRST_DYNAMO_OPSET = 18  # the torch.export-based exporter implements opset 18 and later only
 IMAGE_INPUT, TOKEN_INPUT, LOGITS_OUTPUT = "image", "token", "logits"
 NEXT_TOKEN_OUTPUT, NEXT_LOGPROB_OUTPUT = "next_token", "next_logprob"
@@ -62,7 +63,7 @@ class ExportError(CapkitError):
     """A model that cannot be exported; one line naming the problem."""
 
 
-class EncoderGraph(nn.Module):
+class EncoderModule(nn.Module):
     """image (B, 3, H, W) -> state tensors, each (layers, B, hidden): the ``encoder.onnx`` graph."""
 
     def __init__(self, model: CaptionModel):
@@ -73,7 +74,7 @@ class EncoderGraph(nn.Module):
         return tuple(self.model.image_step(image))  # each (L, B, H)
 
 
-class DecoderStepGraph(nn.Module):
+class DecoderStepModule(nn.Module):
     """token (B,) and state tensors -> logits (B, V), the next state tensors and (``greedy``) the
     greedy token (B,) and its log-probability (B,): ``decoder_step.onnx``."""
 
@@ -201,9 +202,9 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
             for path in staged.values():
                 path.parent.mkdir()
             try:
-                _export_graph(EncoderGraph(model).eval(), (images,), staged[ENCODER_FILE], [IMAGE_INPUT], names,
+                _export_graph(EncoderModule(model).eval(), (images,), staged[ENCODER_FILE], [IMAGE_INPUT], names,
                               {IMAGE_INPUT: 0, **{n: 1 for n in names}}, opset, use_dynamo)
-                _export_graph(DecoderStepGraph(model, greedy_outputs).eval(), (tokens, *state), staged[DECODER_FILE],
+                _export_graph(DecoderStepModule(model, greedy_outputs).eval(), (tokens, *state), staged[DECODER_FILE],
                               [TOKEN_INPUT, *names], [LOGITS_OUTPUT, *next_names, *greedy_names],
                               {TOKEN_INPUT: 0, LOGITS_OUTPUT: 0, **{n: 1 for n in names + next_names},
                                **{n: 0 for n in greedy_names}}, opset, use_dynamo)
@@ -219,13 +220,13 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
     actual_opset = graph_opset(out_dir / ENCODER_FILE)
     manifest = Manifest(
         vocab=vocab, preprocess=spec, max_length=int(max_length),
-        encoder=bundle_format.EncoderGraph(ENCODER_FILE, sha256_file(out_dir / ENCODER_FILE), IMAGE_INPUT, tuple(names)),
-        decoder=bundle_format.DecoderGraph(DECODER_FILE, sha256_file(out_dir / DECODER_FILE), TOKEN_INPUT, tuple(names),
+        encoder=EncoderGraph(ENCODER_FILE, sha256_file(out_dir / ENCODER_FILE), IMAGE_INPUT, tuple(names)),
+        decoder=DecoderStepGraph(DECODER_FILE, sha256_file(out_dir / DECODER_FILE), TOKEN_INPUT, tuple(names),
                                            LOGITS_OUTPUT, tuple(next_names), *(greedy_names or [None, None])),
         precision="fp32", model=model.config.to_dict(),
         provenance={"versions": _versions(), **(provenance or {}), "opset": actual_opset,
                     "exporter": "torch.export" if use_dynamo else "torchscript"},
-        decoding={"temperature": 0.0, "beam_size": 1, "max_length": int(max_length)},
+        decoding=DecodingOptions(),
     )
     manifest.write(out_dir)
     return load_bundle(out_dir)
@@ -313,5 +314,5 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
                         bundle.manifest.provenance["exporter"], time.perf_counter() - started, parity, variants)
 
 
-__all__ = ["DEFAULT_OPSET", "DecoderStepGraph", "EncoderGraph", "ExportError", "ExportReport", "checkpoint_provenance",
+__all__ = ["DEFAULT_OPSET", "DecoderStepModule", "EncoderModule", "ExportError", "ExportReport", "checkpoint_provenance",
            "default_bundle_dir", "export_checkpoint", "export_model", "graph_opset"]

@@ -60,13 +60,6 @@ class VariantReport:
                 f"fp32 on {self.greedy_equal}/{self.images} images")
 
 
-def bundle_size(bundle: Bundle) -> int:
-    """Bytes of both graphs and of their external data files, if any."""
-    paths = [bundle.encoder_path, bundle.decoder_path]
-    paths += [p.with_name(p.name + ".data") for p in paths]
-    return sum(p.stat().st_size for p in paths if p.is_file())
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """ONNX Runtime's quantization tools log hints through the root logger; keep them off the terminal."""
@@ -173,7 +166,7 @@ def compare_variant(reference: Bundle, variant: Bundle, images: np.ndarray) -> V
     captions = [decode(OnnxInference(b, device="cpu"), images, options, start_id=vocab.start_id, end_id=vocab.end_id)
                 for b in (reference, variant)]
     equal = sum(a.tokens == b.tokens for a, b in zip(*captions))
-    return VariantReport(variant.manifest.precision, str(variant.folder), bundle_size(variant), bundle_size(reference),
+    return VariantReport(variant.manifest.precision, str(variant.folder), variant.size_bytes(), reference.size_bytes(),
                          len(images), equal)
 
 
@@ -188,5 +181,5 @@ def write_variant(bundle: Bundle, precision: str, out_dir: str | os.PathLike, im
     return compare_variant(bundle, variant, images)
 
 
-__all__ = ["PRECISIONS", "QuantizationError", "VariantReport", "bundle_size", "compare_variant", "convert_fp16",
+__all__ = ["PRECISIONS", "QuantizationError", "VariantReport", "compare_variant", "convert_fp16",
            "quantize_int8", "write_variant"]

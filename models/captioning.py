@@ -9,7 +9,6 @@ caption, so that stepping token by token gives the same logits.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,46 +16,12 @@ import torch
 import torch.nn as nn
 import torchvision
 
-State = tuple[torch.Tensor, ...]  # (h,) for rnn/gru, (h, c) for lstm; each (layers, B, hidden)
+from capkit.models.config import CaptionModelConfig
+from capkit.runtime.vocab import PAD_ID
 
-DECODERS = {"lstm": nn.LSTM, "rnn": nn.RNN, "gru": nn.GRU}
-STATE_NAMES = {"lstm": ("h", "c"), "rnn": ("h",), "gru": ("h",)}
+RecurrentState = tuple[torch.Tensor, ...]  # (h,) for rnn/gru, (h, c) for lstm; each (layers, B, hidden)
 
-
-@dataclass
-class CaptionModelConfig:
-    vocab_size: int  # rows of the word embedding and of the logits; set from the vocabulary
-    encoder: str = "resnet50"  # a torchvision classification backbone by name; the seed's is ResNet-50
-    pretrained: bool = False  # start from torchvision's ImageNet weights (downloads them on first use)
-    freeze_encoder: bool = False  # train only the projection and decoder, as the seed does on a pretrained CNN
-    embed_dim: int = 300  # word and image embedding width; 300 matches the common GloVe vectors
-    hidden_dim: int = 512  # recurrent state width, the seed's 512
-    decoder: str = "lstm"  # recurrent core: lstm (seed baseline), rnn (vanilla tanh, seed uses 2 layers) or gru
-    layers: int = 1  # stacked recurrent layers
-    dropout: float = 0.0  # between stacked recurrent layers; ignored with one layer
-    freeze_embeddings: bool = False  # keep pretrained word vectors fixed
-    project_norm: bool = True  # BatchNorm1d after the projection: the image step's input at the scale of word
-    # embeddings; from-scratch training on the synthetic set reaches a given BLEU in about half the epochs
-    forget_bias: float = 1.0  # LSTM forget-gate bias at init (Jozefowicz et al. 2015): the image, seen only at
-    # step 0, must survive to the words that describe it; PyTorch's ~0 halves the memory at every step
-
-    def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {self.decoder!r}; one of {', '.join(DECODERS)}")
-        if self.layers < 1 or self.embed_dim < 1 or self.hidden_dim < 1 or self.vocab_size < 5:
-            raise ValueError("layers, embed_dim, hidden_dim must be >= 1 and vocab_size >= 5")
-
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return STATE_NAMES[self.decoder]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CaptionModelConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+DECODERS = {"lstm": nn.LSTM, "rnn": nn.RNN, "gru": nn.GRU}  # the recurrent core of each CaptionModelConfig.decoder
 
 
 def _strip_classifier(backbone: nn.Module) -> int:
@@ -134,7 +99,7 @@ class CaptionModel(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = ImageEncoder(config, encoder_weights)
-        self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
         self.core = DECODERS[config.decoder](
             config.embed_dim, config.hidden_dim, num_layers=config.layers, batch_first=True,
             dropout=config.dropout if config.layers > 1 else 0.0,
@@ -148,22 +113,22 @@ class CaptionModel(nn.Module):
         if config.freeze_embeddings:
             self.embed.weight.requires_grad_(False)
 
-    # The recurrent core takes (h, c) for an LSTM and h alone otherwise; State is always a tuple.
-    def _run_core(self, inputs: torch.Tensor, state: Optional[State]) -> tuple[torch.Tensor, State]:
+    # The recurrent core takes (h, c) for an LSTM and h alone otherwise; RecurrentState is always a tuple.
+    def _run_core(self, inputs: torch.Tensor, state: Optional[RecurrentState]) -> tuple[torch.Tensor, RecurrentState]:
         if state is not None:
             state = state if self.config.decoder == "lstm" else state[0]
         out, next_state = self.core(inputs, state)  # (B, T, H)
         return out, (tuple(next_state) if isinstance(next_state, tuple) else (next_state,))
 
-    def state_from_image_embedding(self, image_embedding: torch.Tensor) -> State:
+    def state_from_image_embedding(self, image_embedding: torch.Tensor) -> RecurrentState:
         _, state = self._run_core(image_embedding.unsqueeze(1), None)  # image as step 0, from a zero state
         return state  # each (L, B, H)
 
-    def image_step(self, images: torch.Tensor) -> State:
+    def image_step(self, images: torch.Tensor) -> RecurrentState:
         """float32 (B, 3, H, W) normalised images -> the state after the image step."""
         return self.state_from_image_embedding(self.encoder(images))
 
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, tokens: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
         """int64 (B,) tokens and state -> logits (B, V) and the next state."""
         out, state = self._run_core(self.embed(tokens).unsqueeze(1), state)  # (B, 1, H)
         return self.head(out[:, 0]), state  # (B, V)

@@ -7,6 +7,7 @@ decoding options. docs/bundle.md describes the format for readers who write thei
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from capkit.runtime.decoding import DecodingOptions
 from capkit.runtime.errors import CapkitError
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import Vocabulary
@@ -74,7 +76,7 @@ class EncoderGraph:
 
 
 @dataclass(frozen=True)
-class DecoderGraph:
+class DecoderStepGraph:
     file: str
     sha256: str
     token_input: str  # int64 (B,)
@@ -115,12 +117,16 @@ class Manifest:
     preprocess: PreprocessSpec
     max_length: int  # default longest caption, in generated tokens
     encoder: EncoderGraph
-    decoder: DecoderGraph
+    decoder: DecoderStepGraph
     precision: str = "fp32"  # fp32 | fp16 | int8: what the graphs compute in
     model: dict[str, Any] = field(default_factory=dict)  # the model's configuration (informative)
     provenance: dict[str, Any] = field(default_factory=dict)  # run, checkpoint, metrics, versions
-    decoding: dict[str, Any] = field(default_factory=dict)  # default decoding options
+    decoding: Optional[DecodingOptions] = None  # default decoding options (None: greedy); max_length is the one above
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        decoding = self.decoding or DecodingOptions()
+        object.__setattr__(self, "decoding", dataclasses.replace(decoding, max_length=self.max_length))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,7 +137,7 @@ class Manifest:
             "max_length": self.max_length,
             "preprocess": self.preprocess.to_dict(),
             "graphs": {"encoder": self.encoder.to_dict(), "decoder_step": self.decoder.to_dict()},
-            "decoding": self.decoding,
+            "decoding": decoding_to_dict(self.decoding),
             "model": self.model,
             "provenance": self.provenance,
         }
@@ -153,7 +159,7 @@ class Manifest:
             raise BundleError(f"special_tokens {data['special_tokens']} do not match the vocabulary's")
         enc, dec = data["graphs"]["encoder"], data["graphs"]["decoder_step"]
         encoder = EncoderGraph(enc["file"], enc["sha256"], enc["image_input"], tuple(enc["state_outputs"]))
-        decoder = DecoderGraph(dec["file"], dec["sha256"], dec["token_input"], tuple(dec["state_inputs"]),
+        decoder = DecoderStepGraph(dec["file"], dec["sha256"], dec["token_input"], tuple(dec["state_inputs"]),
                                dec["logits_output"], tuple(dec["state_outputs"]), dec.get("next_token_output"),
                                dec.get("next_logprob_output"))
         if (decoder.next_token_output is None) != (decoder.next_logprob_output is None):
@@ -163,8 +169,33 @@ class Manifest:
         return cls(vocab=vocab, preprocess=PreprocessSpec.from_dict(data["preprocess"]),
                    max_length=int(data["max_length"]), encoder=encoder, decoder=decoder,
                    precision=data.get("precision", "fp32"), model=data.get("model", {}),
-                   provenance=data.get("provenance", {}), decoding=data.get("decoding", {}),
+                   provenance=data.get("provenance", {}),
+                   decoding=decoding_from_dict(data.get("decoding", {})),
                    format_version=version)
+
+
+DECODING_FIELDS = ("temperature", "top_k", "top_p", "beam", "seed")  # a manifest's `decoding` keys (max_length: top level)
+LEGACY_DECODING_KEYS = {"beam_size": "beam", "max_length": None}  # written by capkit 0.1 exports; None: ignored
+
+
+def decoding_to_dict(options: DecodingOptions) -> dict[str, Any]:
+    """The manifest's ``decoding`` block: the default options that differ from none (max_length is top level)."""
+    return {name: getattr(options, name) for name in DECODING_FIELDS if getattr(options, name) is not None}
+
+
+def decoding_from_dict(data: dict[str, Any]) -> DecodingOptions:
+    """The ``decoding`` block -> DecodingOptions (max_length set by the Manifest); unknown keys are refused."""
+    if not isinstance(data, dict):
+        raise BundleError(f"decoding must be an object, got {type(data).__name__}")
+    values = {}
+    for key, value in data.items():
+        name = LEGACY_DECODING_KEYS.get(key, key)
+        if key in LEGACY_DECODING_KEYS and name is None:
+            continue
+        if name not in DECODING_FIELDS:
+            raise BundleError(f"decoding: unknown option {key!r} (known: {', '.join(DECODING_FIELDS)})")
+        values[name] = value
+    return DecodingOptions(**values)
 
 
 def _inside(folder: Path, name: str) -> Path:
@@ -212,6 +243,17 @@ class Bundle:
     @property
     def decoder_path(self) -> Path:
         return _inside(self.folder, self.manifest.decoder.file)
+
+    def files(self) -> list[Path]:
+        """Every file the graphs need: both graphs and the external-data files they name, if any."""
+        files = []
+        for path in (self.encoder_path, self.decoder_path):
+            files += [path, *(_inside(self.folder, name) for name in _external_data_files(path))]
+        return files
+
+    def size_bytes(self) -> int:
+        """Bytes of :meth:`files`: what an app ships (the manifest aside)."""
+        return sum(path.stat().st_size for path in self.files())
 
 
 def load_bundle(folder: Optional[str | os.PathLike] = None, verify: bool = True) -> Bundle:

@@ -15,6 +15,7 @@ and preprocessed by :mod:`capkit.runtime.preprocess`, decoded by the one loop in
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from capkit.runtime.bundle import Bundle, Manifest, load_bundle
 from capkit.runtime.decoding import (DecodingOptions, DecodingOptionsError, DecodingResult, Inference, decode,
                                      verify_options)
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.limits import DEFAULT_LIMITS, Limits
 from capkit.runtime.preprocess import ImageError, ImageSource, PreprocessSpec, preprocess
 from capkit.runtime.vocab import Vocabulary
 
@@ -62,28 +64,10 @@ def image_label(source: Any) -> Optional[str]:
     return None
 
 
-def decoding_options(temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                     beam: int = 1, max_length: Optional[int] = None, seed: Optional[int] = None,
-                     default_max_length: int = 20) -> DecodingOptions:
-    """Checked :class:`DecodingOptions` (``max_length`` None: ``default_max_length``); raises DecodingOptionsError."""
-    for name, value in (("top-k", top_k), ("beam size", beam), ("max length", max_length), ("seed", seed)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-            raise DecodingOptionsError(f"{name} must be an integer, got {value!r}")
-    for name, value in (("temperature", temperature), ("top-p", top_p)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))):
-            raise DecodingOptionsError(f"{name} must be a number, got {value!r}")
-    if seed is not None and seed < 0:
-        raise DecodingOptionsError(f"seed must be >= 0, got {seed}")
-    return verify_options(DecodingOptions(
-        temperature=float(temperature), top_k=None if top_k is None else int(top_k),
-        top_p=None if top_p is None else float(top_p), beam_size=int(beam),
-        max_length=int(default_max_length if max_length is None else max_length),
-        seed=None if seed is None else int(seed)))
-
-
-def check_batch_size(batch_size: int) -> int:
+def check_batch_size(batch_size: int, limits: Limits = DEFAULT_LIMITS) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise DecodingOptionsError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    limits.check("max_batch_size", batch_size, "batch size")
     return int(batch_size)
 
 
@@ -100,11 +84,16 @@ class Captioner:
     ``bundle``: a bundle folder, a loaded :class:`Bundle`, or None for ``$CAPKIT_MODEL`` /
     ``runs/latest/bundle``. The bundle is checked (format version, sha256 of each graph, file
     names inside the folder) and the ONNX Runtime sessions are built once, here.
+
+    Decoding options left out (None) take the bundle's defaults (its manifest's ``decoding``
+    block, see docs/bundle.md): ``captioner.defaults``. ``limits`` bounds what one caption may
+    cost (:class:`~capkit.runtime.limits.Limits`).
     """
 
     def __init__(self, bundle: Union[str, os.PathLike, Bundle, None] = None, device: str = "auto",
                  threads: Optional[int] = None, *, verify: bool = True, graph_optimization: str = "all",
-                 optimized_model_dir: Union[str, os.PathLike, None] = None, io_binding: Optional[bool] = None):
+                 optimized_model_dir: Union[str, os.PathLike, None] = None, io_binding: Optional[bool] = None,
+                 limits: Limits = DEFAULT_LIMITS):
         self.bundle: Optional[Bundle] = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
         manifest = self.bundle.manifest
         try:
@@ -115,22 +104,32 @@ class Captioner:
             raise CapkitError("ONNX Runtime is not installed: pip install 'capkit[cpu]' (or 'capkit[gpu]')") from None
         inference = OnnxInference(self.bundle, device=device, threads=threads, graph_optimization=graph_optimization,
                                   optimized_model_dir=optimized_model_dir, io_binding=io_binding)
-        self._setup(inference, manifest.vocab, manifest.preprocess, manifest.max_length)
+        self._setup(inference, manifest.vocab, manifest.preprocess, manifest.decoding, limits)
 
     @classmethod
     def from_inference(cls, inference: Inference, vocab: Vocabulary, spec: PreprocessSpec, max_length: int,
-                       bundle: Optional[Bundle] = None) -> "Captioner":
-        """A Captioner over another Inference (e.g. the PyTorch reference): the same preprocessing and decoding."""
+                       bundle: Optional[Bundle] = None, *, limits: Limits = DEFAULT_LIMITS) -> "Captioner":
+        """A Captioner over another Inference (e.g. the PyTorch reference): the same preprocessing and
+        decoding; its defaults are greedy captions of at most ``max_length`` tokens (a bundle's own
+        defaults when ``bundle`` is given)."""
         self = cls.__new__(cls)
         self.bundle = bundle
-        self._setup(inference, vocab, spec, max_length)
+        defaults = bundle.manifest.decoding if bundle is not None else DecodingOptions(max_length=int(max_length))
+        self._setup(inference, vocab, spec, defaults, limits)
         return self
 
-    def _setup(self, inference: Inference, vocab: Vocabulary, spec: PreprocessSpec, max_length: int) -> None:
+    def _setup(self, inference: Inference, vocab: Vocabulary, spec: PreprocessSpec, defaults: DecodingOptions,
+               limits: Limits) -> None:
         self.inference = inference
         self.vocab = vocab
         self.spec = spec
-        self.max_length = int(max_length)
+        self.limits = limits
+        self.defaults = verify_options(defaults, limits)  # the options a caption gets unless told otherwise
+
+    @property
+    def max_length(self) -> int:
+        """The default longest caption, in tokens."""
+        return self.defaults.max_length
 
     @property
     def manifest(self) -> Optional[Manifest]:
@@ -145,13 +144,21 @@ class Captioner:
         where = self.bundle.folder if self.bundle is not None else type(self.inference).__name__
         return f"Captioner({str(where)!r}, device={self.device!r})"
 
-    def options(self, temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                beam: int = 1, max_length: Optional[int] = None, seed: Optional[int] = None) -> DecodingOptions:
-        """Checked decoding options; ``max_length`` None: the model's."""
-        return decoding_options(temperature, top_k, top_p, beam, max_length, seed, default_max_length=self.max_length)
+    def options(self, temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                beam: Optional[int] = None, max_length: Optional[int] = None, seed: Optional[int] = None) -> DecodingOptions:
+        """Checked decoding options: each one given, else the default's (:attr:`defaults`). A given
+        temperature, top-k or top-p replaces the default sampling as a whole, so that ``temperature=0.7``
+        on a bundle whose default is beam search samples instead of failing."""
+        given = {name: value for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
+                                                 ("beam", beam), ("max_length", max_length), ("seed", seed))
+                 if value is not None}
+        base = self.defaults
+        if given.keys() & {"temperature", "top_k", "top_p"} and "beam" not in given:
+            base = dataclasses.replace(base, beam=1)
+        return verify_options(dataclasses.replace(base, **given), self.limits)
 
-    def caption(self, image: ImageSource, temperature: float = 0.0, top_k: Optional[int] = None,
-                top_p: Optional[float] = None, beam: int = 1, max_length: Optional[int] = None,
+    def caption(self, image: ImageSource, temperature: Optional[float] = None, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, beam: Optional[int] = None, max_length: Optional[int] = None,
                 seed: Optional[int] = None) -> Caption:
         """One image (a path, bytes, a Pillow image or an HxWx3 uint8 array) -> its Caption.
 
@@ -161,22 +168,24 @@ class Captioner:
         pixels = preprocess(image, self.spec)[None]  # (1, 3, H, W)
         return self._captions(pixels, [image_label(image)], options)[0]
 
-    def caption_batch(self, images: Iterable[ImageSource], temperature: float = 0.0, top_k: Optional[int] = None,
-                      top_p: Optional[float] = None, beam: int = 1, max_length: Optional[int] = None,
+    def caption_batch(self, images: Iterable[ImageSource], temperature: Optional[float] = None,
+                      top_k: Optional[int] = None, top_p: Optional[float] = None, beam: Optional[int] = None,
+                      max_length: Optional[int] = None,
                       seed: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Caption]:
         """Several images -> one Caption each, in input order. An image that cannot be read gives a
         Caption with ``error`` set; the others are still captioned. Each image's caption equals
         :meth:`caption`'s (seeded sampling gives every image its own generator)."""
         return list(self.iter_captions(images, temperature, top_k, top_p, beam, max_length, seed, batch_size))
 
-    def iter_captions(self, images: Iterable[ImageSource], temperature: float = 0.0, top_k: Optional[int] = None,
-                      top_p: Optional[float] = None, beam: int = 1, max_length: Optional[int] = None,
+    def iter_captions(self, images: Iterable[ImageSource], temperature: Optional[float] = None,
+                      top_k: Optional[int] = None, top_p: Optional[float] = None, beam: Optional[int] = None,
+                      max_length: Optional[int] = None,
                       seed: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Caption]:
         """:meth:`caption_batch` as a generator: yields each batch's captions as soon as they are decoded.
 
         Options are checked before the first image is read, even though the generator is lazy."""
         options = self.options(temperature, top_k, top_p, beam, max_length, seed)
-        batch_size = check_batch_size(batch_size)
+        batch_size = check_batch_size(batch_size, self.limits)
         return self._iter(iter(images), options, batch_size)
 
     def _iter(self, images: Iterator[ImageSource], options: DecodingOptions, batch_size: int) -> Iterator[Caption]:
@@ -201,7 +210,8 @@ class Captioner:
         return results  # type: ignore[return-value]
 
     def _captions(self, pixels: np.ndarray, labels: list[Optional[str]], options: DecodingOptions) -> list[Caption]:
-        decoded = decode(self.inference, pixels, options, start_id=self.vocab.start_id, end_id=self.vocab.end_id)
+        decoded = decode(self.inference, pixels, options, start_id=self.vocab.start_id, end_id=self.vocab.end_id,
+                         limits=self.limits)
         return [self._caption(result, label) for result, label in zip(decoded, labels)]
 
     def _caption(self, result: DecodingResult, label: Optional[str]) -> Caption:
@@ -209,4 +219,4 @@ class Captioner:
                        logprob=float(result.logprob), image=label, finished=result.finished)
 
 
-__all__ = ["Caption", "Captioner", "DEFAULT_BATCH_SIZE", "check_batch_size", "decoding_options", "image_label"]
+__all__ = ["Caption", "Captioner", "DEFAULT_BATCH_SIZE", "check_batch_size", "image_label"]

@@ -14,6 +14,7 @@ function of (image, seed) alone: batching and the order of images do not change 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence
@@ -21,18 +22,19 @@ from typing import Any, Optional, Protocol, Sequence
 import numpy as np
 
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.limits import DEFAULT_LIMITS, Limits
 
-State = Any  # whatever an Inference keeps between steps (numpy arrays, OrtValues, torch tensors)
+InferenceState = Any  # whatever an Inference keeps between steps (numpy arrays, OrtValues, torch tensors)
 
 
 class Inference(Protocol):
-    def encode(self, images: np.ndarray) -> State:
+    def encode(self, images: np.ndarray) -> InferenceState:
         """float32 (B, 3, H, W) normalised images -> the recurrent state after the image step."""
 
-    def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+    def step(self, tokens: np.ndarray, state: InferenceState) -> tuple[np.ndarray, InferenceState]:
         """int64 (B,) tokens and state -> float32 (B, V) logits on the host, and the next state."""
 
-    def select(self, state: State, rows: np.ndarray) -> State:
+    def select(self, state: InferenceState, rows: np.ndarray) -> InferenceState:
         """The state's batch rows ``rows`` (int64 (B',), may repeat): drops finished rows, reorders beams."""
 
 
@@ -40,7 +42,7 @@ class GreedyInference(Inference, Protocol):
     """An Inference that can also make the greedy choice itself (optional: :func:`decode` uses
     ``greedy_step`` when the inference has it and the decoding is greedy)."""
 
-    def greedy_step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
+    def greedy_step(self, tokens: np.ndarray, state: InferenceState) -> tuple[np.ndarray, np.ndarray, InferenceState]:
         """Like ``step``, but returns argmax(logits) int64 (B,) and its log-softmax float64 (B,)
         (:func:`greedy_from_logits`'s answer) instead of the logits, and the next state. The arrays
         returned may be buffers that the step after next overwrites (the ONNX Runtime inference on
@@ -52,7 +54,7 @@ class DecodingOptions:
     temperature: float = 0.0  # 0: greedy argmax; > 0: sample from softmax(logits / T)
     top_k: Optional[int] = None  # sample among the k most likely tokens only
     top_p: Optional[float] = None  # sample from the smallest set of tokens whose probability reaches p
-    beam_size: int = 1  # > 1: beam search (deterministic; temperature must be 0)
+    beam: int = 1  # beam width; > 1: beam search (deterministic; temperature must be 0)
     max_length: int = 20  # most tokens generated per caption, <end> included
     seed: Optional[int] = None  # seeds every image's own generator; None: fresh entropy
 
@@ -68,22 +70,53 @@ class DecodingOptionsError(CapkitError):
     """An option outside its range; the message names it."""
 
 
-def verify_options(options: DecodingOptions) -> DecodingOptions:
-    """Checks every option once, before any work, and returns them unchanged."""
-    t = options.temperature
-    if not isinstance(t, (int, float)) or math.isnan(t) or math.isinf(t) or t < 0:
-        raise DecodingOptionsError(f"temperature must be a finite number >= 0, got {t}")
-    if options.top_k is not None and (int(options.top_k) != options.top_k or options.top_k < 1):
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def verify_options(options: DecodingOptions, limits: Limits = DEFAULT_LIMITS) -> DecodingOptions:
+    """Checks every option once, before any work: types, ranges and ``limits`` (max_length, beam).
+    Returns them with plain Python numbers (numpy scalars converted); raises DecodingOptionsError
+    or LimitError with one line naming the option."""
+    for name in ("top_k", "beam", "max_length", "seed"):
+        value = getattr(options, name)
+        if value is not None and not _is_int(value):
+            raise DecodingOptionsError(f"{name.replace('_', '-')} must be an integer, got {value!r}")
+    for name in ("temperature", "top_p"):
+        value = getattr(options, name)
+        if value is not None and not _is_number(value):
+            raise DecodingOptionsError(f"{name.replace('_', '-')} must be a number, got {value!r}")
+    t = float(options.temperature)
+    if not math.isfinite(t) or t < 0:
+        raise DecodingOptionsError(f"temperature must be a finite number >= 0, got {options.temperature}")
+    if options.top_k is not None and options.top_k < 1:
         raise DecodingOptionsError(f"top-k must be an integer >= 1, got {options.top_k}")
-    if options.top_p is not None and not (0.0 < options.top_p <= 1.0):
+    if options.top_p is not None and not (0.0 < float(options.top_p) <= 1.0):
         raise DecodingOptionsError(f"top-p must be in (0, 1], got {options.top_p}")
-    if int(options.beam_size) != options.beam_size or options.beam_size < 1:
-        raise DecodingOptionsError(f"beam size must be an integer >= 1, got {options.beam_size}")
-    if options.beam_size > 1 and (t > 0 or options.top_k or options.top_p):
+    if options.beam < 1:
+        raise DecodingOptionsError(f"beam must be an integer >= 1, got {options.beam}")
+    if options.beam > 1 and (t > 0 or options.top_k or options.top_p):
         raise DecodingOptionsError("beam search is deterministic: use it with temperature 0 and no top-k/top-p")
-    if int(options.max_length) != options.max_length or options.max_length < 1:
-        raise DecodingOptionsError(f"max length must be an integer >= 1, got {options.max_length}")
-    return options
+    if options.max_length < 1:
+        raise DecodingOptionsError(f"max-length must be an integer >= 1, got {options.max_length}")
+    if options.seed is not None and options.seed < 0:
+        raise DecodingOptionsError(f"seed must be >= 0, got {options.seed}")
+    limits.check("max_length", options.max_length, "max-length")
+    limits.check("max_beam", options.beam, "beam")
+    return DecodingOptions(temperature=t, top_k=None if options.top_k is None else int(options.top_k),
+                           top_p=None if options.top_p is None else float(options.top_p), beam=int(options.beam),
+                           max_length=int(options.max_length), seed=None if options.seed is None else int(options.seed))
+
+
+def check_given_options(limits: Limits = DEFAULT_LIMITS, **given: Any) -> None:
+    """The options a caller gave (None: left to a model's defaults), checked on their own, so that a bad
+    one is reported before a model is loaded; the combination with the defaults is checked again
+    once they are known (``Captioner.options``)."""
+    verify_options(dataclasses.replace(DecodingOptions(), **{k: v for k, v in given.items() if v is not None}), limits)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -147,6 +180,9 @@ def sample_from_scores(scores: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     return np.minimum(tokens, scores.shape[-1] - 1).astype(np.int64)
 
 
+INITIAL_COLUMNS = 64  # SamplingDecoder's token columns at first: max_length costs memory only as it is used
+
+
 class TokenDecoder(Protocol):
     def start(self, batch: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """First tokens (B',) and the state rows to select for them (None: keep as encoded)."""
@@ -185,10 +221,11 @@ class SamplingDecoder:
 
     def start(self, batch: int) -> tuple[np.ndarray, None]:
         self._active = np.arange(batch)
-        self._generated = np.zeros((batch, self.options.max_length), dtype=np.int64)
+        columns = min(self.options.max_length, INITIAL_COLUMNS)  # grown by advance() when a caption runs on
+        self._generated = np.zeros((batch, columns), dtype=np.int64)
         self._lengths = np.full(batch, -1, dtype=np.int64)
         self._step = 0
-        self._logprobs = np.zeros((batch, self.options.max_length))
+        self._logprobs = np.zeros((batch, columns))
         if not self.greedy:
             seeds = ([self.options.seed] * batch if self.options.seed is not None
                      else np.random.SeedSequence().spawn(batch))
@@ -198,7 +235,9 @@ class SamplingDecoder:
     def update(self, logits: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         if self.greedy:
             return self.advance(*greedy_from_logits(logits))
-        scores = logits.astype(np.float64) / self.options.temperature  # (B', V)
+        x = logits.astype(np.float64)  # (B', V)
+        # logits / T after subtracting the maximum: no overflow to inf (and NaN) for a tiny T
+        scores = np.divide(x - x.max(axis=-1, keepdims=True), self.options.temperature, out=x)  # (B', V)
         for logit_filter in self.filters:
             logit_filter.apply(scores)
         uniforms = np.array([self._rngs[i].random() for i in self._active])  # (B',)
@@ -209,7 +248,7 @@ class SamplingDecoder:
         """Records this step's tokens (int64 (B',)) and their log-probabilities (B',); returns the tokens
         that continue and the rows they continue from (None: all)."""
         active, step = self._active, self._step
-        if step == self._generated.shape[1]:  # more steps than max_length: grow
+        if step == self._generated.shape[1]:  # a longer caption than the columns so far: double them
             self._generated = np.concatenate([self._generated, np.zeros_like(self._generated)], axis=1)
             self._logprobs = np.concatenate([self._logprobs, np.zeros_like(self._logprobs)], axis=1)
         if len(active) == len(self._lengths):  # no row has finished: whole columns, no index arrays
@@ -315,8 +354,8 @@ class BeamSearchDecoder:
 
 
 def build_decoder(options: DecodingOptions, start_id: int, end_id: int) -> TokenDecoder:
-    if options.beam_size > 1:
-        return BeamSearchDecoder(start_id, end_id, options.beam_size)
+    if options.beam > 1:
+        return BeamSearchDecoder(start_id, end_id, options.beam)
     filters: list[LogitFilter] = []
     if options.top_k is not None:
         filters.append(TopK(int(options.top_k)))
@@ -326,14 +365,14 @@ def build_decoder(options: DecodingOptions, start_id: int, end_id: int) -> Token
 
 
 def decode(inference: Inference, images: np.ndarray, options: DecodingOptions, *, start_id: int, end_id: int,
-           decoder: Optional[TokenDecoder] = None) -> list[DecodingResult]:
+           decoder: Optional[TokenDecoder] = None, limits: Limits = DEFAULT_LIMITS) -> list[DecodingResult]:
     """Captions a batch of preprocessed images (float32 (B, 3, H, W)); one result per image, in order.
 
     Greedy decoding (a :class:`SamplingDecoder` whose choice is the argmax) goes through the
     inference's ``greedy_step`` when it has one: the greedy token and its log-probability come
     from the inference (e.g. the step graph's ``next_token`` output), not from the logits.
     """
-    verify_options(options)
+    options = verify_options(options, limits)
     decoder = decoder or build_decoder(options, start_id, end_id)
     greedy_step = getattr(inference, "greedy_step", None) if isinstance(decoder, SamplingDecoder) and decoder.greedy \
         else None
@@ -356,7 +395,7 @@ def decode(inference: Inference, images: np.ndarray, options: DecodingOptions, *
 
 
 __all__ = [
-    "BeamSearchDecoder", "DecodingOptions", "DecodingOptionsError", "DecodingResult", "GreedyInference", "Inference",
+    "BeamSearchDecoder", "DecodingOptions", "check_given_options", "DecodingOptionsError", "DecodingResult", "GreedyInference", "Inference",
     "LogitFilter", "SamplingDecoder", "TokenDecoder", "TopK", "TopP", "build_decoder", "chosen_log_softmax", "decode",
     "greedy_from_logits", "log_softmax", "sample_from_scores", "verify_options",
 ]

@@ -37,7 +37,7 @@ QUIET = 3  # ONNX Runtime log severity for our sessions: errors only (no "nodes 
 SILENT = 4  # while probing CUDA: fatal only (the CUDA provider logs its load failure as an error)
 DEFAULT_SEVERITY = 2  # ONNX Runtime's default logger severity (warnings)
 
-State = tuple  # numpy arrays (plain run) or OrtValues (IO binding); each (layers, B, hidden)
+OrtState = tuple  # numpy arrays (plain run) or OrtValues (IO binding); each (layers, B, hidden)
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
 
 
@@ -99,13 +99,12 @@ class BoundGreedySteps:
     copied into set 0 first. The arrays a step returns are overwritten by the step after next.
 
     ``session``: the step graph's CPU session; ``token_name``, ``state_names``: its inputs;
-    ``outputs``: next_token, next_logprob, then the next state's, as
-    :meth:`OnnxInference.step_outputs` orders them; ``state``: arrays of the state's shapes and
+    ``outputs``: next_token, next_logprob, then the next state's; ``state``: arrays of the state's shapes and
     dtype (each (L, B, H)).
     """
 
     def __init__(self, session: ort.InferenceSession, token_name: str, state_names: list[str], outputs: list[str],
-                 state: State):
+                 state: OrtState):
         self.session = session
         self.batch = int(state[0].shape[1])
         types = {o.name: o.type for o in session.get_outputs()}
@@ -126,7 +125,7 @@ class BoundGreedySteps:
             self.bindings.append(binding)
         self._checked = [False, False]
 
-    def run(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
+    def run(self, tokens: np.ndarray, state: OrtState) -> tuple[np.ndarray, np.ndarray, OrtState]:
         """One greedy step: argmax int64 (B,), its log-softmax (B,) and the next state."""
         k = 0 if state is self.states[0] else 1 if state is self.states[1] else None
         if k is None:  # a state that is not a previous step's: into set 0
@@ -160,10 +159,10 @@ class OnnxInference:
     core). ``step_threads``: the decoder step graph's own (None: as ``threads``). ``spin_us``: how
     long an idle intra-op thread spins before it sleeps, in microseconds (0: never; None: ONNX
     Runtime's default). Each session has its own thread pool, and with ONNX Runtime's long default
-    spin a pool keeps spinning after its run and competes with the other session's: on 2 cores the
-    encoder right after a decode loop (the next caption) ran 2x slower, a whole ResNet-50 caption
-    took 57-59 ms instead of 31 ms (no spinning at all: 33-36 ms, and steps wait for sleeping
-    threads). 200 us covers the Python between two steps, so a step's threads are still awake.
+    spin a pool keeps spinning after its run and competes with the other session's (the encoder of
+    the next caption then runs on busy cores); with no spinning at all, steps wait for sleeping
+    threads. DEFAULT_SPIN_US covers the Python between two steps, so a step's threads are still
+    awake (`capkit bench --spin-us` measures the choice).
     ``graph_optimization``: disabled | basic | extended | all. ``optimized_model_dir``: a cache
     folder for the optimised graphs; a later start loads them with optimisation off, which is
     faster. ``io_binding``: keep the state on the device between steps (None: on for CUDA, off for
@@ -277,7 +276,7 @@ class OnnxInference:
                                   "(the manifest and the graph disagree)")
 
     # -- Inference ------------------------------------------------------------------------------
-    def encode(self, images: np.ndarray) -> State:
+    def encode(self, images: np.ndarray) -> OrtState:
         images = np.ascontiguousarray(images, dtype=np.float32)  # (B, 3, H, W)
         if not self.io_binding:
             return tuple(self._encoder.run(self._encoder_outputs, {self._image_name: images}))  # each (L, B, H)
@@ -290,7 +289,7 @@ class OnnxInference:
         self._encoder.run_with_iobinding(binding)
         return tuple(binding.get_outputs())  # OrtValues on the device, each (L, B, H)
 
-    def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+    def step(self, tokens: np.ndarray, state: OrtState) -> tuple[np.ndarray, OrtState]:
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)  # (B,)
         if not self.io_binding:
             feed = dict(zip(self._state_inputs, state))
@@ -310,7 +309,7 @@ class OnnxInference:
         logits, *state = binding.get_outputs()
         return logits.numpy(), tuple(state)  # (B, V)
 
-    def greedy_step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
+    def greedy_step(self, tokens: np.ndarray, state: OrtState) -> tuple[np.ndarray, np.ndarray, OrtState]:
         """``step`` for greedy decoding: argmax(logits) int64 (B,), its log-softmax float64 (B,) and
         the next state. From the graph's ``next_token``/``next_logprob`` outputs when it has them
         (the logits then stay inside ONNX Runtime), else from the logits."""
@@ -320,7 +319,8 @@ class OnnxInference:
         if not self.io_binding:
             steps = getattr(self._local, "greedy", None)
             if steps is None or steps.batch != len(tokens):
-                steps = self._local.greedy = self.bound_greedy_steps(state)
+                steps = self._local.greedy = BoundGreedySteps(self._decoder, self._token_name, self._state_inputs,
+                                                              self._greedy_outputs, state)
             return steps.run(tokens, state)  # (B,), (B,), each (L, B, H)
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)  # (B,)
         binding = self._decoder_binding
@@ -337,29 +337,7 @@ class OnnxInference:
         chosen, logprobs, *state = binding.get_outputs()
         return chosen.numpy(), logprobs.numpy(), tuple(state)
 
-    # -- for benchmarks and tools ---------------------------------------------------------------
-    @property
-    def sessions(self) -> dict[str, ort.InferenceSession]:
-        """The two ONNX Runtime sessions, by graph: ``encoder`` and ``decoder_step``."""
-        return {"encoder": self._encoder, "decoder_step": self._decoder}
-
-    def bound_greedy_steps(self, state: State) -> BoundGreedySteps:
-        """New bound buffers for greedy steps at the batch of ``state`` (CPU, no IO binding, a step graph
-        with greedy outputs): what :meth:`greedy_step` uses, and what a benchmark times as the graph's step."""
-        if self.io_binding or self._greedy_outputs is None:
-            raise CapkitError("bound greedy steps need the CPU without IO binding and a step graph with greedy outputs")
-        return BoundGreedySteps(self._decoder, self._token_name, self._state_inputs, self._greedy_outputs, state)
-
-    @property
-    def has_greedy_outputs(self) -> bool:
-        """Whether the step graph computes the greedy choice itself (``next_token``, ``next_logprob``)."""
-        return self._greedy_outputs is not None
-
-    def step_outputs(self, greedy: bool) -> list[str]:
-        """The step graph outputs a greedy (or a logits) step fetches, in the order it fetches them."""
-        return list(self._greedy_outputs if greedy and self._greedy_outputs is not None else self._decoder_outputs)
-
-    def select(self, state: State, rows: np.ndarray) -> State:
+    def select(self, state: OrtState, rows: np.ndarray) -> OrtState:
         rows = np.asarray(rows, dtype=np.int64)  # (B',)
         if not self.io_binding:
             return tuple(np.ascontiguousarray(s[:, rows]) for s in state)  # each (L, B', H)

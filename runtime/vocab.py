@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
-SPECIAL_TOKENS = (PAD, START, END, UNK)  # ids 0..3, in this order
+SPECIAL_TOKENS = (PAD, START, END, UNK)  # the first words of every vocabulary, in this order
+PAD_ID, START_ID, END_ID, UNK_ID = (SPECIAL_TOKENS.index(t) for t in (PAD, START, END, UNK))  # 0, 1, 2, 3
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 1  # the special tokens and at least one word
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -49,19 +51,19 @@ class Vocabulary:
 
     @property
     def pad_id(self) -> int:
-        return 0
+        return PAD_ID
 
     @property
     def start_id(self) -> int:
-        return 1
+        return START_ID
 
     @property
     def end_id(self) -> int:
-        return 2
+        return END_ID
 
     @property
     def unk_id(self) -> int:
-        return 3
+        return UNK_ID
 
     def id(self, word: str) -> int:
         return self._index.get(word, self.unk_id)

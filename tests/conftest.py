@@ -1,16 +1,24 @@
 """Shared fixtures.
 
-export_kit (tests/test_export.py, tests/test_onnx_inference.py): tiny captioners that were
-trained a few hundred steps, so that their captions differ from image to image, and their
-exported bundles, built once per session and cached by configuration.
+export_kit: tiny captioners that were trained a few hundred steps, so that their captions differ
+from image to image, and their exported bundles, built once per session and cached by configuration.
+checkpoint: export_kit's LSTM captioner as a checkpoint file (written with the library's
+checkpoint_payload, as a training run writes one).
+kind, layers: each decoder kind in turn (KINDS), with the number of layers the seed gives it.
+one_torch_thread: one PyTorch intra-op thread for a module (``pytestmark = pytest.mark.usefixtures(...)``).
+
+Tiers: ``pytest -m "not slow"`` is the fast tier (under a minute); tests marked ``slow`` build a
+venv, train in subprocesses, run DDP or the exporters end to end.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -18,6 +26,11 @@ import pytest
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import SPECIAL_TOKENS, Vocabulary
 
+# The CLI's last-resort guard turns an unexpected exception into one line; under test it re-raises
+# instead (the traceback shows, and CliRunner records the exception), so reaching it fails the test.
+os.environ["CAPKIT_DEBUG"] = "1"
+
+KINDS = {"lstm": 1, "rnn": 2, "gru": 1}  # decoder kind -> layers (the seed's vanilla RNN has 2)
 EXPORT_WORDS = ("a", "dog", "cat", "red", "blue", "green", "on", "the", "grass", "ball", "big", "small", "runs", "sits",
                 "near", "two", "with", "black", "white", "tree", "car", "man", "sky", "under")
 
@@ -31,6 +44,7 @@ class ExportKit:
     stays as it is) to map 8 clusters of CNN features to 8 captions of 2 to 6 words; its
     greedy captions then differ between images (the tests assert it)."""
 
+    kinds: ClassVar[dict[str, int]] = KINDS  # decoder kind -> layers, for loops over every kind
     root: Path
     vocab: Vocabulary = Vocabulary(SPECIAL_TOKENS + EXPORT_WORDS)
     spec: PreprocessSpec = PreprocessSpec(resize=32, crop=32)
@@ -60,6 +74,15 @@ class ExportKit:
             self._bundles[key] = export_model(self.model(decoder, layers, encoder, **flags), self.vocab, self.spec,
                                               self.max_length, folder)
         return self._bundles[key]
+
+    def checkpoint(self, path: Path, decoder: str = "lstm", layers: int = 1, encoder: str = "resnet18",
+                   flags: dict[str, Any] | None = None, **extra: Any) -> Path:
+        """Writes ``self.model(...)`` to ``path`` as a checkpoint (training/checkpoint.py's
+        ``checkpoint_payload``: the keys a training run writes; ``extra`` adds run keys such as ``run_name``)."""
+        from capkit.training.checkpoint import checkpoint_payload, save_checkpoint
+
+        model = self.model(decoder, layers, encoder, **(flags or {}))
+        return save_checkpoint(checkpoint_payload(model, self.vocab, self.spec, self.max_length, **extra), path)
 
     def _train(self, decoder: str, layers: int, encoder: str, flags: dict[str, Any], steps: int = 200):
         import torch
@@ -108,3 +131,43 @@ class ExportKit:
 def export_kit(tmp_path_factory: pytest.TempPathFactory) -> ExportKit:
     pytest.importorskip("torch")
     return ExportKit(tmp_path_factory.mktemp("export-kit"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(export_kit: ExportKit, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """best.pt of export_kit's LSTM captioner (the model behind ``export_kit.bundle("lstm")``), run name "test"."""
+    return export_kit.checkpoint(tmp_path_factory.mktemp("run") / "best.pt", "lstm", run_name="test")
+
+
+@pytest.fixture(params=list(KINDS))
+def kind(request: pytest.FixtureRequest) -> str:
+    """Each decoder kind in turn: a test that takes ``kind`` runs once per kind (or for the kinds it
+    parametrizes ``kind`` with)."""
+    return request.param
+
+
+@pytest.fixture
+def layers(kind: str) -> int:
+    """The number of layers of ``kind``'s seed configuration (KINDS)."""
+    return KINDS[kind]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One PyTorch intra-op thread for a module, restored after it. The tiny models here are as fast on
+    one thread, and several crawl on a shared 2-core machine (OpenMP workers spin against other
+    processes: training and export 10-50x slower under load)."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, read, closed): for a
+    process group's MASTER_PORT, so that parallel runs do not collide on a fixed port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,4 +1,4 @@
-"""`capkit bench` and its libraries (capkit.runtime.benchmark, capkit.training.benchmark) on a tiny model.
+"""`capkit bench` and its library (capkit.bench) on a tiny model.
 
 No timing thresholds: the checks are on structure and consistency (positive times, every ratio
 equal to the quotient of the figures reported next to it, peak memory of the right child), never on
@@ -17,16 +17,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from capkit.runtime.benchmark import (BenchError, BenchReport, Stats, TimedInference, bench_bundle, bundle_bytes,
-                                      caption_command, cold_start, compare, image_paths, machine_info, measure,
-                                      render_text, run_child, synthetic_photos)
+from capkit.bench import (BenchError, BenchReport, CaptionerTimer, ImageSet, IsolatedStep, Stats, TimedInference,
+                          bench_bundle, bench_checkpoint, caption_command, cold_start, compare, machine_info, measure,
+                          render_text, run_child, synthetic_photos)
 from capkit.runtime.decoding import DecodingOptions, decode
 
 torch = pytest.importorskip("torch")
 
 from capkit.cli import main  # noqa: E402
 from capkit.runtime.captioner import Captioner  # noqa: E402
-from capkit.training.benchmark import bench_checkpoint  # noqa: E402
 from capkit.training.checkpoint import save_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +101,93 @@ def test_timed_inference_is_transparent(export_kit) -> None:
     assert cached.encode(images) is state
 
 
+def test_isolated_step_chains_the_inferences_greedy_step(export_kit) -> None:
+    """The isolated step is the inference's own greedy_step, each call fed the previous call's outputs."""
+    from capkit.runtime.onnx_inference import OnnxInference
+
+    inference = OnnxInference(export_kit.bundle("lstm"), device="cpu")
+    vocab, pixels = export_kit.vocab, export_kit.images[:1]
+    (expected,) = decode(inference, pixels, DecodingOptions(max_length=export_kit.max_length),
+                         start_id=vocab.start_id, end_id=vocab.end_id)
+    calls, returned = [], []
+
+    class Spy:
+        encode, select = inference.encode, inference.select
+
+        def greedy_step(self, tokens, state):
+            calls.append((tokens, state))
+            returned.append(inference.greedy_step(tokens, state))
+            return returned[-1]
+
+        def step(self, tokens, state):
+            raise AssertionError("the chain must call greedy_step where the inference has one")
+
+    chain = IsolatedStep(Spy(), pixels, vocab.start_id)
+    tokens = []
+    for _ in range(len(expected.tokens) + expected.finished):
+        chain()
+        tokens.append(int(chain.tokens[0]))
+    assert calls[0][0].tolist() == [vocab.start_id]
+    for (tokens_in, state_in), (tokens_out, _, state_out) in zip(calls[1:], returned):
+        assert tokens_in is tokens_out and state_in is state_out  # the outputs as they are, as the loop passes them
+    assert tokens == [*expected.tokens, *([vocab.end_id] if expected.finished else [])]  # what the loop chose
+
+    class StepOnly:  # no greedy_step: the plain step, its state chained, the token left at <start>
+        encode, step, select = inference.encode, inference.step, inference.select
+
+    plain = IsolatedStep(StepOnly(), pixels, vocab.start_id)
+    encoded = plain.state
+    plain()
+    plain()
+    assert plain.tokens.tolist() == [vocab.start_id] and plain.state is not encoded
+
+
+def test_captioner_timer_rounds(export_kit, photos: list[str]) -> None:
+    """One round's calls in order, the two sides of each overhead ratio taking turns at going first."""
+    from capkit.bench.timing import STEP_CHAINS
+    from capkit.runtime.onnx_inference import OnnxInference
+
+    bundle = export_kit.bundle("lstm")
+    manifest = bundle.manifest
+    captioner = Captioner.from_inference(OnnxInference(bundle, device="cpu", threads=1), manifest.vocab,
+                                         manifest.preprocess, manifest.max_length, bundle)
+    order: list[str] = []
+
+    class Logged(CaptionerTimer):
+        pass
+
+    for method in ("encoder", "decode", "cold_step", "caption", "preprocess", "step_chain", "loop"):
+        def logged(self, _name=method):
+            order.append(_name)
+            return getattr(CaptionerTimer, _name)(self)
+        setattr(Logged, method, logged)
+
+    timer = Logged(captioner, photos, max_length=4)
+    samples = timer.batch_one(repeats=2, warmup=1)
+    chains = {0: ["step_chain", "loop"], 1: ["loop", "step_chain"]}
+    rounds = []
+    for index, first in enumerate(["decode", "cold_step", "decode"]):
+        second = "cold_step" if first == "decode" else "decode"
+        rounds += ["encoder", first, second, "caption", "preprocess"]
+        for chain in range(STEP_CHAINS):
+            rounds += chains[(index * STEP_CHAINS + chain) % 2]
+    expected = [called for name in rounds for called in ([name, "step_chain"] if name == "cold_step" else [name])]
+    assert order == expected  # cold_step: an encoder run, then a step chain
+    assert {key: len(value) for key, value in samples.items()} == {
+        "encoder": 2, "decode": 2, "cold_step": 2, "caption": 2, "preprocess": 2, "step": 2 * STEP_CHAINS,
+        "loop": 2 * STEP_CHAINS}
+    assert len(timer.steps) == 2 * (1 + STEP_CHAINS) and all(1 <= s <= 4 for s in timer.steps)  # warm-up's dropped
+    assert all(v > 0 for values in samples.values() for v in values)
+
+
+def test_import_is_torch_and_onnxruntime_free() -> None:
+    script = "import sys, capkit.bench; print(sorted({'torch', 'onnxruntime', 'onnx'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
 def test_run_child_reports_the_childs_own_peak_memory() -> None:
     small = run_child([sys.executable, "-c", "print('hi')"])
     big = run_child([sys.executable, "-c", "import numpy as np; a = np.ones(300_000_000 // 8); print(a.sum() > 0)"])
@@ -118,12 +204,19 @@ def test_images(tmp_path: Path, photos: list[str]) -> None:
     from PIL import Image
 
     assert Image.open(photos[0]).size == (80, 60)
-    assert image_paths([str(Path(photos[0]).parent)]) == sorted(photos)
+    folder = Path(photos[0]).parent
+    with ImageSet([str(folder)]) as named:
+        assert named.paths == sorted(photos) and not named.synthetic and named.describe() == "3 image files"
+    assert ImageSet([str(folder / "*.jpg")]).paths == sorted(photos)  # glob patterns, expanded here
     with pytest.raises(BenchError, match="no such file"):
-        image_paths([str(tmp_path / "missing.jpg")])
+        ImageSet([str(tmp_path / "missing.jpg")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(BenchError, match="no images"):
-        image_paths([str(tmp_path / "empty")])
+        ImageSet([str(tmp_path / "empty")])
+    with ImageSet([], count=2) as synthetic:
+        made = list(synthetic.paths)
+        assert synthetic.synthetic and len(made) == 2 and all(Path(p).is_file() for p in made)
+    assert not any(Path(p).exists() for p in made)  # the temporary folder is removed on close
 
 
 # -- a bundle, PyTorch, the ratios ------------------------------------------------------------------------------------
@@ -134,6 +227,7 @@ def reports(bundle: Path, checkpoint: Path, photos: list[str]):
     return onnx, eager
 
 
+@pytest.mark.slow
 def test_bundle_report(reports, bundle: Path, export_kit) -> None:
     onnx, _ = reports
     data = onnx.to_dict()
@@ -152,7 +246,8 @@ def test_bundle_report(reports, bundle: Path, export_kit) -> None:
     assert all(s["unit"] == "images/s" for s in data["throughput"].values())
     assert data["batch_speedup"]["2"] == pytest.approx(
         data["throughput"]["2"]["median"] / data["throughput"]["1"]["median"])
-    assert data["size_bytes"] == bundle_bytes(export_kit.bundle("lstm")) > 0
+    assert data["size_bytes"] == export_kit.bundle("lstm").size_bytes() > 0
+    assert bool(data["notes"]) == (export_kit.bundle("lstm").manifest.decoder.greedy_outputs is None)
     cold = data["cold_start"]
     assert cold["wall"]["unit"] == "s" and positive(cold["wall"]) and cold["wall"]["runs"] == 1
     command = cold["command"]
@@ -163,6 +258,7 @@ def test_bundle_report(reports, bundle: Path, export_kit) -> None:
         assert cold["peak_rss_mb"] > 10
 
 
+@pytest.mark.slow
 def test_pytorch_report_and_ratios(reports, checkpoint: Path) -> None:
     onnx, eager = reports
     data = eager.to_dict()
@@ -191,6 +287,7 @@ def test_pytorch_report_and_ratios(reports, checkpoint: Path) -> None:
     assert render_text(full, markdown=True).count("|---|") >= 2
 
 
+@pytest.mark.slow
 def test_int8_is_compared_with_fp32(reports, export_kit, tmp_path: Path, photos: list[str]) -> None:
     from capkit.export.quantize import quantize_int8
 
@@ -205,12 +302,14 @@ def test_int8_is_compared_with_fp32(reports, export_kit, tmp_path: Path, photos:
     assert size == pytest.approx(onnx.size_bytes / report8.size_bytes) and size > 1
 
 
+@pytest.mark.slow
 def test_cold_start_failure_is_one_line(tmp_path: Path, photos: list[str]) -> None:
     with pytest.raises(BenchError, match="cold start"):
         cold_start(caption_command(photos[0], ["--model", str(tmp_path / "nowhere"), "--device", "cpu"]), runs=1)
 
 
 # -- the command --------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bench_command_json(bundle: Path, checkpoint: Path, photos: list[str]) -> None:
     args = ["bench", "--model", str(bundle), "--checkpoint", str(checkpoint), "--images", str(Path(photos[0]).parent),
             "--batch-sizes", "2,1", "--repeats", "1", "--warmup", "0", "--max-length", "5", "--cold-runs", "0",
@@ -227,6 +326,7 @@ def test_bench_command_json(bundle: Path, checkpoint: Path, photos: list[str]) -
     assert comparison["ratios"]["caption"] == pytest.approx(eager["caption_ms"]["median"] / onnx["caption_ms"]["median"])
 
 
+@pytest.mark.slow
 def test_bench_command_text_and_errors(bundle: Path, photos: list[str]) -> None:
     base = ["bench", "--model", str(bundle), "--images", photos[0], "--repeats", "1", "--warmup", "0",
             "--cold-runs", "0", "--device", "cpu", "--batch-sizes", "1"]
@@ -240,6 +340,7 @@ def test_bench_command_text_and_errors(bundle: Path, photos: list[str]) -> None:
     assert missing.exit_code == 1 and "Error:" in missing.output and "Traceback" not in missing.output
 
 
+@pytest.mark.slow
 def test_bundle_bench_is_torch_free(bundle: Path, photos: list[str]) -> None:
     """`capkit bench --model` (no --checkpoint) never imports torch or onnx."""
     script = textwrap.dedent(f"""

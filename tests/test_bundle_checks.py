@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from capkit.runtime.bundle import (DECODER_FILE, ENCODER_FILE, EXTERNAL_DATA_MARKER, BundleError, DecoderGraph,
+from capkit.runtime.bundle import (DECODER_FILE, ENCODER_FILE, EXTERNAL_DATA_MARKER, BundleError, DecoderStepGraph,
                                    EncoderGraph, Manifest, _digest, load_bundle, sha256_file)
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import SPECIAL_TOKENS, Vocabulary
@@ -43,7 +43,7 @@ def write_bundle(folder: Path, encoder: bytes, decoder: bytes) -> Path:
     (folder / DECODER_FILE).write_bytes(decoder)
     Manifest(vocab=Vocabulary(SPECIAL_TOKENS + ("a",)), preprocess=PreprocessSpec(resize=8, crop=8), max_length=3,
              encoder=EncoderGraph(ENCODER_FILE, sha256_file(folder / ENCODER_FILE), "image", ("h",)),
-             decoder=DecoderGraph(DECODER_FILE, sha256_file(folder / DECODER_FILE), "token", ("h",), "logits",
+             decoder=DecoderStepGraph(DECODER_FILE, sha256_file(folder / DECODER_FILE), "token", ("h",), "logits",
                                   ("h_next",))).write(folder)
     return folder
 

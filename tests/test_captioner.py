@@ -23,18 +23,10 @@ torch = pytest.importorskip("torch")
 from capkit.export.checks import synthetic_images  # noqa: E402
 from capkit.training.torch_inference import TorchInference  # noqa: E402
 
-KINDS = {"lstm": 1, "rnn": 2, "gru": 1}  # decoder -> layers (the seed's vanilla RNN has 2)
 HOT = 1.5  # a sampling temperature at which these confident models still vary their captions
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread is as fast, and several crawl when the machine's cores are busy
-    (OpenMP workers spin against other processes). Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# conftest's one_torch_thread: tiny models are as fast on one thread, and several crawl on busy cores.
+# Tests that take `kind` run once per decoder kind (conftest's KINDS).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +37,14 @@ def images() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def models(export_kit) -> dict:
-    return {kind: export_kit.model(kind, layers) for kind, layers in KINDS.items()}
+    return {kind: export_kit.model(kind, layers) for kind, layers in export_kit.kinds.items()}
 
 
 @pytest.fixture(scope="module")
 def captioners(export_kit) -> dict[str, Captioner]:
     # threads=1: ONNX Runtime's spinning worker threads slow the PyTorch reference down on small machines
     return {kind: Captioner(export_kit.bundle(kind, layers).folder, device="cpu", threads=1)
-            for kind, layers in KINDS.items()}
+            for kind, layers in export_kit.kinds.items()}
 
 
 def reference(captioner: Captioner, model, images: list, **options) -> list[DecodingResult]:
@@ -87,7 +79,6 @@ def test_captioner_attributes(captioners, export_kit) -> None:
     assert "device='cpu'" in repr(captioner)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_greedy_matches_pytorch(captioners, models, images, kind: str) -> None:
     captioner = captioners[kind]
     captions = captioner.caption_batch(images)
@@ -96,7 +87,6 @@ def test_greedy_matches_pytorch(captioners, models, images, kind: str) -> None:
     assert all(c.finished and 0 < len(c.tokens) < captioner.max_length for c in captions)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("filters", [{}, {"top_k": 5}, {"top_k": 8, "top_p": 0.9}], ids=str)
 def test_seeded_sampling_matches_pytorch(captioners, models, images, kind: str, filters: dict) -> None:
     captioner = captioners[kind]
@@ -113,7 +103,6 @@ def test_seeded_sampling_matches_pytorch(captioners, models, images, kind: str, 
     assert len(seen) > 4 and off_greedy > 0  # the samples really vary: the comparison can fail
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("options", [{}, {"temperature": HOT, "seed": 7}, {"temperature": HOT, "top_p": 0.9, "seed": 3},
                                      {"beam": 3}], ids=str)
 def test_batch_equals_single(captioners, images, kind: str, options: dict) -> None:
@@ -130,11 +119,10 @@ def test_batch_equals_single(captioners, images, kind: str, options: dict) -> No
 
 def test_rows_finish_at_different_steps(captioners, images) -> None:
     """The batch shrinks as rows end: captions of several lengths come out of one batch."""
-    for kind in KINDS:
+    for kind in captioners:
         assert len({len(c.tokens) for c in captioners[kind].caption_batch(images)}) > 1
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_beam_one_is_greedy_and_beam_three_scores_at_least_as_well(captioners, images, kind: str) -> None:
     captioner = captioners[kind]
     start, end = captioner.vocab.start_id, captioner.vocab.end_id
@@ -152,7 +140,6 @@ def test_beam_one_is_greedy_and_beam_three_scores_at_least_as_well(captioners, i
         [(b.text, b.logprob, g.logprob) for b, g in zip(beam3, greedy)]
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_beam_search_matches_pytorch(captioners, models, images, kind: str) -> None:
     """Beam search (the beams as the step graph's batch) over the bundle and over the PyTorch model.
     (That beam search finds what greedy misses is tested on a scripted model in test_decoding: these
@@ -165,7 +152,6 @@ def test_beam_search_matches_pytorch(captioners, models, images, kind: str) -> N
     assert_same(captioner, captioner.caption_batch(images, beam=5), expected)
 
 
-@pytest.mark.parametrize("kind", KINDS)
 def test_top_k_one_is_greedy(captioners, images, kind: str) -> None:
     greedy = captioners[kind].caption_batch(images)
     for seed in (0, 5):
@@ -219,7 +205,7 @@ def test_a_bad_image_in_a_batch(captioners, images, tmp_path: Path) -> None:
     ({"temperature": -1.0}, "temperature"), ({"temperature": float("nan")}, "temperature"),
     ({"temperature": float("inf")}, "temperature"), ({"top_p": 0.0}, "top-p"), ({"top_p": 1.5}, "top-p"),
     ({"top_p": float("nan")}, "top-p"), ({"top_k": 0}, "top-k"), ({"top_k": 2.5}, "top-k"), ({"beam": 0}, "beam"),
-    ({"beam": 3, "temperature": 0.5}, "beam"), ({"max_length": 0}, "max length"), ({"seed": -1}, "seed"),
+    ({"beam": 3, "temperature": 0.5}, "beam"), ({"max_length": 0}, "max-length"), ({"seed": -1}, "seed"),
     ({"temperature": "hot"}, "temperature"),
 ])
 def test_bad_options_fail_before_any_work(captioners, tmp_path: Path, options: dict, word: str) -> None:

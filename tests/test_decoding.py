@@ -164,7 +164,7 @@ def test_beam_search_finds_the_sequence_greedy_misses():
     first = np.full((1, 8), -20.0)
     first[0, 4], first[0, 5] = math.log(0.5), math.log(0.4)
     greedy = decode(MarkovInference(table, first), images(0), DecodingOptions(max_length=2), start_id=START, end_id=END)[0]
-    beam = decode(MarkovInference(table, first), images(0), DecodingOptions(beam_size=3, max_length=2), start_id=START, end_id=END)[0]
+    beam = decode(MarkovInference(table, first), images(0), DecodingOptions(beam=3, max_length=2), start_id=START, end_id=END)[0]
     assert greedy.tokens[0] == 4
     assert beam.tokens == (5,) and beam.finished
     assert beam.logprob > greedy.logprob
@@ -173,7 +173,7 @@ def test_beam_search_finds_the_sequence_greedy_misses():
 def test_beam_batch_equals_single_images():
     rng = np.random.default_rng(9)
     table, first = rng.normal(size=(10, 10)) * 2, rng.normal(size=(3, 10)) * 2
-    opts = DecodingOptions(beam_size=3, max_length=6)
+    opts = DecodingOptions(beam=3, max_length=6)
     batch = decode(MarkovInference(table, first), images(0, 1, 2), opts, start_id=START, end_id=END)
     alone = [decode(MarkovInference(table, first), images(i), opts, start_id=START, end_id=END)[0] for i in range(3)]
     assert [(r.tokens, round(r.logprob, 9)) for r in batch] == [(r.tokens, round(r.logprob, 9)) for r in alone]
@@ -186,9 +186,9 @@ def test_beam_batch_equals_single_images():
     (DecodingOptions(top_p=0.0), "top-p"),
     (DecodingOptions(top_p=1.5), "top-p"),
     (DecodingOptions(top_k=0), "top-k"),
-    (DecodingOptions(beam_size=0), "beam"),
-    (DecodingOptions(beam_size=2, temperature=0.5), "beam"),
-    (DecodingOptions(max_length=0), "max length"),
+    (DecodingOptions(beam=0), "beam"),
+    (DecodingOptions(beam=2, temperature=0.5), "beam"),
+    (DecodingOptions(max_length=0), "max-length"),
 ])
 def test_bad_options_are_refused_before_any_work(options, message):
     inf = MarkovInference(chain_table(), np.zeros((1, 8)))

@@ -18,23 +18,14 @@ ort = pytest.importorskip("onnxruntime")
 from click.testing import CliRunner  # noqa: E402
 
 from capkit.export import ExportError, check_bundle, export_model  # noqa: E402
-from capkit.export.cli import export as export_command  # noqa: E402
-from capkit.export.quantize import bundle_size, compare_variant, convert_fp16, quantize_int8  # noqa: E402
+from capkit.cli.export import export as export_command  # noqa: E402
+from capkit.export.quantize import compare_variant, convert_fp16, quantize_int8  # noqa: E402
 from capkit.runtime.bundle import MANIFEST_NAME, BundleError, load_bundle, sha256_file  # noqa: E402
-from capkit.training.checkpoint import save_checkpoint  # noqa: E402
 
-KINDS = {"lstm": 1, "rnn": 2, "gru": 1}  # decoder -> layers (the seed's vanilla RNN has 2)
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, torch's spinning threads make training and
-    export 10-50x slower under load; one thread keeps this module at a few seconds per test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# conftest's one_torch_thread: on a shared 2-core machine, torch's spinning threads make training and
+# export 10-50x slower under load. Tests that take `kind` run once per decoder kind (conftest's KINDS).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ort_session(path: Path) -> "ort.InferenceSession":
@@ -49,9 +40,7 @@ def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_graph_contract(export_kit, kind: str) -> None:
-    layers = KINDS[kind]
+def test_graph_contract(export_kit, kind: str, layers: int) -> None:
     bundle = export_kit.bundle(kind, layers)
     states = ["h", "c"] if kind == "lstm" else ["h"]
     encoder, decoder = onnx.load(str(bundle.encoder_path)), onnx.load(str(bundle.decoder_path))
@@ -77,9 +66,8 @@ def test_graph_contract(export_kit, kind: str) -> None:
     onnx.checker.check_model(str(bundle.decoder_path), full_check=True)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_encoder_and_step_parity(export_kit, kind: str) -> None:
-    model, bundle = export_kit.model(kind, KINDS[kind]), export_kit.bundle(kind, KINDS[kind])
+def test_encoder_and_step_parity(export_kit, kind: str, layers: int) -> None:
+    model, bundle = export_kit.model(kind, layers), export_kit.bundle(kind, layers)
     names = list(model.config.state_names)
     encoder, decoder = ort_session(bundle.encoder_path), ort_session(bundle.decoder_path)
     for batch in (1, 3):
@@ -96,10 +84,9 @@ def test_encoder_and_step_parity(export_kit, kind: str) -> None:
         assert max(max_abs(o, t) for o, t in zip(out[1:], next_state)) <= TOLERANCE
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_parity_check_passes(export_kit, kind: str) -> None:
+def test_parity_check_passes(export_kit, kind: str, layers: int) -> None:
     """Greedy and seeded sampling (T=0.7): identical token sequences for all 32 images, on varied captions."""
-    report = check_bundle(export_kit.model(kind, KINDS[kind]), export_kit.bundle(kind, KINDS[kind]), export_kit.images)
+    report = check_bundle(export_kit.model(kind, layers), export_kit.bundle(kind, layers), export_kit.images)
     assert report.passed, report.render()
     assert report.images == 32 and report.greedy_equal == 32 and report.sampled_equal == 32
     assert report.greedy_distinct >= 3, "the captions must differ between images, or equality proves little"
@@ -123,6 +110,7 @@ def test_parity_check_can_fail(export_kit) -> None:
     assert "FAILED" in report.render()
 
 
+@pytest.mark.slow
 def test_resnet50_encoder(export_kit) -> None:
     """The seed's encoder (at 32x32 pixels): exported graph parity and identical greedy/sampled captions."""
     report = check_bundle(export_kit.model("lstm", 1, "resnet50"), export_kit.bundle("lstm", 1, "resnet50"),
@@ -131,6 +119,7 @@ def test_resnet50_encoder(export_kit) -> None:
     assert report.greedy_distinct >= 2
 
 
+@pytest.mark.slow  # each trains and exports a model of its own
 @pytest.mark.parametrize("flags", [{"freeze_embeddings": True}, {"freeze_encoder": True},
                                    {"freeze_embeddings": True, "freeze_encoder": True}])
 def test_frozen_embeddings_and_encoder(export_kit, flags: dict) -> None:
@@ -195,6 +184,7 @@ def test_export_refuses_a_mismatched_vocabulary(export_kit, tmp_path: Path) -> N
         export_model(export_kit.model("lstm"), Vocabulary(SPECIAL_TOKENS + ("a",)), export_kit.spec, 5, tmp_path)
 
 
+@pytest.mark.slow
 def test_torch_export_exporter_at_opset_18(export_kit, tmp_path: Path) -> None:
     """The torch.export-based exporter (the default from opset 18) gives the same contract and parity."""
     model = export_kit.model("lstm")
@@ -206,6 +196,7 @@ def test_torch_export_exporter_at_opset_18(export_kit, tmp_path: Path) -> None:
     assert report.passed, report.render()
 
 
+@pytest.mark.slow
 def test_int8_and_fp16_bundles(export_kit, tmp_path: Path) -> None:
     from capkit.runtime.onnx_inference import OnnxInference
 
@@ -227,21 +218,17 @@ def test_int8_and_fp16_bundles(export_kit, tmp_path: Path) -> None:
     ops = {n.op_type for n in onnx.load(str(int8.encoder_path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ static encoder
     assert "DynamicQuantizeLSTM" in {n.op_type for n in onnx.load(str(int8.decoder_path)).graph.node}
-    assert bundle_size(int8) < 0.4 * bundle_size(fp32)
-    assert bundle_size(fp16) < 0.6 * bundle_size(fp32)
+    assert int8.size_bytes() < 0.4 * fp32.size_bytes()
+    assert fp16.size_bytes() < 0.6 * fp32.size_bytes()
 
 
 # -- export_checkpoint and the command --------------------------------------------------------------------------
 @pytest.fixture
 def run_folder(export_kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """runs/tiny-run/best.pt with runs/latest -> tiny-run, in a fresh working directory."""
-    model = export_kit.model("gru")
     run = tmp_path / "runs" / "tiny-run"
-    save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(),
-                     "vocab": list(export_kit.vocab.words), "preprocess": export_kit.spec.to_dict(),
-                     "max_length": export_kit.max_length, "train_config": {}, "run_name": "tiny-run",
-                     "data_source": "synthetic", "epoch": 3, "step": 120, "best_val_loss": 0.5,
-                     "history": []}, run / "best.pt")
+    export_kit.checkpoint(run / "best.pt", "gru", train_config={}, run_name="tiny-run", data_source="synthetic",
+                          epoch=3, step=120, best_val_loss=0.5, history=[])
     (tmp_path / "runs" / "latest").symlink_to("tiny-run")
     monkeypatch.chdir(tmp_path)
     return run
@@ -264,6 +251,7 @@ def test_export_command_default_run(run_folder: Path) -> None:
     assert provenance["data_source"] == "synthetic" and "exported_at" in provenance
 
 
+@pytest.mark.slow
 def test_export_command_options(run_folder: Path, tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()
@@ -272,7 +260,7 @@ def test_export_command_options(run_folder: Path, tmp_path: Path) -> None:
     for i in range(3):
         Image.fromarray(np.full((40, 30, 3), 60 * i, np.uint8)).save(images / f"{i}.png")
     out = tmp_path / "out" / "b"
-    result = CliRunner().invoke(export_command, [str(run_folder / "best.pt"), "--out", str(out), "--no-check",
+    result = CliRunner().invoke(export_command, ["--checkpoint", str(run_folder / "best.pt"), "--out", str(out), "--no-check",
                                                  "--quantize", "int8", "--fp16", "--images", str(images), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -296,9 +284,10 @@ def test_export_command_fails_on_parity(run_folder: Path, monkeypatch: pytest.Mo
         return real(model, bundle, images, **kwargs)
 
     monkeypatch.setattr(checks, "check_bundle", broken)
-    result = CliRunner().invoke(export_command, ["runs/latest"])
+    result = CliRunner().invoke(export_command, ["--checkpoint", "runs/latest"])
     assert result.exit_code == 1
     assert "FAILED" in result.stderr
+    assert Path(result.stdout.strip()).resolve() == (run_folder / "bundle").resolve()  # data on stdout: the bundle
 
 
 def test_export_command_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -309,7 +298,7 @@ def test_export_command_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_export_cli_import_is_cheap() -> None:
-    code = "import sys, capkit.export, capkit.export.cli; print(sorted({'torch', 'onnx'} & set(sys.modules)))"
+    code = "import sys, capkit.export, capkit.cli.export; print(sorted({'torch', 'onnx'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0, out.stderr

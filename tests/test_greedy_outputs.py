@@ -25,19 +25,11 @@ from capkit.runtime.bundle import MANIFEST_NAME, BundleError, load_bundle  # noq
 from capkit.runtime.decoding import (DecodingOptions, chosen_log_softmax, decode, greedy_from_logits,  # noqa: E402
                                      log_softmax)
 from capkit.runtime.errors import CapkitError  # noqa: E402
-from capkit.runtime.onnx_inference import OnnxInference  # noqa: E402
+from capkit.runtime.onnx_inference import BoundGreedySteps, OnnxInference  # noqa: E402
 from capkit.training.torch_inference import TorchInference  # noqa: E402
 
-KINDS = {"lstm": 1, "rnn": 2, "gru": 1}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one thread is far faster on a loaded machine
 GREEDY = DecodingOptions(max_length=10)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class LogitsOnly:
@@ -68,17 +60,23 @@ class CountingGreedy(LogitsOnly):
         return self.inner.greedy_step(tokens, state)
 
 
+def plain_session(path: Path):
+    """The graph in a session of its own (CPU, default options): a reference independent of OnnxInference."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 def run(inference, images, options, vocab):
     return decode(inference, images, options, start_id=vocab.start_id, end_id=vocab.end_id)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_graph_outputs_are_the_argmax_and_its_log_softmax(export_kit, kind: str) -> None:
-    bundle = export_kit.bundle(kind, KINDS[kind])
+def test_graph_outputs_are_the_argmax_and_its_log_softmax(export_kit, kind: str, layers: int) -> None:
+    bundle = export_kit.bundle(kind, layers)
     decoder = bundle.manifest.decoder
     assert decoder.greedy_outputs == ("next_token", "next_logprob")
     inference = OnnxInference(bundle, device="cpu")
-    session = inference.sessions["decoder_step"]
+    session = plain_session(bundle.decoder_path)
     state = inference.encode(export_kit.images)  # 32 images
     tokens = np.arange(len(export_kit.images), dtype=np.int64) % len(export_kit.vocab)
     feed = {decoder.token_input: tokens, **dict(zip(decoder.state_inputs, state))}
@@ -103,10 +101,9 @@ def test_greedy_choice_matches_numpy_on_hard_cases() -> None:
     assert np.array_equal(chosen_log_softmax(logits, chosen), log_softmax(logits)[np.arange(3), chosen])
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_greedy_captions_unchanged(export_kit, kind: str) -> None:
+def test_greedy_captions_unchanged(export_kit, kind: str, layers: int) -> None:
     """The graph's choice gives the captions (and log-probabilities) of the logits path; PyTorch too."""
-    bundle, images, vocab = export_kit.bundle(kind, KINDS[kind]), export_kit.images, export_kit.vocab
+    bundle, images, vocab = export_kit.bundle(kind, layers), export_kit.images, export_kit.vocab
     inference = OnnxInference(bundle, device="cpu")
     counted = CountingGreedy(inference)
     fast = run(counted, images, GREEDY, vocab)
@@ -116,7 +113,7 @@ def test_greedy_captions_unchanged(export_kit, kind: str) -> None:
     assert [r.finished for r in fast] == [r.finished for r in slow]
     assert [r.logprob for r in fast] == pytest.approx([r.logprob for r in slow], abs=1e-6)
     assert len({r.tokens for r in fast}) >= 3
-    torch_greedy = run(TorchInference(export_kit.model(kind, KINDS[kind])), images, GREEDY, vocab)
+    torch_greedy = run(TorchInference(export_kit.model(kind, layers)), images, GREEDY, vocab)
     assert [r.tokens for r in torch_greedy] == [r.tokens for r in fast]
     assert [r.logprob for r in torch_greedy] == pytest.approx([r.logprob for r in fast], abs=1e-4)
 
@@ -144,6 +141,7 @@ def test_io_binding_greedy_step(export_kit) -> None:
     assert [r.tokens for r in x] == [r.tokens for r in y] and [r.logprob for r in x] == [r.logprob for r in y]
 
 
+@pytest.mark.slow  # quantizes a bundle
 def test_int8_bundle_keeps_the_greedy_outputs(export_kit, tmp_path: Path) -> None:
     int8 = quantize_int8(export_kit.bundle("lstm"), tmp_path / "int8", export_kit.images)
     assert int8.manifest.decoder.greedy_outputs == ("next_token", "next_logprob")
@@ -163,7 +161,7 @@ def test_bundle_without_greedy_outputs(export_kit, tmp_path: Path) -> None:
     data = json.loads((old.folder / MANIFEST_NAME).read_text())["graphs"]["decoder_step"]
     assert "next_token_output" not in data and data["outputs"] == ["logits", "h_next"]
     inference = OnnxInference(old, device="cpu")
-    assert not inference.has_greedy_outputs and old.manifest.decoder.greedy_outputs is None
+    assert old.manifest.decoder.greedy_outputs is None
     chosen, logprobs, _ = inference.greedy_step(np.array([1, 1], np.int64), inference.encode(images[:2]))
     assert chosen.dtype == np.int64 and logprobs.shape == (2,)
     new = run(OnnxInference(export_kit.bundle("gru"), device="cpu"), images, GREEDY, vocab)
@@ -189,13 +187,13 @@ def test_manifest_greedy_names(export_kit, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["lstm", "rnn"])
-def test_bound_greedy_steps_match_plain_runs(export_kit, kind: str) -> None:
+def test_bound_greedy_steps_match_plain_runs(export_kit, kind: str, layers: int) -> None:
     """The CPU's greedy steps on buffers bound once: the same tokens, log-probabilities and states as
     ``session.run`` step after step, while the buffers alternate instead of being allocated."""
-    bundle, images = export_kit.bundle(kind, KINDS[kind]), export_kit.images
+    bundle, images = export_kit.bundle(kind, layers), export_kit.images
     inference = OnnxInference(bundle, device="cpu")
-    session, names = inference.sessions["decoder_step"], inference.bundle.manifest.decoder
-    outputs = inference.step_outputs(greedy=True)
+    session, names = plain_session(bundle.decoder_path), bundle.manifest.decoder
+    outputs = [*names.greedy_outputs, *names.state_outputs]
     tokens = ref_tokens = np.full(5, export_kit.vocab.start_id, np.int64)
     state = reference = inference.encode(images[:5])
     returned = []
@@ -239,9 +237,11 @@ def test_bound_greedy_steps_per_thread(export_kit) -> None:
 
 
 def test_bound_greedy_steps_need_the_greedy_outputs(export_kit, tmp_path: Path) -> None:
-    model = export_kit.model("gru")
-    old = export_model(model, export_kit.vocab, export_kit.spec, export_kit.max_length, tmp_path / "old",
-                       greedy_outputs=False)
-    inference = OnnxInference(old, device="cpu")
-    with pytest.raises(CapkitError, match="greedy outputs"):
-        inference.bound_greedy_steps(inference.encode(export_kit.images[:1]))
+    """Bound buffers are made for (int64 token, log-probability) outputs: a graph's logits in their place
+    are refused with a clear error instead of being written into the wrong buffers."""
+    bundle = export_kit.bundle("gru")
+    names = bundle.manifest.decoder
+    state = OnnxInference(bundle, device="cpu").encode(export_kit.images[:1])
+    with pytest.raises(BundleError, match="unexpected types"):
+        BoundGreedySteps(plain_session(bundle.decoder_path), names.token_input, list(names.state_inputs),
+                         [names.logits_output, names.logits_output, *names.state_outputs], state)

@@ -19,19 +19,11 @@ from capkit.runtime.errors import CapkitError  # noqa: E402
 from capkit.runtime.onnx_inference import CpuFallbackWarning, OnnxInference, RuntimeUnavailableError  # noqa: E402
 from capkit.training.torch_inference import TorchInference  # noqa: E402
 
-KINDS = {"lstm": 1, "rnn": 2, "gru": 1}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one thread is far faster on a loaded machine
 GREEDY = DecodingOptions(max_length=10)
 SAMPLING = [DecodingOptions(max_length=10, temperature=0.7, seed=3),
             DecodingOptions(max_length=10, temperature=1.3, seed=11, top_k=5),
             DecodingOptions(max_length=10, temperature=1.0, seed=0, top_p=0.8)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()  # see tests/test_export.py: one thread is far faster on a loaded machine
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(inference, images: np.ndarray, options: DecodingOptions, vocab):
@@ -42,10 +34,9 @@ def tokens(results) -> list[tuple[int, ...]]:
     return [r.tokens for r in results]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_greedy_and_sampling_match_pytorch(export_kit, kind: str) -> None:
+def test_greedy_and_sampling_match_pytorch(export_kit, kind: str, layers: int) -> None:
     """Identical token sequences for all 32 images, greedy and seeded sampling (also top-k, top-p)."""
-    model, bundle = export_kit.model(kind, KINDS[kind]), export_kit.bundle(kind, KINDS[kind])
+    model, bundle = export_kit.model(kind, layers), export_kit.bundle(kind, layers)
     onnx_inf, torch_inf = OnnxInference(bundle, device="cpu"), TorchInference(model)
     images, vocab = export_kit.images, export_kit.vocab
     greedy = run(onnx_inf, images, GREEDY, vocab)
@@ -60,8 +51,8 @@ def test_greedy_and_sampling_match_pytorch(export_kit, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["lstm", "rnn"])
-def test_io_binding_matches_plain_runs(export_kit, kind: str) -> None:
-    bundle = export_kit.bundle(kind, KINDS[kind])
+def test_io_binding_matches_plain_runs(export_kit, kind: str, layers: int) -> None:
+    bundle = export_kit.bundle(kind, layers)
     plain, bound = OnnxInference(bundle, device="cpu"), OnnxInference(bundle, device="cpu", io_binding=True)
     assert not plain.io_binding and bound.io_binding
     images, vocab = export_kit.images, export_kit.vocab
@@ -77,7 +68,7 @@ def test_io_binding_matches_plain_runs(export_kit, kind: str) -> None:
     selected, reference_selected = bound.select(state, rows), plain.select(reference, rows)
     assert all(np.array_equal(s.numpy(), r) for s, r in zip(selected, reference_selected))
     assert all(np.array_equal(r, s[:, rows]) for r, s in zip(reference_selected, reference))
-    for options in (GREEDY, SAMPLING[0], DecodingOptions(max_length=10, beam_size=3)):
+    for options in (GREEDY, SAMPLING[0], DecodingOptions(max_length=10, beam=3)):
         a, b = run(bound, images, options, vocab), run(plain, images, options, vocab)
         assert tokens(a) == tokens(b) and [r.logprob for r in a] == [r.logprob for r in b]
 

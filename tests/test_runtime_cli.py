@@ -17,18 +17,11 @@ torch = pytest.importorskip("torch")
 
 from capkit.cli import main  # noqa: E402
 from capkit.export.checks import synthetic_images  # noqa: E402
-from capkit.runtime.cli import caption as caption_command  # noqa: E402
-from capkit.training.checkpoint import save_checkpoint  # noqa: E402
+from capkit.cli.caption import caption as caption_command  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread is as fast, and several crawl when the machine's cores are busy
-    (OpenMP workers spin against other processes). Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# conftest's one_torch_thread: tiny models are as fast on one thread, and several crawl on busy cores.
+# conftest's checkpoint: best.pt of the model below, written with training.checkpoint.checkpoint_payload.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +33,6 @@ def model(export_kit):
 @pytest.fixture(scope="module")
 def bundle(export_kit) -> Path:
     return export_kit.bundle("lstm").folder
-
-
-@pytest.fixture(scope="module")
-def checkpoint(model, export_kit, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("run") / "best.pt"
-    save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(),
-                     "vocab": list(export_kit.vocab.words), "preprocess": export_kit.spec.to_dict(),
-                     "max_length": export_kit.max_length, "run_name": "test"}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +212,7 @@ def test_missing_bundle(photos, tmp_path: Path) -> None:
 @pytest.mark.parametrize("args, words", [
     (["--temp", "-1"], ["temperature", "-1"]), (["--temp", "nan"], ["temperature", "nan"]),
     (["--top-p", "0"], ["top-p"]), (["--top-p", "1.5"], ["top-p", "1.5"]), (["--beam", "0"], ["beam"]),
-    (["--top-k", "0"], ["top-k"]), (["--max-length", "0"], ["max length"]), (["--batch-size", "0"], ["batch size"]),
+    (["--top-k", "0"], ["top-k"]), (["--max-length", "0"], ["max-length"]), (["--batch-size", "0"], ["batch-size"]),
     (["--beam", "2", "--temp", "0.5"], ["beam"]), (["--threads", "0"], ["threads"]), (["--seed", "-3"], ["seed"]),
 ])
 def test_bad_options(photos, tmp_path: Path, args: list[str], words: list[str]) -> None:

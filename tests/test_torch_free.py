@@ -54,7 +54,7 @@ def bundle_and_image(tmp_path_factory) -> tuple[Path, Path]:
     return folder, image
 
 
-@pytest.mark.parametrize("statement", ["import capkit.runtime", "import capkit.runtime.cli", "import capkit.cli",
+@pytest.mark.parametrize("statement", ["import capkit.runtime", "import capkit.cli.caption", "import capkit.cli",
                                        "import capkit; capkit.Captioner",
                                        "import capkit.runtime.onnx_inference"])
 def test_imports_are_torch_free(statement: str) -> None:
@@ -87,6 +87,7 @@ def _model_env(monkeypatch: pytest.MonkeyPatch, request) -> None:
         monkeypatch.setenv("CAPKIT_MODEL", str(request.getfixturevalue("bundle_and_image")[0]))
 
 
+@pytest.mark.slow  # imports torch in a fresh interpreter: 2-3 s
 def test_a_torch_import_would_be_seen() -> None:
     """The check itself can fail."""
     pytest.importorskip("torch")
@@ -94,6 +95,7 @@ def test_a_torch_import_would_be_seen() -> None:
     assert loaded == ["torch"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("CAPKIT_RUNTIME_ONLY_CHECK") != "1",
                     reason="builds a fresh venv (15-30 s with a local pip cache); set CAPKIT_RUNTIME_ONLY_CHECK=1")
 def test_runtime_only_venv(bundle_and_image) -> None:

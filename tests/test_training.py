@@ -22,7 +22,7 @@ from capkit.training import train as train_module
 from capkit.training.checkpoint import BEST, LAST, CheckpointError, load_checkpoint, load_model, save_checkpoint
 from capkit.training.evaluate import evaluate, score_captions
 from capkit.training.synthetic import generate_synthetic
-from capkit.training.torch_inference import TorchInference
+from capkit.training.torch_inference import checkpoint_captioner
 from capkit.training.train import TrainConfig, TrainingError, train
 
 IMAGE_SIZE = 32
@@ -55,6 +55,7 @@ def write_vectors(path: Path, words, dim: int) -> None:
             f.write(w + " " + " ".join(f"{v:.4f}" for v in torch.randn(dim, generator=g).tolist()) + "\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed_config", ["lstm", "rnn-2-layers", "lstm-glove"])
 def test_the_seed_configurations_learn(seed_config, dataset, tmp_path):
     kw: dict = {}
@@ -78,6 +79,7 @@ def test_the_seed_configurations_learn(seed_config, dataset, tmp_path):
         assert any("embeddings:" in m and "found" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_run_folder_contents_and_latest_link(dataset, tmp_path):
     result = train(config(dataset, tmp_path, epochs=2), model_config(hidden_dim=32, embed_dim=16), log=quiet)
     run = result.run_dir
@@ -130,6 +132,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_p
     assert all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_and_counted(tmp_path):
     folder = tmp_path / "jsonl"
     folder.mkdir()
@@ -145,6 +148,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     assert result.skipped_images == 1 and result.epochs == 2
 
 
+@pytest.mark.slow
 def test_cached_features_with_a_frozen_encoder(dataset, tmp_path):
     with pytest.raises(TrainingError, match="freeze-encoder"):
         train(config(dataset, tmp_path, cache_features=True), model_config(), log=quiet)
@@ -181,6 +185,7 @@ def _train_args(dataset: Path, out: Path, epochs: int) -> list[str]:
             "--no-progress", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_goes_on_from_the_last_checkpoint(dataset, tmp_path):
     run = tmp_path / "run"
     proc = _cli(*_train_args(dataset, tmp_path, 40))
@@ -200,6 +205,7 @@ def test_kill_9_then_resume_goes_on_from_the_last_checkpoint(dataset, tmp_path):
     assert steps == sorted(steps) and len(set(steps)) == len(steps)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_last_and_exits_cleanly(dataset, tmp_path):
     run = tmp_path / "run"
     proc = _cli(*_train_args(dataset, tmp_path, 40))
@@ -211,9 +217,10 @@ def test_ctrl_c_saves_last_and_exits_cleanly(dataset, tmp_path):
     assert load_checkpoint(run / LAST)["epoch"] >= 1
 
 
-def test_ddp_with_two_processes_on_the_cpu(dataset, tmp_path):
+@pytest.mark.slow
+def test_ddp_with_two_processes_on_the_cpu(dataset, tmp_path, free_port):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "capkit",
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port}", "-m", "capkit",
             *_train_args(dataset, tmp_path, 2)]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -234,21 +241,23 @@ def test_score_captions_uses_the_coco_scorers():
     assert wrong["bleu4"] < 0.01 and wrong["cider"] < perfect["cider"]
 
 
+@pytest.mark.slow
 def test_eval_cli_prints_the_table_and_json(dataset, tmp_path):
     result = train(config(dataset, tmp_path, epochs=2), model_config(hidden_dim=32, embed_dim=16), log=quiet)
     runner = CliRunner()
-    out = runner.invoke(main, ["eval", str(result.run_dir), "--temps", "0,1", "--no-progress", "--json"])
+    out = runner.invoke(main, ["eval", "--checkpoint", str(result.run_dir), "--temps", "0,1", "--no-progress", "--json",
+                               "--device", "cpu"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert [r["temperature"] for r in data["results"]] == [0.0, 1.0]
     assert set(data["results"][0]) >= {"temperature", "bleu1", "bleu2", "bleu3", "bleu4", "cider"}
-    text = runner.invoke(main, ["eval", str(result.run_dir), "--temps", "0", "--no-progress"])
+    text = runner.invoke(main, ["eval", "--checkpoint", str(result.run_dir), "--no-progress", "--device", "cpu"])
     assert text.exit_code == 0 and "BLEU-4" in text.stdout and "0 (greedy)" in text.stdout
-    bad = runner.invoke(main, ["eval", str(tmp_path / "nowhere")])
+    bad = runner.invoke(main, ["eval", "--checkpoint", str(tmp_path / "nowhere")])
     assert bad.exit_code != 0 and "no such checkpoint" in bad.output and "Traceback" not in bad.output
     # the library gives the same figures as the command
-    model, vocab, spec, payload = load_model(result.run_dir)
     from capkit.training.datasets import load_dataset
 
-    direct = evaluate(TorchInference(model), vocab, spec, load_dataset(str(dataset))["test"], [0.0], progress=False)
+    captioner = checkpoint_captioner(result.run_dir, device="cpu")
+    direct = evaluate(captioner, load_dataset(str(dataset))["test"], [0.0], progress=False, seed=0)
     assert direct[0].bleu4 == pytest.approx(data["results"][0]["bleu4"])

@@ -31,6 +31,19 @@ class CheckpointError(CapkitError):
     """A checkpoint or run folder that cannot be used; one line naming it."""
 
 
+def checkpoint_payload(model, vocab: Vocabulary, spec: PreprocessSpec, max_length: int, **extra: Any) -> dict[str, Any]:
+    """What :func:`load_model` and ``capkit export`` need from a checkpoint, as a dict for :func:`save_checkpoint`.
+
+    ``model``: a CaptionModel; its ``config`` becomes ``model_config`` and its ``state_dict()``
+    ``model``. ``vocab``, ``spec`` and ``max_length`` become ``vocab`` (the word list), ``preprocess``
+    and ``max_length``. ``extra`` adds keys, or replaces these: a training run adds ``train_config``,
+    ``run_name``, ``data_source``, ``epoch``, ``step``, ``best_val_loss``, ``history``, ``optimizer``
+    and ``rng`` (see the module docstring); export reads the run's provenance from them when present.
+    """
+    return {"model_config": model.config.to_dict(), "model": model.state_dict(), "vocab": list(vocab.words),
+            "preprocess": spec.to_dict(), "max_length": int(max_length), **extra}
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """Writes to a temporary file in the same folder, syncs it, then renames over ``path``:
     a kill at any moment leaves either the old or the new checkpoint, never half of one."""

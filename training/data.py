@@ -19,9 +19,9 @@ from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
 from capkit.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageError, PreprocessSpec, load_image
-from capkit.runtime.vocab import Vocabulary
+from capkit.runtime.vocab import PAD_ID, Vocabulary
 from capkit.training.datasets import CaptionedImage, load_dataset
-from capkit.training.synthetic import DEFAULT_COUNT, generate_synthetic
+from capkit.training.synthetic import DEFAULT_COUNT, DEFAULT_IMAGE_SIZE, generate_synthetic
 
 SYNTHETIC = "synthetic"
 CACHE_ENV = "CAPKIT_CACHE"
@@ -36,7 +36,7 @@ def synthetic_dir(count: int, seed: int, image_size: int) -> Path:
 
 
 def resolve_dataset(data: Optional[str], images: Optional[str] = None, *, synthetic_count: int = DEFAULT_COUNT,
-                    synthetic_seed: int = 0, synthetic_size: int = 64,
+                    synthetic_seed: int = 0, synthetic_size: int = DEFAULT_IMAGE_SIZE,
                     progress: bool = True) -> tuple[str, dict[str, list[CaptionedImage]]]:
     """(source, splits): ``data`` None or "synthetic" generates the built-in set into the cache first."""
     if data in (None, SYNTHETIC):
@@ -142,7 +142,7 @@ class Batch:
                      self.targets.to(device, non_blocking=True), self.owners.to(device, non_blocking=True), self.skipped)
 
 
-def collate(items, pad_id: int = 0) -> Optional[Batch]:
+def collate(items, pad_id: int = PAD_ID) -> Optional[Batch]:
     good = [it for it in items if it[0] is not None]
     skipped = [(path, error or "unreadable") for image, _, path, error in items if image is None]
     if not good:

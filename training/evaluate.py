@@ -1,7 +1,7 @@
 """BLEU-1..4 and CIDEr with pycocoevalcap's scorers, greedy and over a list of temperatures.
 
-Works with any :class:`capkit.runtime.decoding.Inference`: the PyTorch model through
-``TorchInference`` or an exported bundle through the runtime's ONNX inference. Captions and
+Works with any :class:`capkit.runtime.captioner.Captioner`: an exported bundle (ONNX Runtime) or a
+checkpoint's PyTorch model (``capkit.training.torch_inference.checkpoint_captioner``). Captions and
 references are tokenised with the vocabulary's tokenizer (lower-case words, no punctuation),
 which stands in for the Java PTB tokenizer of the COCO toolkit.
 """
@@ -11,17 +11,24 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from capkit.runtime.decoding import DecodingOptions, Inference, decode, verify_options
-from capkit.runtime.preprocess import ImageError, PreprocessSpec, preprocess
-from capkit.runtime.vocab import Vocabulary, tokenize
+from capkit.runtime.captioner import Captioner
+from capkit.runtime.decoding import decode
+from capkit.runtime.errors import CapkitError
+from capkit.runtime.preprocess import ImageError, preprocess
+from capkit.runtime.vocab import tokenize
+from capkit.training import log_to_stderr
 from capkit.training.datasets import CaptionedImage
 
 DEFAULT_TEMPERATURES = (0.0, 0.1, 0.2, 0.7, 1.0, 1.5, 2.0)  # the seed report's Table 2
+
+
+class EvaluationError(CapkitError):
+    """Nothing to evaluate (no readable image, an empty split); one line."""
 
 
 @dataclass(frozen=True)
@@ -51,43 +58,51 @@ def score_captions(references: dict[str, Sequence[str]], hypotheses: dict[str, s
     return {"bleu1": bleu[0], "bleu2": bleu[1], "bleu3": bleu[2], "bleu4": bleu[3], "cider": float(cider)}
 
 
-def generate_captions(inference: Inference, vocab: Vocabulary, spec: PreprocessSpec, records: Sequence[CaptionedImage],
-                      temperatures: Sequence[float], *, seed: int = 0, max_length: int = 20, batch_size: int = 32,
-                      progress: bool = True, warn: Callable[[str], None] = print) -> dict[float, dict[str, str]]:
-    """{temperature: {image_id: caption}}; each batch of images is preprocessed once for all temperatures."""
-    options = {t: verify_options(DecodingOptions(temperature=t, seed=seed, max_length=max_length)) for t in temperatures}
-    captions: dict[float, dict[str, str]] = {t: {} for t in temperatures}
+def generate_captions(captioner: Captioner, records: Sequence[CaptionedImage], temperatures: Sequence[Optional[float]],
+                      *, progress: bool = True, warn: Callable[[str], None] = log_to_stderr,
+                      batch_size: int = 32, **options: Any) -> dict[Optional[float], dict[str, str]]:
+    """{temperature: {image_id: caption}}; each batch of images is preprocessed once for all temperatures.
+    ``options``: the other decoding options (``captioner.options``' keywords; None: the captioner's
+    defaults); a temperature of None is the captioner's default."""
+    settings = {t: captioner.options(temperature=t, **options) for t in temperatures}  # all checked before any work
+    vocab = captioner.vocab
+    captions: dict[Optional[float], dict[str, str]] = {t: {} for t in temperatures}
     for start in tqdm(range(0, len(records), batch_size), desc="captioning", disable=not progress, leave=False):
         rows, ids = [], []
         for record in records[start:start + batch_size]:
             try:
-                rows.append(preprocess(record.image, spec))  # (3, H, W)
+                rows.append(preprocess(record.image, captioner.spec))  # (3, H, W)
                 ids.append(record.image_id)
             except ImageError as e:
                 warn(f"skipping unreadable image: {e}")
         if not rows:
             continue
         pixels = np.stack(rows)  # (B, 3, H, W)
-        for t, opts in options.items():
-            for image_id, result in zip(ids, decode(inference, pixels, opts, start_id=vocab.start_id, end_id=vocab.end_id)):
+        for t, opts in settings.items():
+            results = decode(captioner.inference, pixels, opts, start_id=vocab.start_id, end_id=vocab.end_id,
+                             limits=captioner.limits)
+            for image_id, result in zip(ids, results):
                 captions[t][image_id] = vocab.decode(result.tokens)
     return captions
 
 
-def evaluate(inference: Inference, vocab: Vocabulary, spec: PreprocessSpec, records: Sequence[CaptionedImage],
-             temperatures: Sequence[float] = DEFAULT_TEMPERATURES, *, seed: int = 0, max_length: int = 20,
-             batch_size: int = 32, limit: Optional[int] = None, progress: bool = True,
-             warn: Callable[[str], None] = print) -> list[EvalResult]:
+def evaluate(captioner: Captioner, records: Sequence[CaptionedImage],
+             temperatures: Sequence[Optional[float]] = DEFAULT_TEMPERATURES, *, limit: Optional[int] = None,
+             progress: bool = True, warn: Callable[[str], None] = log_to_stderr, batch_size: int = 32,
+             **options: Any) -> list[EvalResult]:
+    """BLEU-1..4 and CIDEr of ``captioner``'s captions of ``records``, one result per temperature.
+    ``options``: the other decoding options (top_k, top_p, beam, max_length, seed), as ``captioner.options``."""
     records = list(records)[:limit] if limit else list(records)
-    captions = generate_captions(inference, vocab, spec, records, temperatures, seed=seed, max_length=max_length,
-                                 batch_size=batch_size, progress=progress, warn=warn)
+    captions = generate_captions(captioner, records, temperatures, progress=progress, warn=warn,
+                                 batch_size=batch_size, **options)
     results = []
     for t in temperatures:
         references = {r.image_id: r.captions for r in records if r.image_id in captions[t]}
         if not references:
-            raise ValueError("no readable image to evaluate")
+            raise EvaluationError("no readable image to evaluate")
         scores = score_captions(references, captions[t])
-        results.append(EvalResult(temperature=t, images=len(references), **scores))
+        results.append(EvalResult(temperature=captioner.options(temperature=t, **options).temperature,
+                                  images=len(references), **scores))
     return results
 
 

@@ -4,6 +4,7 @@ and DistributedDataParallel when started by torchrun (``RANK`` set; only rank 0 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,11 +23,12 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from capkit.models import CaptionModel, CaptionModelConfig
-from capkit.runtime.bundle import RUNS_DIR
 from capkit.runtime.errors import CapkitError
-from capkit.runtime.vocab import Vocabulary
+from capkit.runtime.vocab import MIN_VOCAB_SIZE, SPECIAL_TOKENS, Vocabulary
+from capkit.training import log_to_stderr
 from capkit.training.checkpoint import BEST, LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
-from capkit.training.synthetic import DEFAULT_COUNT
+from capkit.training.config import LR_SCHEDULES, TrainConfig
+from capkit.training.torch_inference import resolve_torch_device
 from capkit.training.data import (Batch, CaptionedImages, collate, compute_features, resolve_dataset, spec_for_backbone,
                                   synthetic_image_size)
 from capkit.runtime.preprocess import PreprocessSpec
@@ -37,40 +39,6 @@ class TrainingError(CapkitError):
 
 
 @dataclass
-class TrainConfig:
-    data: Optional[str] = None  # dataset source (see datasets.load_dataset); None: the built-in synthetic set
-    images: Optional[str] = None  # image folder, for sources that need one (COCO JSON, Flickr token file)
-    synthetic_count: int = DEFAULT_COUNT  # images in the generated synthetic set (80/10/10 split)
-    image_size: Optional[int] = None  # square input side; None: the backbone's own preset (64 for synthetic)
-    epochs: int = 10  # passes over the training images (the synthetic default: 10 x 120 steps, about 7 min on 2 cores)
-    batch_size: int = 32  # images per step; each brings captions_per_image of its captions
-    captions_per_image: Optional[int] = 2  # a fresh random subset per epoch (None: all; COCO has five). The
-    # image is encoded once for all of them; at 5 the decoder costs more than the CNN, and 2 carry the same facts
-    lr: float = 1e-3  # Adam, the seed's Table 1
-    weight_decay: float = 1e-5  # L2 penalty, the seed's Table 1
-    lr_schedule: str = "cosine"  # constant (the seed's) | cosine: decays to 0 over the run, a surer finish
-    grad_clip: float = 5.0  # max gradient norm; keeps recurrent training stable
-    min_count: int = 1  # words seen fewer times map to <unk> (5 is usual for COCO)
-    max_length: int = 20  # longest training caption (tokens after <start>) and default decoding length
-    patience: Optional[int] = None  # stop after this many epochs without a better validation loss
-    cache_features: bool = False  # with a frozen encoder: compute backbone features once, train on them
-    encoder_weights: Optional[str] = None  # local weights file for the backbone (weights_only load)
-    embeddings: Optional[str] = None  # GloVe / word2vec text file for the word embedding
-    device: str = "auto"  # auto | cpu | cuda
-    num_workers: int = 0  # DataLoader worker processes
-    seed: int = 0  # model init, data order, synthetic data
-    max_steps: Optional[int] = None  # stop after this many optimiser steps (smoke tests)
-    out: str = str(RUNS_DIR)  # runs folder
-    name: Optional[str] = None  # run folder name; default: encoder-decoder-timestamp
-    progress: bool = True  # progress bars (rank 0 only)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass
 class TrainResult:
     run_dir: Path
     epochs: int
@@ -78,16 +46,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped_images: int = 0
     stopped: str = "completed"  # completed | early-stopping | max-steps | interrupted
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda: no CUDA device is available to PyTorch")
-    if name not in ("cpu", "cuda"):
-        raise TrainingError(f"unknown device {name!r}; auto, cpu or cuda")
-    return torch.device(name)
 
 
 @dataclass
@@ -203,69 +161,89 @@ def _build_model(config: TrainConfig, model_config: CaptionModelConfig, vocab: V
         vectors, coverage, found = load_word_vectors(config.embeddings, vocab, model_config.embed_dim)
         with torch.no_grad():
             model.embed.weight.copy_(vectors)
-        log(f"embeddings: {found} of {len(vocab) - 4} vocabulary words found in {config.embeddings} ({coverage:.1%})")
+        log(f"embeddings: {found} of {len(vocab) - len(SPECIAL_TOKENS)} vocabulary words found in {config.embeddings} ({coverage:.1%})")
     return model
 
 
-class _Run:
-    """One training run's state; ``train()`` below drives it."""
+RESUME_OVERRIDES = ("epochs", "patience", "max_steps", "device", "progress", "num_workers")  # what --resume may change
+
+
+class TrainingRun:
+    """One training run's state, set up in named steps: the data, then a fresh model
+    (:meth:`_start_fresh`) or the one a checkpoint holds (:meth:`_restore`), then the optimiser,
+    the DDP wrapper and the loaders (:meth:`_prepare`). ``train()`` below drives it."""
 
     def __init__(self, config: TrainConfig, model_config: Optional[CaptionModelConfig], resume: Optional[Path], log):
         self.dist = Distributed.from_env()
         self.log = log if self.dist.master else (lambda *_: None)
-        self.device = self.dist.setup(resolve_device(config.device))
-        payload = None
-        if resume is not None:
-            payload = load_checkpoint(resolve_checkpoint(resume, LAST))
-            config = TrainConfig.from_dict({**payload["train_config"], **{k: getattr(config, k) for k in ("epochs", "patience", "max_steps", "device", "progress", "num_workers")}})
+        self.device = self.dist.setup(resolve_torch_device(config.device))
+        payload = load_checkpoint(resolve_checkpoint(resume, LAST)) if resume is not None else None
+        if payload is not None:  # the saved configuration, but for what a resumed run may change
+            config = TrainConfig.from_dict({**payload["train_config"],
+                                            **{k: getattr(config, k) for k in RESUME_OVERRIDES}})
+        if config.lr_schedule not in LR_SCHEDULES:
+            raise TrainingError(f"unknown learning-rate schedule {config.lr_schedule!r}; one of {', '.join(LR_SCHEDULES)}")
         self.config = config
         torch.manual_seed(config.seed)
         random.seed(config.seed)
+        self.source, self.splits = self._load_data()
+        self.epoch, self.step, self.best_val_loss, self.history = 0, 0, math.inf, []
+        if payload is None:
+            self._start_fresh(model_config or CaptionModelConfig(vocab_size=MIN_VOCAB_SIZE))
+        else:
+            self._restore(payload, resume)
+        if config.cache_features and not self.model_config.freeze_encoder:
+            raise TrainingError("--cache-features needs --freeze-encoder (features of a trained backbone change)")
+        self._prepare(payload)
+
+    def _load_data(self) -> tuple[str, dict[str, list]]:
+        """(source, splits); rank 0 generates the synthetic set (if needed) while the others wait."""
+        config = self.config
         if self.dist.enabled and not self.dist.master:
-            dist.barrier()  # rank 0 generates the synthetic set (if needed) first
-        source, splits = resolve_dataset(config.data, config.images, synthetic_count=config.synthetic_count,
+            dist.barrier()
+        source, splits = resolve_dataset(config.data, config.image_dir, synthetic_count=config.synthetic_count,
                                          synthetic_seed=config.seed, progress=config.progress and self.dist.master)
         if self.dist.enabled and self.dist.master:
             dist.barrier()
-        self.splits = splits
-        if not splits.get("train"):
-            raise TrainingError(f"{source}: the training split is empty")
-        if not splits.get("val"):
-            raise TrainingError(f"{source}: the validation split is empty")
-        if payload is not None:
-            self.vocab = Vocabulary(tuple(payload["vocab"]))
-            model_config = CaptionModelConfig.from_dict(payload["model_config"])
-            self.spec = PreprocessSpec.from_dict(payload["preprocess"])
-        else:
-            self.vocab = Vocabulary.build((c for r in splits["train"] for c in r.captions), config.min_count)
-            model_config = model_config or CaptionModelConfig(vocab_size=len(self.vocab))
-            model_config.vocab_size = len(self.vocab)
-            image_size = config.image_size or synthetic_image_size(source)  # synthetic images are used whole
-            self.spec = spec_for_backbone(model_config.encoder, image_size)
-        if config.lr_schedule not in ("constant", "cosine"):
-            raise TrainingError(f"unknown learning-rate schedule {config.lr_schedule!r}; constant or cosine")
-        if config.cache_features and not model_config.freeze_encoder:
-            raise TrainingError("--cache-features needs --freeze-encoder (features of a trained backbone change)")
-        self.model_config = model_config
-        self.source = source
-        self.model = _build_model(config, model_config, self.vocab, self.log) if payload is None else CaptionModel(
-            CaptionModelConfig.from_dict({**payload["model_config"], "pretrained": False}))
-        if payload is not None:
-            self.model.load_state_dict(payload["model"])
+        for split in ("train", "val"):
+            if not splits.get(split):
+                raise TrainingError(f"{source}: the {'training' if split == 'train' else 'validation'} split is empty")
+        return source, splits
+
+    def _start_fresh(self, model_config: CaptionModelConfig) -> None:
+        """A new vocabulary from the training captions, the backbone's preprocessing, a new model and run name."""
+        self.vocab = Vocabulary.build((c for r in self.splits["train"] for c in r.captions), self.config.min_count)
+        self.model_config = dataclasses.replace(model_config, vocab_size=len(self.vocab))
+        image_size = self.config.image_size or synthetic_image_size(self.source)  # synthetic images are used whole
+        self.spec = spec_for_backbone(self.model_config.encoder, image_size)
+        self.model = _build_model(self.config, self.model_config, self.vocab, self.log)
+        self.name = self.config.name or time.strftime(
+            f"{self.model_config.encoder}-{self.model_config.decoder}-%Y%m%d-%H%M%S")
+        self.run_dir = Path(self.config.out) / self.name
+
+    def _restore(self, payload: dict[str, Any], resume: Path) -> None:
+        """Vocabulary, preprocessing, model weights, counters and RNG state from the checkpoint; the run
+        folder is the one the checkpoint is in."""
+        self.vocab = Vocabulary(tuple(payload["vocab"]))
+        self.model_config = CaptionModelConfig.from_dict(payload["model_config"])
+        self.spec = PreprocessSpec.from_dict(payload["preprocess"])
+        self.model = CaptionModel(dataclasses.replace(self.model_config, pretrained=False))  # weights come next
+        self.model.load_state_dict(payload["model"])
+        self.epoch, self.step = payload["epoch"], payload["step"]
+        self.best_val_loss, self.history = payload["best_val_loss"], payload["history"]
+        self.name = payload["run_name"]
+        self.run_dir = resume if resume.is_dir() else resume.parent
+        _set_rng_state(payload["rng"])
+
+    def _prepare(self, payload: Optional[dict[str, Any]]) -> None:
+        """The model on its device, the optimiser (its state too, when resuming), DDP and the loaders."""
         self.model.to(self.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
-        self.epoch, self.step, self.best_val_loss, self.history = 0, 0, math.inf, []
-        self.name = config.name or time.strftime(f"{model_config.encoder}-{model_config.decoder}-%Y%m%d-%H%M%S")
-        self.run_dir = Path(config.out) / self.name
+        self.optimizer = torch.optim.Adam(trainable, lr=self.config.lr, weight_decay=self.config.weight_decay)
         if payload is not None:
             self.optimizer.load_state_dict(payload["optimizer"])
-            self.epoch, self.step = payload["epoch"], payload["step"]
-            self.best_val_loss, self.history = payload["best_val_loss"], payload["history"]
-            self.name, self.run_dir = payload["run_name"], Path(resume) if Path(resume).is_dir() else Path(resume).parent
-            _set_rng_state(payload["rng"])
-        self.ddp_model = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-                          if self.dist.enabled else self.model)
+        self.ddp_model = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                                  else None) if self.dist.enabled else self.model)
         self.skipped: dict[str, str] = {}
         self.loaders = {split: self._loader(split) for split in ("train", "val")}
 
@@ -383,10 +361,10 @@ class _Run:
 
 
 def train(config: Optional[TrainConfig] = None, model_config: Optional[CaptionModelConfig] = None,
-          resume: Optional[str | os.PathLike] = None, log=print) -> TrainResult:
+          resume: Optional[str | os.PathLike] = None, log=log_to_stderr) -> TrainResult:
     """Trains (or resumes, from ``resume``'s ``last.pt``) and returns where the run was written."""
     config = config or TrainConfig()
-    run = _Run(config, model_config, Path(resume) if resume is not None else None, log)
+    run = TrainingRun(config, model_config, Path(resume) if resume is not None else None, log)
     config = run.config
     try:
         if run.dist.master:

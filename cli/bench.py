@@ -1,7 +1,6 @@
-"""`capkit bench`: a thin command over :mod:`capkit.runtime.benchmark` (ONNX bundles, no torch) and
-:mod:`capkit.training.benchmark` (PyTorch eager on a checkpoint, only when one is given and torch is
-installed). The tables (or ``--json``) go to stdout, progress to stderr. Nothing heavy is imported
-until the command runs."""
+"""``capkit bench``: a thin command over :mod:`capkit.bench`: ONNX bundles (no torch), and PyTorch
+eager on a checkpoint only when one is given and torch is installed. The tables (or ``--json``) go
+to stdout, progress to stderr. Nothing heavy is imported until the command runs."""
 
 from __future__ import annotations
 
@@ -9,7 +8,8 @@ from typing import Optional
 
 import click
 
-from capkit.cli_options import device_option, echo_json, json_option, status, user_errors
+from capkit.cli.options import (device_option, echo_json, images_option, json_option, status, threads_option,
+                                user_errors)
 
 
 def _batch_sizes(value: str) -> list[int]:
@@ -26,18 +26,18 @@ def _batch_sizes(value: str) -> list[int]:
 @click.option("--model", "models", multiple=True, metavar="BUNDLE",
               help="Bundle folder to measure (repeatable, e.g. fp32 and int8) [default: $CAPKIT_MODEL, else "
                    "runs/latest/bundle, unless --checkpoint alone is given].")
+# The shared --checkpoint defaults to runs/latest; here no checkpoint means no PyTorch side, hence its own help.
 @click.option("--checkpoint", default=None, metavar="RUN_OR_PT",
-              help="Also measure PyTorch eager on this checkpoint's weights (needs capkit[train]).")
-@click.option("--images", multiple=True, type=click.Path(exists=True),
-              help="Image file or folder (repeatable) [default: 8 synthetic 640x480 JPEG photos].")
+              help="Also measure PyTorch eager on this checkpoint's weights: a .pt file or a run folder (its "
+                   "best.pt); needs capkit[train].")
+@images_option("Image file, folder or glob pattern (repeatable) [default: 8 synthetic 640x480 JPEG photos].")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Batch sizes for images/s, comma-separated.")
 @device_option
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="Intra-op threads (ONNX Runtime both graphs, and torch) [default: each library's choice].")
+@threads_option
 @click.option("--step-threads", type=click.IntRange(1), default=None,
               help="ONNX Runtime threads of the decoder step graph [default: as --threads].")
 @click.option("--spin-us", type=click.IntRange(0), default=None,
-              help="How long idle ONNX Runtime threads spin before sleeping, microseconds [default: the runtime's, 200].")
+              help="How long idle ONNX Runtime threads spin before sleeping, microseconds [default: the runtime's].")
 @click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="Timed runs per figure.")
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True, help="Untimed runs first.")
 @click.option("--max-length", type=click.IntRange(1), default=20, show_default=True,
@@ -46,21 +46,22 @@ def _batch_sizes(value: str) -> list[int]:
               help="Fresh `capkit caption` processes timed per target (0: no cold start, no peak memory).")
 @json_option
 def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str, ...], batch_sizes: str, device: str,
-          threads: Optional[int], step_threads: Optional[int], spin_us: Optional[int], repeats: int, warmup: int, max_length: int,
-          cold_runs: int, as_json: bool) -> None:
+          threads: Optional[int], step_threads: Optional[int], spin_us: Optional[int], repeats: int, warmup: int,
+          max_length: int, cold_runs: int, as_json: bool) -> None:
     """Speed and memory of the ONNX runtime (and of PyTorch eager with --checkpoint), side by side.
 
     Median (p90) of: encoder, one decoder step, the decode loop, a whole caption at batch 1, images/s
     per batch size, the cold start of `capkit caption IMAGE` and its peak memory; then the ratios.
+    --threads sets ONNX Runtime's intra-op threads of both graphs, and torch's.
 
     \b
     capkit bench --model runs/latest/bundle --model runs/latest/bundle-int8 --checkpoint runs/latest
     capkit bench --batch-sizes 1,16 --cold-runs 0 --json
     """
-    from capkit.runtime.benchmark import BenchReport, ImageSet, bench_bundle, machine_info
-    from capkit.runtime.onnx_inference import DEFAULT_SPIN_US
+    from capkit.bench import BenchReport, ImageSet, bench_bundle, bench_checkpoint, machine_info
 
     sizes = _batch_sizes(batch_sizes)
+    spin = {} if spin_us is None else {"spin_us": spin_us}
     with user_errors():
         targets = list(models) if models or checkpoint else [None]
         machine = machine_info()
@@ -72,11 +73,10 @@ def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str,
                         "step_threads": step_threads, "spin_us": spin_us, "cold_runs": cold_runs}
             for bundle in targets:
                 reports.append(bench_bundle(bundle, image_set.paths, device=device, threads=threads,
-                                            step_threads=step_threads, cold_runs=cold_runs,
-                                            spin_us=DEFAULT_SPIN_US if spin_us is None else spin_us, **common))
+                                            step_threads=step_threads, cold_runs=cold_runs, **spin, **common))
             if checkpoint is not None:
                 try:
-                    from capkit.training.benchmark import bench_checkpoint
+                    import torch  # noqa: F401  (the PyTorch side needs it; checked before any work)
                 except ImportError as e:
                     status(f"Warning: PyTorch is not installed ({e}); the PyTorch eager side is skipped")
                 else:

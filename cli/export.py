@@ -1,7 +1,8 @@
 """`capkit export`: a thin command over :func:`capkit.export.onnx_export.export_checkpoint`.
 
-The report goes to stderr; ``--json`` puts one JSON object on stdout. The exit status is 1 when
-the parity check fails (or on a bad input). torch is imported inside the command only.
+The bundle folder goes to stdout (or, with ``--json``, the whole report as one JSON object); the
+report goes to stderr. The exit status is 1 when the parity check fails (or on a bad input).
+torch is imported inside the command only.
 """
 
 from __future__ import annotations
@@ -10,34 +11,34 @@ from typing import Optional
 
 import click
 
-from capkit.cli_options import echo_json, json_option, status, user_errors
+from capkit.export import DEFAULT_OPSET
+from capkit.cli.options import checkpoint_option, echo_json, images_option, json_option, status, user_errors
+
 
 
 @click.command("export")
-@click.argument("run_or_checkpoint", required=False)
+@checkpoint_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Bundle folder [default: <run folder>/bundle, so runs/latest/bundle for the newest run].")
-@click.option("--opset", type=click.IntRange(11), default=17, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(11), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Check the graphs and their parity with PyTorch (greedy and seeded sampling).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Also write an int8 bundle to <out>-int8 (static encoder, dynamic decoder).")
 @click.option("--fp16", is_flag=True, help="Also write an fp16 bundle to <out>-fp16.")
-@click.option("--images", "images", multiple=True, type=click.Path(exists=True),
-              help="Image file or folder for the parity check and int8 calibration (repeatable); "
-                   "synthetic images top them up to 32.")
+@images_option("Image file, folder or pattern for the parity check and int8 calibration (repeatable); "
+               "synthetic images top them up to 32.")
 @json_option
-def export(run_or_checkpoint: Optional[str], out_dir: Optional[str], opset: int, check: bool, quantize: Optional[str],
+def export(checkpoint: Optional[str], out_dir: Optional[str], opset: int, check: bool, quantize: Optional[str],
            fp16: bool, images: tuple[str, ...], as_json: bool) -> None:
-    """Export a checkpoint (a .pt file or a run folder; default runs/latest) to an ONNX bundle."""
+    """Export a checkpoint (default: runs/latest's best.pt) to an ONNX bundle, then check it against PyTorch."""
     with user_errors():
         from capkit.export.onnx_export import export_checkpoint
 
-        report = export_checkpoint(run_or_checkpoint, out_dir, opset=opset, check=check, quantize=quantize, fp16=fp16,
+        report = export_checkpoint(checkpoint, out_dir, opset=opset, check=check, quantize=quantize, fp16=fp16,
                                    parity_images=images)
     status(report.render())
-    if as_json:
-        echo_json(report.to_dict())
+    echo_json(report.to_dict()) if as_json else click.echo(report.bundle)
     if not report.passed:
         raise click.exceptions.Exit(1)
 

@@ -1,0 +1,78 @@
+"""`capkit train`: a thin command over :func:`capkit.training.train.train`.
+
+Every default comes from :class:`~capkit.training.config.TrainConfig` or
+:class:`~capkit.models.config.CaptionModelConfig`. The run folder goes to stdout (``--json``: the
+summary), progress and the per-epoch log to stderr. torch is imported inside the command only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import click
+
+from capkit.cli.options import config_option, device_option, echo_json, json_option, status, user_errors
+from capkit.models.config import DECODER_KINDS, CaptionModelConfig
+from capkit.runtime.vocab import MIN_VOCAB_SIZE
+from capkit.training.config import LR_SCHEDULES, TrainConfig
+
+MODEL_FIELDS = {f.name for f in dataclasses.fields(CaptionModelConfig)} - {"vocab_size"}
+
+
+@click.command("train")
+@config_option(TrainConfig, "data", help="Dataset: a COCO/Karpathy/Flickr/JSONL/CSV source [default: synthetic].")
+@config_option(TrainConfig, "image_dir", help="Image folder, for sources that need one.")
+@config_option(CaptionModelConfig, "encoder", help="torchvision backbone (the seed report's: resnet50).")
+@config_option(CaptionModelConfig, "pretrained", is_flag=True,
+               help="Start from torchvision's ImageNet weights (downloads them; offline: --encoder-weights FILE).")
+@config_option(TrainConfig, "encoder_weights", type=click.Path(exists=True, dir_okay=False),
+               help="Local weights file for the backbone (a torchvision state dict).")
+@config_option(CaptionModelConfig, "freeze_encoder", is_flag=True, help="Train only the projection and the decoder.")
+@config_option(TrainConfig, "cache_features", is_flag=True, help="With --freeze-encoder: compute backbone features once.")
+@config_option(CaptionModelConfig, "decoder", type=click.Choice(DECODER_KINDS))
+@config_option(CaptionModelConfig, "layers", type=click.IntRange(1))
+@config_option(CaptionModelConfig, "embed_dim", type=click.IntRange(1))
+@config_option(CaptionModelConfig, "hidden_dim", type=click.IntRange(1))
+@config_option(CaptionModelConfig, "dropout", type=click.FloatRange(0, 1))
+@config_option(TrainConfig, "embeddings", type=click.Path(exists=True, dir_okay=False),
+               help="Pretrained word vectors (GloVe / word2vec text format).")
+@config_option(CaptionModelConfig, "freeze_embeddings", is_flag=True)
+@config_option(CaptionModelConfig, "forget_bias", type=float,
+               help="LSTM forget-gate bias at init (of bias_ih; 0 sets it to 0, not to PyTorch's small random values).")
+@config_option(TrainConfig, "epochs", type=click.IntRange(1))
+@config_option(TrainConfig, "batch_size", type=click.IntRange(1))
+@config_option(TrainConfig, "captions_per_image", type=click.IntRange(1),
+               help="Captions each image brings per epoch: a fresh random subset each epoch.")
+@config_option(TrainConfig, "lr", type=float)
+@config_option(TrainConfig, "weight_decay", type=float, help="L2 penalty.")
+@config_option(TrainConfig, "lr_schedule", type=click.Choice(LR_SCHEDULES))
+@config_option(TrainConfig, "min_count", type=click.IntRange(1), help="Vocabulary threshold.")
+@config_option(TrainConfig, "max_length", type=click.IntRange(2))
+@config_option(TrainConfig, "patience", type=click.IntRange(1), help="Early-stopping patience in epochs.")
+@config_option(TrainConfig, "image_size", type=click.IntRange(16),
+               help="Input side [default: the backbone's; 64 on synthetic].")
+@config_option(TrainConfig, "synthetic_count", type=click.IntRange(10))
+@config_option(TrainConfig, "num_workers", "--workers", type=click.IntRange(0))
+@config_option(TrainConfig, "seed", type=int)
+@config_option(TrainConfig, "max_steps", type=click.IntRange(1), help="Stop after this many steps.")
+@config_option(TrainConfig, "out", help="Runs folder.")
+@config_option(TrainConfig, "name", help="Run name [default: encoder-decoder-time].")
+@click.option("--resume", type=click.Path(exists=True), default=None, help="Continue a run from its last checkpoint.")
+@config_option(TrainConfig, "progress", "--progress/--no-progress")
+@device_option
+@json_option
+def train(resume: Optional[str], as_json: bool, **options: Any) -> None:
+    """Train a captioning model (no arguments: a small model on the synthetic dataset)."""
+    model_options = {name: options.pop(name) for name in MODEL_FIELDS & options.keys()}
+    with user_errors():
+        from capkit.training.train import train as run_training
+
+        model_config = CaptionModelConfig(vocab_size=MIN_VOCAB_SIZE, **model_options)  # train() sets the vocabulary's
+        result = run_training(TrainConfig(**options), model_config, resume=resume, log=status)
+    summary = {"run": str(result.run_dir), "epochs": result.epochs, "best_val_loss": result.best_val_loss,
+               "stopped": result.stopped, "skipped_images": result.skipped_images, "history": result.history}
+    echo_json(summary) if as_json else click.echo(str(result.run_dir))
+
+
+__all__ = ["train"]

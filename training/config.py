@@ -1,0 +1,51 @@
+"""The training run's configuration: a plain dataclass, importable without torch (the CLI reads its
+defaults from here, and the resolved configuration is saved inside every checkpoint)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+from capkit.runtime.bundle import RUNS_DIR
+from capkit.training.synthetic import DEFAULT_COUNT
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    data: Optional[str] = None  # dataset source (see datasets.load_dataset); None: the built-in synthetic set
+    image_dir: Optional[str] = None  # image folder, for sources that need one (COCO JSON, Flickr token file)
+    synthetic_count: int = DEFAULT_COUNT  # images in the generated synthetic set (80/10/10 split)
+    image_size: Optional[int] = None  # square input side; None: the backbone's own preset (64 for synthetic)
+    epochs: int = 10  # passes over the training images (on the synthetic default: 10 x 120 steps)
+    batch_size: int = 32  # images per step; each brings captions_per_image of its captions
+    captions_per_image: Optional[int] = 2  # a fresh random subset per epoch (None: all; COCO has five). The
+    # image is encoded once for all of them; at 5 the decoder costs more than the CNN, and 2 carry the same facts
+    lr: float = 1e-3  # Adam, the seed's Table 1
+    weight_decay: float = 1e-5  # L2 penalty, the seed's Table 1
+    lr_schedule: str = "cosine"  # constant (the seed's) | cosine: decays to 0 over the run, a surer finish
+    grad_clip: float = 5.0  # max gradient norm; keeps recurrent training stable
+    min_count: int = 1  # words seen fewer times map to <unk> (5 is usual for COCO)
+    max_length: int = 20  # longest training caption (tokens after <start>) and default decoding length
+    patience: Optional[int] = None  # stop after this many epochs without a better validation loss
+    cache_features: bool = False  # with a frozen encoder: compute backbone features once, train on them
+    encoder_weights: Optional[str] = None  # local weights file for the backbone (weights_only load)
+    embeddings: Optional[str] = None  # GloVe / word2vec text file for the word embedding
+    device: str = "auto"  # auto | cpu | cuda
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0  # model init, data order, synthetic data
+    max_steps: Optional[int] = None  # stop after this many optimiser steps (smoke tests)
+    out: str = str(RUNS_DIR)  # runs folder
+    name: Optional[str] = None  # run folder name; default: encoder-decoder-timestamp
+    progress: bool = True  # progress bars (rank 0 only)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        renamed = {"images": "image_dir"}  # names in checkpoints written before the rename
+        values = {renamed.get(k, k): v for k, v in data.items() if renamed.get(k, k) in known}
+        return cls(**values)
+
+
+__all__ = ["LR_SCHEDULES", "TrainConfig"]

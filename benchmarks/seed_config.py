@@ -105,7 +105,7 @@ def seed_checkpoint(candidate: Optional[str]) -> tuple[Path, str]:
 
 def export_bundles(checkpoint: Path, out: Path) -> tuple[Path, Path]:
     """fp32 and int8 bundles of ``checkpoint`` in ``out`` and ``out``-int8 (parity check included)."""
-    command = capkit("export", str(checkpoint), "--out", str(out), "--quantize", "int8", "--json")
+    command = capkit("export", "--checkpoint", str(checkpoint), "--out", str(out), "--quantize", "int8", "--json")
     say(f"$ {display(command)}")
     proc = subprocess.run(command, capture_output=True, text=True)
     try:
@@ -146,16 +146,20 @@ def default_device_cold_start(bundle: Path, runs: int) -> dict[str, Any]:
 
 def bleu_check(trained: Optional[str]) -> dict[str, Any]:
     """BLEU-4 (greedy) of a trained run's fp32 and int8 bundles on its test split, or why it is pending."""
-    from capkit.training.checkpoint import resolve_checkpoint
+    from capkit.training.checkpoint import load_checkpoint, resolve_checkpoint
 
     try:
         checkpoint = resolve_checkpoint(trained)
+        data = load_checkpoint(checkpoint).get("data_source")  # a bundle does not say where its data is
     except Exception as e:
         return {"status": "pending", "reason": f"no trained run ({str(e).splitlines()[0]})"}
+    if not data:
+        return {"status": "pending", "reason": f"{checkpoint} does not record its dataset"}
     fp32, int8 = export_bundles(checkpoint, WORK / "trained" / "bundle")
     scores, commands = {}, []
     for name, bundle in (("fp32", fp32), ("int8", int8)):
-        command = capkit("eval", "--model", str(bundle), "--json", "--no-progress", "--device", "cpu")
+        command = capkit("eval", "--model", str(bundle), "--data", str(data), "--json", "--no-progress", "--device",
+                         "cpu")
         commands.append(display(command))
         say(f"$ {commands[-1]}")
         proc = subprocess.run(command, capture_output=True, text=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)  # the first words of every vocabulary, in this order
@@ -49,21 +49,10 @@ class Vocabulary:
     def __contains__(self, word: str) -> bool:
         return word in self._index
 
-    @property
-    def pad_id(self) -> int:
-        return PAD_ID
-
-    @property
-    def start_id(self) -> int:
-        return START_ID
-
-    @property
-    def end_id(self) -> int:
-        return END_ID
-
-    @property
-    def unk_id(self) -> int:
-        return UNK_ID
+    pad_id: ClassVar[int] = PAD_ID  # the special tokens' ids, the same in every vocabulary
+    start_id: ClassVar[int] = START_ID
+    end_id: ClassVar[int] = END_ID
+    unk_id: ClassVar[int] = UNK_ID
 
     def id(self, word: str) -> int:
         return self._index.get(word, self.unk_id)

@@ -22,6 +22,18 @@ def _batch_sizes(value: str) -> list[int]:
     return sizes
 
 
+def torch_importable() -> bool:
+    """Imports torch now, before ONNX Runtime opens a CUDA session: ONNX Runtime then uses the CUDA
+    and cuDNN libraries torch loaded, whereas torch imported after ONNX Runtime loaded its own
+    refuses to start ("conflicting cuDNN"). False, with a warning, when torch is not installed."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        status(f"Warning: PyTorch is not installed ({e}); the PyTorch eager side is skipped")
+        return False
+    return True
+
+
 @click.command("bench")
 @click.option("--model", "models", multiple=True, metavar="BUNDLE",
               help="Bundle folder to measure (repeatable, e.g. fp32 and int8) [default: $CAPKIT_MODEL, else "
@@ -63,6 +75,7 @@ def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str,
     sizes = _batch_sizes(batch_sizes)
     spin = {} if spin_us is None else {"spin_us": spin_us}
     with user_errors():
+        has_torch = checkpoint is not None and torch_importable()  # first: see torch_importable
         targets = list(models) if models or checkpoint else [None]
         machine = machine_info()
         common = dict(batch_sizes=sizes, repeats=repeats, warmup=warmup, max_length=max_length, progress=status)
@@ -74,14 +87,9 @@ def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str,
             for bundle in targets:
                 reports.append(bench_bundle(bundle, image_set.paths, device=device, threads=threads,
                                             step_threads=step_threads, cold_runs=cold_runs, **spin, **common))
-            if checkpoint is not None:
-                try:
-                    import torch  # noqa: F401  (the PyTorch side needs it; checked before any work)
-                except ImportError as e:
-                    status(f"Warning: PyTorch is not installed ({e}); the PyTorch eager side is skipped")
-                else:
-                    reports.append(bench_checkpoint(checkpoint, image_set.paths, device=device, threads=threads,
-                                                    cold_runs=cold_runs, **common))
+            if has_torch:
+                reports.append(bench_checkpoint(checkpoint, image_set.paths, device=device, threads=threads,
+                                                cold_runs=cold_runs, **common))
         report = BenchReport(machine, settings, reports, load_after=machine_info()["load_average"])
     if as_json:
         echo_json(report.to_dict())

@@ -16,7 +16,7 @@ from capkit.cli.options import (batch_size_option, checkpoint_option, decoding_o
                                 user_errors)
 from capkit.runtime.captioner import DEFAULT_BATCH_SIZE, Caption
 from capkit.runtime.decoding import check_given_options
-from capkit.runtime.inputs import ImageInput, expand_inputs
+from capkit.runtime.inputs import ImageInput, expand_inputs, printable
 
 
 def in_input_order(inputs: list[ImageInput], captions: Iterator[Caption]) -> Iterator[Caption]:
@@ -29,13 +29,16 @@ def in_input_order(inputs: list[ImageInput], captions: Iterator[Caption]) -> Ite
 
 
 def emit(result: Caption, as_json: bool, prefixed: bool) -> None:
-    """Data on stdout (a line of text or of JSON), the error of a failed image on stderr."""
+    """Data on stdout (a line of text or of JSON), the error of a failed image on stderr.
+
+    In text, a file name's control characters (a newline, a tab ...) and undecodable bytes are
+    escaped (``\\n``, ``\\udcff``) so that one image is always one line; JSON carries the exact name."""
     if as_json:
         echo_json(result.to_dict())
     elif result.ok:
-        click.echo(f"{result.image}: {result.text}" if prefixed else result.text)
+        click.echo(f"{printable(result.image or '')}: {result.text}" if prefixed else result.text)
     if not result.ok:
-        click.echo(f"Error: {result.error}", err=True)
+        click.echo(f"Error: {printable(' '.join((result.error or '').split()))}", err=True)
 
 
 @click.command("caption")

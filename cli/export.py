@@ -26,17 +26,21 @@ from capkit.cli.options import checkpoint_option, echo_json, images_option, json
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Also write an int8 bundle to <out>-int8 (static encoder, dynamic decoder).")
 @click.option("--fp16", is_flag=True, help="Also write an fp16 bundle to <out>-fp16.")
+@click.option("--force", is_flag=True,
+              help="Write into an --out folder that holds other files too: only the bundle's own files are "
+                   "replaced, no other file is touched [default: refuse such a folder; an existing bundle is "
+                   "replaced whole, atomically, without --force].")
 @images_option("Image file, folder or pattern for the parity check and int8 calibration (repeatable); "
                "synthetic images top them up to 32.")
 @json_option
 def export(checkpoint: Optional[str], out_dir: Optional[str], opset: int, check: bool, quantize: Optional[str],
-           fp16: bool, images: tuple[str, ...], as_json: bool) -> None:
+           fp16: bool, force: bool, images: tuple[str, ...], as_json: bool) -> None:
     """Export a checkpoint (default: runs/latest's best.pt) to an ONNX bundle, then check it against PyTorch."""
     with user_errors():
         from capkit.export.onnx_export import export_checkpoint
 
         report = export_checkpoint(checkpoint, out_dir, opset=opset, check=check, quantize=quantize, fp16=fp16,
-                                   parity_images=images)
+                                   parity_images=images, force=force)
     status(report.render())
     echo_json(report.to_dict()) if as_json else click.echo(report.bundle)
     if not report.passed:

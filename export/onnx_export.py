@@ -32,7 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import torch
@@ -59,8 +59,7 @@ SINGLE_FILE_LIMIT = 1_900_000_000  # protobuf's 2 GB limit, with room for the gr
 EXAMPLE_BATCH = 2  # not 1, so that no exporter can specialise the batch axis to 1
 
 
-class ExportError(CapkitError):
-    """A model that cannot be exported; one line naming the problem."""
+from capkit.export.staging import ExportError, staged_bundle  # noqa: E402  (ExportError lives torch-free there)
 
 
 class EncoderModule(nn.Module):
@@ -165,16 +164,20 @@ def _versions() -> dict[str, str]:
 
 def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, max_length: int,
                  out_dir: str | os.PathLike, *, opset: int = DEFAULT_OPSET, provenance: Optional[dict[str, Any]] = None,
-                 dynamo: Optional[bool] = None, greedy_outputs: bool = True) -> Bundle:
+                 dynamo: Optional[bool] = None, greedy_outputs: bool = True, force: bool = False) -> Bundle:
     """Writes ``encoder.onnx``, ``decoder_step.onnx`` and ``capkit.json`` into ``out_dir``; returns the loaded bundle.
+
+    The bundle is built whole in a staging folder next to ``out_dir`` and swapped in only when
+    complete (:mod:`capkit.export.staging`): a previous bundle there stays valid until then, a
+    folder that is not a bundle is refused (``force``: the bundle's files are added next to the
+    others), and no file capkit did not write is ever changed or removed.
 
     ``greedy_outputs``: the step graph also computes the greedy token and its log-probability
     (``next_token``, ``next_logprob``); False writes the plain contract of older bundles.
 
     ``dynamo`` None picks the exporter by opset (TorchScript below 18, torch.export from 18, see
     the module docstring). The model is exported in eval mode on its own device; its training
-    mode is restored afterwards. The manifest is written last, so a bundle folder whose export
-    failed part-way fails ``load_bundle`` (sha256) instead of mixing graphs silently.
+    mode is restored afterwards.
     """
     if len(vocab) != model.config.vocab_size:
         raise ExportError(f"the vocabulary has {len(vocab)} words, the model {model.config.vocab_size}")
@@ -183,12 +186,32 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
     use_dynamo = opset >= FIRST_DYNAMO_OPSET if dynamo is None else bool(dynamo)
     if use_dynamo and opset < FIRST_DYNAMO_OPSET:
         raise ExportError(f"the torch.export-based exporter writes opset {FIRST_DYNAMO_OPSET} or later, not {opset}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = list(model.config.state_names)
     next_names = [n + NEXT_SUFFIX for n in names]
     greedy_names = [NEXT_TOKEN_OUTPUT, NEXT_LOGPROB_OUTPUT] if greedy_outputs else []
     device = next(model.parameters()).device
+    with staged_bundle(out_dir, force=force) as staging:
+        _write_graphs(model, vocab, spec, staging, names, greedy_names, opset, use_dynamo, device)
+        actual_opset = graph_opset(staging / ENCODER_FILE)
+        manifest = Manifest(
+            vocab=vocab, preprocess=spec, max_length=int(max_length),
+            encoder=EncoderGraph(ENCODER_FILE, sha256_file(staging / ENCODER_FILE), IMAGE_INPUT, tuple(names)),
+            decoder=DecoderStepGraph(DECODER_FILE, sha256_file(staging / DECODER_FILE), TOKEN_INPUT, tuple(names),
+                                     LOGITS_OUTPUT, tuple(next_names), *(greedy_names or [None, None])),
+            precision="fp32", model=model.config.to_dict(),
+            provenance={"versions": _versions(), **(provenance or {}), "opset": actual_opset,
+                        "exporter": "torch.export" if use_dynamo else "torchscript"},
+            decoding=DecodingOptions(),
+        )
+        manifest.write(staging)
+        load_bundle(staging)  # whole and consistent before it replaces anything
+    return load_bundle(out_dir)
+
+
+def _write_graphs(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, folder: Path, names: list[str],
+                  greedy_names: list[str], opset: int, use_dynamo: bool, device: torch.device) -> None:
+    """Exports both graphs into ``folder`` (the staging folder), in eval mode; the model's mode is restored."""
+    next_names = [n + NEXT_SUFFIX for n in names]
     was_training = model.training
     model.eval()
     try:
@@ -197,15 +220,15 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
         tokens = torch.full((EXAMPLE_BATCH,), vocab.start_id, dtype=torch.long, device=device)  # (B,)
         with torch.no_grad():
             state = model.image_step(images)  # each (L, B, H)
-        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
             staged = {ENCODER_FILE: Path(tmp, "encoder") / ENCODER_FILE, DECODER_FILE: Path(tmp, "decoder") / DECODER_FILE}
             for path in staged.values():
                 path.parent.mkdir()
             try:
                 _export_graph(EncoderModule(model).eval(), (images,), staged[ENCODER_FILE], [IMAGE_INPUT], names,
                               {IMAGE_INPUT: 0, **{n: 1 for n in names}}, opset, use_dynamo)
-                _export_graph(DecoderStepModule(model, greedy_outputs).eval(), (tokens, *state), staged[DECODER_FILE],
-                              [TOKEN_INPUT, *names], [LOGITS_OUTPUT, *next_names, *greedy_names],
+                _export_graph(DecoderStepModule(model, greedy_names != []).eval(), (tokens, *state),
+                              staged[DECODER_FILE], [TOKEN_INPUT, *names], [LOGITS_OUTPUT, *next_names, *greedy_names],
                               {TOKEN_INPUT: 0, LOGITS_OUTPUT: 0, **{n: 1 for n in names + next_names},
                                **{n: 0 for n in greedy_names}}, opset, use_dynamo)
             except CapkitError:
@@ -214,22 +237,9 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise ExportError(f"torch.onnx.export failed ({type(e).__name__}: {first})") from e
             for name, path in staged.items():
-                _place_graph(path, out_dir / name)
+                _place_graph(path, folder / name)
     finally:
         model.train(was_training)
-    actual_opset = graph_opset(out_dir / ENCODER_FILE)
-    manifest = Manifest(
-        vocab=vocab, preprocess=spec, max_length=int(max_length),
-        encoder=EncoderGraph(ENCODER_FILE, sha256_file(out_dir / ENCODER_FILE), IMAGE_INPUT, tuple(names)),
-        decoder=DecoderStepGraph(DECODER_FILE, sha256_file(out_dir / DECODER_FILE), TOKEN_INPUT, tuple(names),
-                                           LOGITS_OUTPUT, tuple(next_names), *(greedy_names or [None, None])),
-        precision="fp32", model=model.config.to_dict(),
-        provenance={"versions": _versions(), **(provenance or {}), "opset": actual_opset,
-                    "exporter": "torch.export" if use_dynamo else "torchscript"},
-        decoding=DecodingOptions(),
-    )
-    manifest.write(out_dir)
-    return load_bundle(out_dir)
 
 
 
@@ -264,17 +274,36 @@ class ExportReport:
         return "\n".join(lines)
 
 
+def _plain_name(value: Any) -> Optional[str]:
+    """The last component of a path-like string (never a path: a bundle must not carry the training
+    machine's folders), or None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    name = PurePath(value.replace("\\", "/")).name
+    return name or None
+
+
 def checkpoint_provenance(payload: dict[str, Any]) -> dict[str, Any]:
-    """What the manifest records about where the graphs came from."""
+    """What the manifest records about where the graphs came from, without a path of the machine
+    that made it: the checkpoint as ``<run>/<file>`` (the run's name, else its folder's) and its
+    sha256, the data source as a name only (``synthetic``, or the dataset folder's or file's name)."""
     best = payload.get("best_val_loss")
     best = float(best) if isinstance(best, (int, float)) and math.isfinite(best) else None
+    path = Path(payload["path"]) if isinstance(payload.get("path"), str) else None
+    run = _plain_name(payload.get("run_name"))
+    checkpoint = None
+    if path is not None:
+        folder = run or _plain_name(path.resolve().parent.name)
+        checkpoint = f"{folder}/{path.name}" if folder else path.name
+    counters = {key: payload.get(key) if isinstance(payload.get(key), int) and not isinstance(payload.get(key), bool)
+                else None for key in ("epoch", "step")}
     return {
-        "run": payload.get("run_name"),
-        "checkpoint": str(Path(payload["path"]).resolve()) if payload.get("path") else None,
-        "epoch": payload.get("epoch"),
-        "step": payload.get("step"),
+        "run": run,
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": sha256_file(path) if path is not None and path.is_file() else None,
+        **counters,
         "metrics": {"best_val_loss": best, "best_val_perplexity": math.exp(min(best, 50.0)) if best is not None else None},
-        "data_source": payload.get("data_source"),
+        "data_source": _plain_name(payload.get("data_source")),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -288,12 +317,13 @@ def default_bundle_dir(checkpoint: Path) -> Path:
 def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out_dir: Optional[str | os.PathLike] = None,
                       *, opset: int = DEFAULT_OPSET, check: bool = True, quantize: Optional[str] = None,
                       fp16: bool = False, parity_images: Sequence[str | os.PathLike] = (),
-                      dynamo: Optional[bool] = None) -> ExportReport:
+                      dynamo: Optional[bool] = None, force: bool = False) -> ExportReport:
     """A checkpoint (a ``.pt`` file, a run folder, or None for ``runs/latest``) -> an fp32 bundle in
     ``out_dir`` (None: ``<run folder>/bundle``, i.e. ``runs/latest/bundle`` for the newest run), its
     parity check against PyTorch, and with ``quantize="int8"`` / ``fp16=True`` the variants
     ``<out_dir>-int8`` / ``<out_dir>-fp16``. ``parity_images``: image files or folders, topped up with
-    synthetic images to 32; they also calibrate int8."""
+    synthetic images to 32; they also calibrate int8. Each folder is written as :func:`export_model`
+    writes one (staged, swapped in whole; ``force``: see there)."""
     from capkit.export.checks import check_bundle, image_files, sample_images
     from capkit.export.quantize import write_variant
     from capkit.training.checkpoint import load_model, resolve_checkpoint
@@ -305,10 +335,11 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
     model, vocab, spec, payload = load_model(checkpoint)
     out = Path(out_dir) if out_dir is not None else default_bundle_dir(checkpoint)
     bundle = export_model(model, vocab, spec, int(payload["max_length"]), out, opset=opset,
-                          provenance=checkpoint_provenance(payload), dynamo=dynamo)
+                          provenance=checkpoint_provenance(payload), dynamo=dynamo, force=force)
     images = sample_images(spec, image_files(parity_images)) if (check or quantize or fp16) else None
     parity = check_bundle(model, bundle, images) if check else None
-    variants = [write_variant(bundle, precision, out.with_name(f"{out.name}-{precision}"), images)
+    base = Path(os.path.abspath(out))  # "." has no name to add -int8 to
+    variants = [write_variant(bundle, precision, base.with_name(f"{base.name}-{precision}"), images, force=force)
                 for precision in (["int8"] if quantize else []) + (["fp16"] if fp16 else [])]
     return ExportReport(str(out), str(checkpoint), int(bundle.manifest.provenance["opset"]),
                         bundle.manifest.provenance["exporter"], time.perf_counter() - started, parity, variants)

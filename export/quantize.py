@@ -26,6 +26,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from capkit.export.staging import staged_bundle
 from capkit.runtime.bundle import DECODER_FILE, ENCODER_FILE, Bundle, load_bundle, sha256_file
 from capkit.runtime.decoding import DecodingOptions, decode
 from capkit.runtime.errors import CapkitError
@@ -75,11 +76,13 @@ def _quiet() -> Iterator[None]:
 
 
 def _write_variant(source: Bundle, out_dir: Path, precision: str, graphs: dict[str, Path], details: dict[str, Any]) -> Bundle:
-    """Moves the converted graphs into ``out_dir`` and writes the manifest (precision, new sha256) last."""
+    """Moves the converted graphs into ``out_dir`` (the staging folder) and writes the manifest
+    (precision, new sha256) last; the source bundle is recorded by its folder's name, not its path."""
     for name, path in graphs.items():
         os.replace(path, out_dir / name)
     manifest = source.manifest
-    provenance = {**manifest.provenance, "precision": {"precision": precision, "from_bundle": str(source.folder),
+    provenance = {**manifest.provenance, "precision": {"precision": precision,
+                                                       "from_bundle": Path(os.path.abspath(source.folder)).name,
                                                        "from_encoder_sha256": manifest.encoder.sha256,
                                                        "from_decoder_sha256": manifest.decoder.sha256, **details}}
     dataclasses.replace(
@@ -98,16 +101,16 @@ def _check_source(bundle: Bundle, out_dir: Path) -> None:
 
 
 def quantize_int8(bundle: Bundle, out_dir: str | os.PathLike, calibration: np.ndarray,
-                  batch_size: int = CALIBRATION_BATCH) -> Bundle:
+                  batch_size: int = CALIBRATION_BATCH, force: bool = False) -> Bundle:
     """int8 bundle: static QDQ per-channel encoder (calibrated on ``calibration``, float32 (N, 3, H, W)
-    preprocessed images), dynamic int8 decoder step."""
+    preprocessed images), dynamic int8 decoder step. ``out_dir`` is written as the fp32 export
+    writes its folder (:mod:`capkit.export.staging`: staged, swapped in whole; ``force`` likewise)."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out_dir = Path(out_dir)
     _check_source(bundle, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     image_name = bundle.manifest.encoder.image_input
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)  # (N, 3, H, W)
 
@@ -118,7 +121,8 @@ def quantize_int8(bundle: Bundle, out_dir: str | os.PathLike, calibration: np.nd
         def get_next(self) -> Optional[dict[str, np.ndarray]]:
             return next(self._batches, None)
 
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".int8-") as tmp, _quiet():
+    with staged_bundle(out_dir, force) as staging, tempfile.TemporaryDirectory(dir=staging, prefix=".int8-") as tmp, \
+            _quiet():
         prepared, encoder, decoder = Path(tmp, "prepared.onnx"), Path(tmp, ENCODER_FILE), Path(tmp, DECODER_FILE)
         try:
             quant_pre_process(str(bundle.encoder_path), str(prepared))
@@ -131,20 +135,22 @@ def quantize_int8(bundle: Bundle, out_dir: str | os.PathLike, calibration: np.nd
         except Exception as e:
             raise QuantizationError(f"{bundle.folder}: int8 quantization failed ({type(e).__name__}: "
                                     f"{(str(e).strip().splitlines() or [''])[0]})") from e
-        return _write_variant(bundle, out_dir, "int8", {ENCODER_FILE: encoder, DECODER_FILE: decoder}, {
+        _write_variant(bundle, staging, "int8", {ENCODER_FILE: encoder, DECODER_FILE: decoder}, {
             "encoder": "static QDQ, per-channel int8 weights, uint8 activations (MinMax calibration)",
             "decoder": "dynamic int8 weights", "calibration_images": int(len(calibration))})
+    return load_bundle(out_dir)
 
 
-def convert_fp16(bundle: Bundle, out_dir: str | os.PathLike) -> Bundle:
-    """fp16 bundle: weights and arithmetic in float16, inputs and outputs still float32."""
+def convert_fp16(bundle: Bundle, out_dir: str | os.PathLike, force: bool = False) -> Bundle:
+    """fp16 bundle: weights and arithmetic in float16, inputs and outputs still float32; ``out_dir``
+    written as :func:`quantize_int8` writes its own."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     out_dir = Path(out_dir)
     _check_source(bundle, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".fp16-") as tmp, _quiet():
+    with staged_bundle(out_dir, force) as staging, tempfile.TemporaryDirectory(dir=staging, prefix=".fp16-") as tmp, \
+            _quiet():
         graphs = {}
         for name, path in ((ENCODER_FILE, bundle.encoder_path), (DECODER_FILE, bundle.decoder_path)):
             try:
@@ -154,7 +160,8 @@ def convert_fp16(bundle: Bundle, out_dir: str | os.PathLike) -> Bundle:
                                         f"{(str(e).strip().splitlines() or [''])[0]})") from e
             graphs[name] = Path(tmp, name)
             onnx.save_model(model, str(graphs[name]))
-        return _write_variant(bundle, out_dir, "fp16", graphs, {"method": "onnxruntime.transformers.float16, keep_io_types"})
+        _write_variant(bundle, staging, "fp16", graphs, {"method": "onnxruntime.transformers.float16, keep_io_types"})
+    return load_bundle(out_dir)
 
 
 def compare_variant(reference: Bundle, variant: Bundle, images: np.ndarray) -> VariantReport:
@@ -170,12 +177,13 @@ def compare_variant(reference: Bundle, variant: Bundle, images: np.ndarray) -> V
                          len(images), equal)
 
 
-def write_variant(bundle: Bundle, precision: str, out_dir: str | os.PathLike, images: np.ndarray) -> VariantReport:
+def write_variant(bundle: Bundle, precision: str, out_dir: str | os.PathLike, images: np.ndarray,
+                  force: bool = False) -> VariantReport:
     """``precision`` (int8 | fp16) bundle of ``bundle`` in ``out_dir``, compared with it on ``images``."""
     if precision == "int8":
-        variant = quantize_int8(bundle, out_dir, images)
+        variant = quantize_int8(bundle, out_dir, images, force=force)
     elif precision == "fp16":
-        variant = convert_fp16(bundle, out_dir)
+        variant = convert_fp16(bundle, out_dir, force=force)
     else:
         raise QuantizationError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
     return compare_variant(bundle, variant, images)

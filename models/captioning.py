@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from capkit.models.config import CaptionModelConfig
+from capkit.models.config import CaptionModelConfig, ModelConfigError
 from capkit.runtime.vocab import PAD_ID
 
 RecurrentState = tuple[torch.Tensor, ...]  # (h,) for rnn/gru, (h, c) for lstm; each (layers, B, hidden)
@@ -47,22 +47,88 @@ def _strip_classifier(backbone: nn.Module) -> int:
     return width
 
 
+def known_encoders() -> list[str]:
+    """The torchvision classification models an encoder may name."""
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def check_encoder_name(name: Any) -> str:
+    """``name`` if it is a torchvision classification model, else ModelConfigError (one line)."""
+    if not isinstance(name, str) or name not in known_encoders():
+        raise ModelConfigError(f"unknown encoder {name!r}; a torchvision classification model such as "
+                               "resnet50, resnet18 or mobilenet_v3_small")
+    return name
+
+
+def state_dict_problem(expected: dict[str, Any], state: dict[str, Any], limit: int = 3) -> Optional[str]:
+    """The first problems (up to ``limit``) of loading ``state`` into a module whose state dict is
+    ``expected`` (values with a ``.shape``, real or on the meta device), as one line; None if it fits.
+    Missing and unexpected keys, values that are not tensors and wrong shapes are each named."""
+    problems = []
+    for key, value in state.items():
+        if not isinstance(key, str):
+            problems.append(f"key {key!r} is not a name")
+        elif key not in expected:
+            problems.append(f"unexpected key {key!r}")
+        elif not isinstance(value, torch.Tensor):
+            problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif tuple(value.shape) != tuple(expected[key].shape):
+            problems.append(f"{key} has shape {tuple(value.shape)}, the model {tuple(expected[key].shape)}")
+    problems += [f"missing key {key!r}" for key in expected if key not in state]
+    if not problems:
+        return None
+    return "; ".join(problems[:limit]) + (f" (and {len(problems) - limit} more)" if len(problems) > limit else "")
+
+
+def _offline_hint(name: str) -> str:
+    return (f"to work offline, pass --encoder-weights FILE: a torchvision state dict of {name} "
+            f"(torch.save(torchvision.models.{name}(weights='DEFAULT').state_dict(), FILE) where there is network)")
+
+
+def load_encoder_weights(weights_file: str | Path, backbone: nn.Module, name: str) -> None:
+    """Loads ``--encoder-weights`` (a state dict of the full torchvision model, read with
+    ``weights_only=True``) into ``backbone``; a file that is not one, or whose keys or shapes do not
+    fit, is a one-line ModelConfigError naming the file and the problem."""
+    label = f"--encoder-weights {weights_file}"
+    try:
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise ModelConfigError(f"{label}: cannot read it ({e.strerror or type(e).__name__})") from None
+    except Exception as e:  # a pickle of Python objects, a truncated or foreign file
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "weights only" in reason.lower() or "weights_only" in reason:
+            reason = "it holds Python objects, and capkit loads weights with weights_only=True (no code runs)"
+        raise ModelConfigError(f"{label}: not a state dict of tensors ({type(e).__name__}: {reason})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise ModelConfigError(f"{label}: holds a {type(state).__name__}, not a state dict of {name}")
+    problem = state_dict_problem(backbone.state_dict(), state)
+    if problem is not None:
+        raise ModelConfigError(f"{label}: not a state dict of {name}: {problem}")
+    backbone.load_state_dict(state)
+
+
 def build_backbone(name: str, pretrained: bool = False, weights_file: Optional[str | Path] = None) -> tuple[nn.Module, int]:
     """A torchvision backbone without its classifier, and its feature width.
 
-    ``pretrained`` asks torchvision's weights API for the backbone's DEFAULT ImageNet weights;
-    ``weights_file`` loads a local state dict of the full torchvision model (``weights_only=True``).
+    ``pretrained`` asks torchvision's weights API for the backbone's DEFAULT ImageNet weights (a
+    download on first use: without network that is a one-line ModelConfigError saying how to work
+    offline); ``weights_file`` loads a local state dict of the full torchvision model
+    (``weights_only=True``) instead. Every failure is a ModelConfigError (a CapkitError) of one line.
     """
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"unknown encoder {name!r}; a torchvision classification model such as "
-                         "resnet50, resnet18 or mobilenet_v3_small")
+    check_encoder_name(name)
     weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained and weights_file is None else None
-    backbone = torchvision.models.get_model(name, weights=weights)
+    try:
+        backbone = torchvision.models.get_model(name, weights=weights)
+    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; a bad download a RuntimeError
+        if weights is None:
+            raise
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelConfigError(f"--pretrained: could not get {name}'s ImageNet weights ({type(e).__name__}: "
+                               f"{reason}); {_offline_hint(name)}") from None
     if weights_file is not None:
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        backbone.load_state_dict(state)
+        load_encoder_weights(weights_file, backbone, name)
     width = _strip_classifier(backbone)
     return backbone, width
 

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from capkit.runtime.errors import CapkitError
+from capkit.runtime.limits import DEFAULT_LIMITS
 from capkit.runtime.vocab import MIN_VOCAB_SIZE
 
 STATE_NAMES = {"lstm": ("h", "c"), "rnn": ("h",), "gru": ("h",)}  # the recurrent state tensors of each decoder kind
 DECODER_KINDS = tuple(STATE_NAMES)
+# Sane bounds, checked before anything is allocated: a checkpoint or option from a stranger must not
+# make capkit build a model of terabytes (hidden_dim 10**9) before noticing that its weights do not fit.
+MAX_WIDTH = 65536  # embed_dim and hidden_dim
+MAX_LAYERS = 64  # stacked recurrent layers
+MAX_VOCAB_SIZE = DEFAULT_LIMITS.max_vocab_size  # the runtime's own limit on a manifest's vocabulary
+INT_BOUNDS = {"vocab_size": (MIN_VOCAB_SIZE, MAX_VOCAB_SIZE), "embed_dim": (1, MAX_WIDTH), "hidden_dim": (1, MAX_WIDTH),
+              "layers": (1, MAX_LAYERS)}
+BOOL_FIELDS = ("pretrained", "freeze_encoder", "freeze_embeddings", "project_norm")
+
+
+class ModelConfigError(CapkitError):
+    """A model configuration (or encoder weights) that capkit cannot build; one line naming the field."""
 
 
 @dataclass
@@ -30,10 +45,24 @@ class CaptionModelConfig:
     # step 0, must survive to the words that describe it; PyTorch's ~0 halves the memory at every step
 
     def __post_init__(self) -> None:
-        if self.decoder not in DECODER_KINDS:
-            raise ValueError(f"unknown decoder {self.decoder!r}; one of {', '.join(DECODER_KINDS)}")
-        if self.layers < 1 or self.embed_dim < 1 or self.hidden_dim < 1 or self.vocab_size < MIN_VOCAB_SIZE:
-            raise ValueError(f"layers, embed_dim, hidden_dim must be >= 1 and vocab_size >= {MIN_VOCAB_SIZE}")
+        """Types and ranges of every field (ModelConfigError, a ValueError): checked before any model is
+        built, so that an absurd size fails in microseconds instead of allocating."""
+        if not isinstance(self.decoder, str) or self.decoder not in DECODER_KINDS:
+            raise ModelConfigError(f"unknown decoder {self.decoder!r}; one of {', '.join(DECODER_KINDS)}")
+        if not isinstance(self.encoder, str) or not self.encoder or len(self.encoder) > 200:
+            raise ModelConfigError(f"encoder must be the name of a torchvision model, got {self.encoder!r}")
+        for name, (low, high) in INT_BOUNDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ModelConfigError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ModelConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name, low, high in (("dropout", 0.0, 1.0), ("forget_bias", -1e6, 1e6)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not low <= value <= high:
+                raise ModelConfigError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -44,8 +73,14 @@ class CaptionModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CaptionModelConfig":
+        """Unknown keys are ignored (older/newer capkit); a missing ``vocab_size`` or a non-dict is a
+        ModelConfigError."""
+        if not isinstance(data, dict):
+            raise ModelConfigError(f"a model configuration must be a dict, got {type(data).__name__}")
+        if "vocab_size" not in data:
+            raise ModelConfigError("the model configuration has no vocab_size")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-__all__ = ["CaptionModelConfig", "DECODER_KINDS", "STATE_NAMES"]
+__all__ = ["CaptionModelConfig", "DECODER_KINDS", "MAX_LAYERS", "MAX_WIDTH", "ModelConfigError", "STATE_NAMES"]

@@ -11,12 +11,14 @@ from capkit.runtime.bundle import MODEL_ENV, Bundle, BundleError, Manifest, defa
 from capkit.runtime.captioner import Caption, Captioner
 from capkit.runtime.decoding import DecodingOptions, DecodingOptionsError, DecodingResult, Inference, decode
 from capkit.runtime.errors import CapkitError
-from capkit.runtime.preprocess import ImageError, PreprocessSpec, load_image, preprocess
+from capkit.runtime.limits import DEFAULT_LIMITS, LimitError, Limits
+from capkit.runtime.preprocess import ImageError, ImageLimitError, PreprocessSpec, load_image, preprocess
 from capkit.runtime.vocab import Vocabulary
 
 __all__ = [
-    "MODEL_ENV", "Bundle", "BundleError", "CapkitError", "Caption", "Captioner", "DecodingOptions",
-    "DecodingOptionsError", "DecodingResult", "ImageError", "Inference", "Manifest", "OnnxInference",
+    "DEFAULT_LIMITS", "MODEL_ENV", "Bundle", "BundleError", "CapkitError", "Caption", "Captioner", "DecodingOptions",
+    "DecodingOptionsError", "DecodingResult", "ImageError", "ImageLimitError", "Inference", "LimitError", "Limits",
+    "Manifest", "OnnxInference",
     "PreprocessSpec", "Vocabulary", "decode", "default_bundle", "load_bundle", "load_image", "preprocess",
 ]
 

@@ -11,14 +11,18 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import reprlib
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Optional
 
-from capkit.runtime.decoding import DecodingOptions
+from capkit.runtime.decoding import DecodingOptions, verify_options
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.limits import DEFAULT_LIMITS, Limits
 from capkit.runtime.preprocess import PreprocessSpec
-from capkit.runtime.vocab import Vocabulary
+from capkit.runtime.vocab import SPECIAL_TOKENS, Vocabulary
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "capkit.json"
@@ -32,6 +36,227 @@ MODEL_ENV = "CAPKIT_MODEL"  # overrides DEFAULT_BUNDLE for `capkit caption` and 
 
 class BundleError(CapkitError):
     """A bundle that cannot be used; the message names the folder and the problem in one line."""
+
+
+# -- The manifest's schema ------------------------------------------------------------------------
+# Manifest.from_dict checks every field once, before anything is built from it; a problem raises
+# BundleError("<field path>: <problem>") and load_bundle puts the folder in front.
+
+PRECISIONS = ("fp32", "fp16", "int8")
+MAX_MANIFEST_DEPTH = 64  # nesting of arrays and objects; capkit writes 4 levels
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # control characters and lone surrogates
+_NOT_A_WORD = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # ... and white space, which splits captions
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlong, _short.maxlevel = 60, 60, 40, 3
+JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
+              (dict, "object"), (type(None), "null"))
+
+
+def _show(value: Any) -> str:
+    """A value for a message, bounded in length: JSON's spelling for true, false and null."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else _short.repr(value)
+
+
+def _json_type(value: Any) -> str:
+    return next((name for kind, name in JSON_TYPES if isinstance(value, kind)), type(value).__name__)
+
+
+def _fail(path: str, problem: str) -> BundleError:
+    return BundleError(f"{path}: {problem}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field(data: dict[str, Any], key: str, path: str) -> Any:
+    if key not in data:
+        raise _fail(f"{path}.{key}" if path else key, "missing")
+    return data[key]
+
+
+def _object(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(path, f"must be an object, got {_json_type(value)} {_show(value)}")
+    return value
+
+
+def _int(value: Any, path: str, limits: Limits, limit: str) -> int:
+    """An integer in [1, limits.<limit>]."""
+    if not _is_int(value) or value < 1:
+        raise _fail(path, f"must be an integer >= 1, got {_show(value)}")
+    bound = getattr(limits, limit)
+    if value > bound:
+        raise _fail(path, f"{_show(value)} is over the limit of {bound:g} (Limits.{limit}; raise it to allow more)")
+    return value
+
+
+def _name(value: Any, path: str) -> str:
+    """A tensor name: a non-empty string without control characters."""
+    if not isinstance(value, str) or not value or _CONTROL.search(value):
+        raise _fail(path, f"must be a non-empty name without control characters, got {_show(value)}")
+    return value
+
+
+def _names(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _fail(path, f"must be a non-empty array of names, got {_json_type(value)} {_show(value)}")
+    return tuple(_name(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+def _file_name(value: Any, path: str) -> str:
+    """A graph's file: a relative name inside the bundle (links are followed and checked at load, by _inside)."""
+    if not isinstance(value, str) or not value or _CONTROL.search(value):
+        raise _fail(path, f"must be a non-empty file name without control characters, got {_show(value)}")
+    for flavour in (PurePosixPath(value), PureWindowsPath(value)):
+        if flavour.is_absolute() or flavour.drive or flavour.root or ".." in flavour.parts:
+            raise _fail(path, f"{_show(value)} must be a plain name inside the bundle")
+    return value
+
+
+def _distinct(names: list[str], path: str) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise _fail(path, f"tensor name {_show(name)} is used twice")
+        seen.add(name)
+
+
+def _depth_ok(value: Any, most: int) -> bool:
+    """Whether arrays and objects nest at most ``most`` levels (iteratively: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (list, dict)):
+                if depth + 1 > most:
+                    return False
+                stack.append((child, depth + 1))
+    return True
+
+
+def _vocabulary(value: Any, limits: Limits) -> Vocabulary:
+    if not isinstance(value, list):
+        raise _fail("vocab", f"must be an array of words, got {_json_type(value)} {_show(value)}")
+    if len(value) > limits.max_vocab_size:
+        raise _fail("vocab", f"{len(value)} words is over the limit of {limits.max_vocab_size:g} "
+                             "(Limits.max_vocab_size; raise it to allow more)")
+    if tuple(value[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+        raise _fail("vocab", f"must start with {', '.join(SPECIAL_TOKENS)}, got {_show(value[:len(SPECIAL_TOKENS)])}")
+    seen: dict[str, int] = {}
+    for i, word in enumerate(value):
+        if not isinstance(word, str) or not word or _NOT_A_WORD.search(word):
+            raise _fail(f"vocab[{i}]", f"must be a non-empty word without white space or control characters, "
+                                       f"got {_show(word)}")
+        if word in seen:
+            raise _fail(f"vocab[{i}]", f"{_show(word)} repeats vocab[{seen[word]}]; words must be distinct")
+        seen[word] = i
+    return Vocabulary(tuple(value))
+
+
+def _special_tokens(value: Any, vocab: Vocabulary) -> None:
+    """The ids of <pad> <start> <end> <unk>: exactly the vocabulary's (integers inside it, in its order)."""
+    expected = vocab.special_token_ids()
+    _object(value, "special_tokens")
+    for key, id_ in value.items():
+        if key not in expected:
+            raise _fail("special_tokens", f"unknown token {key[:40]!r} (known: {', '.join(expected)})")
+        if not _is_int(id_) or not 0 <= id_ < len(vocab):
+            raise _fail(f"special_tokens.{key}", f"must be a token id in 0..{len(vocab) - 1}, got {_show(id_)}")
+        if id_ != expected[key]:
+            raise _fail(f"special_tokens.{key}", f"is {id_}, but the vocabulary has {vocab.words[expected[key]]} "
+                                                 f"at {expected[key]}")
+    missing = [key for key in expected if key not in value]
+    if missing:
+        raise _fail(f"special_tokens.{missing[0]}", "missing")
+
+
+def _graph_common(data: Any, path: str) -> tuple[dict[str, Any], str, str]:
+    data = _object(data, path)
+    file = _file_name(_field(data, "file", path), f"{path}.file")
+    sha256 = _field(data, "sha256", path)
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise _fail(f"{path}.sha256", f"must be 64 lower-case hex digits, got {_show(sha256)}")
+    return data, file, sha256
+
+
+def _encoder_graph(data: Any) -> EncoderGraph:
+    path = "graphs.encoder"
+    data, file, sha256 = _graph_common(data, path)
+    image = _name(_field(data, "image_input", path), f"{path}.image_input")
+    states = _names(_field(data, "state_outputs", path), f"{path}.state_outputs")
+    _distinct(list(states), f"{path}.state_outputs")
+    return EncoderGraph(file, sha256, image, states)
+
+
+def _decoder_graph(data: Any) -> DecoderStepGraph:
+    path = "graphs.decoder_step"
+    data, file, sha256 = _graph_common(data, path)
+    token = _name(_field(data, "token_input", path), f"{path}.token_input")
+    state_inputs = _names(_field(data, "state_inputs", path), f"{path}.state_inputs")
+    logits = _name(_field(data, "logits_output", path), f"{path}.logits_output")
+    state_outputs = _names(_field(data, "state_outputs", path), f"{path}.state_outputs")
+    greedy = [None if data.get(key) is None else _name(data[key], f"{path}.{key}")
+              for key in ("next_token_output", "next_logprob_output")]
+    if (greedy[0] is None) != (greedy[1] is None):
+        raise _fail(path, "names next_token_output or next_logprob_output without the other")
+    graph = DecoderStepGraph(file, sha256, token, state_inputs, logits, state_outputs, *greedy)
+    _distinct([token, *state_inputs], f"{path} inputs")
+    _distinct(graph.outputs, f"{path} outputs")
+    return graph
+
+
+def check_manifest(data: Any, limits: Limits = DEFAULT_LIMITS) -> "Manifest":
+    """The Manifest of a parsed capkit.json after checking every field's type and range once.
+
+    Raises BundleError("<field path>: <problem>"), one line. Unknown top-level keys are allowed
+    (information for other readers); unknown keys inside ``preprocess``, ``decoding`` and
+    ``special_tokens`` are refused, since they would change what a caption is.
+    """
+    if not isinstance(data, dict):
+        raise _fail(MANIFEST_NAME, f"must be a JSON object, got {_json_type(data)}")
+    if not _depth_ok(data, MAX_MANIFEST_DEPTH):
+        raise _fail(MANIFEST_NAME, f"nested deeper than {MAX_MANIFEST_DEPTH} levels")
+    version = _field(data, "format_version", "")
+    if not _is_int(version) or version != FORMAT_VERSION:
+        raise _fail("format_version", f"must be the integer {FORMAT_VERSION} (the version this capkit reads), "
+                                      f"got {_show(version)}")
+    vocab = _vocabulary(_field(data, "vocab", ""), limits)
+    _special_tokens(_field(data, "special_tokens", ""), vocab)
+    max_length = _int(_field(data, "max_length", ""), "max_length", limits, "max_length")
+    try:
+        preprocess = PreprocessSpec.from_dict(_field(data, "preprocess", ""))
+    except CapkitError as e:
+        raise BundleError(str(e)) from None
+    _int(preprocess.resize, "preprocess.resize", limits, "max_resize")
+    _int(preprocess.crop, "preprocess.crop", limits, "max_crop")
+    graphs = _object(_field(data, "graphs", ""), "graphs")
+    encoder = _encoder_graph(_field(graphs, "encoder", "graphs"))
+    decoder = _decoder_graph(_field(graphs, "decoder_step", "graphs"))
+    counts = (len(encoder.state_outputs), len(decoder.state_inputs), len(decoder.state_outputs))
+    if len(set(counts)) != 1:
+        raise _fail("graphs", "the encoder's state_outputs ({}), the decoder_step's state_inputs ({}) and "
+                              "state_outputs ({}) differ in number".format(*counts))
+    precision = data.get("precision", "fp32")
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise _fail("precision", f"must be one of {', '.join(PRECISIONS)}, got {_show(precision)}")
+    model = _object(data.get("model", {}), "model")
+    provenance = _object(data.get("provenance", {}), "provenance")
+    decoding = decoding_from_dict(data.get("decoding", {}))
+    for name in ("temperature", "beam"):  # the options that have no "none" (top_k, top_p, seed may be null)
+        if getattr(decoding, name) is None:
+            raise _fail(f"decoding.{name}", "must be a number, got null (leave it out for the default)")
+    try:
+        decoding = verify_options(dataclasses.replace(decoding, max_length=max_length), limits)
+    except CapkitError as e:
+        raise BundleError(f"decoding: {e}") from None
+    except OverflowError:  # an integer beyond float's range where a number is expected
+        raise BundleError(f"decoding: a number is too large, got {_show(data.get('decoding'))}") from None
+    return Manifest(vocab=vocab, preprocess=preprocess, max_length=max_length, encoder=encoder, decoder=decoder,
+                    precision=precision, model=model, provenance=provenance, decoding=decoding,
+                    format_version=version)
 
 
 def default_bundle() -> Path:
@@ -150,28 +375,9 @@ class Manifest:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BundleError(f"unknown format_version {version!r} (this capkit reads {FORMAT_VERSION})")
-        vocab = Vocabulary(tuple(data["vocab"]))
-        if data["special_tokens"] != vocab.special_token_ids():
-            raise BundleError(f"special_tokens {data['special_tokens']} do not match the vocabulary's")
-        enc, dec = data["graphs"]["encoder"], data["graphs"]["decoder_step"]
-        encoder = EncoderGraph(enc["file"], enc["sha256"], enc["image_input"], tuple(enc["state_outputs"]))
-        decoder = DecoderStepGraph(dec["file"], dec["sha256"], dec["token_input"], tuple(dec["state_inputs"]),
-                               dec["logits_output"], tuple(dec["state_outputs"]), dec.get("next_token_output"),
-                               dec.get("next_logprob_output"))
-        if (decoder.next_token_output is None) != (decoder.next_logprob_output is None):
-            raise BundleError("decoder_step names next_token_output or next_logprob_output without the other")
-        if len(encoder.state_outputs) != len(decoder.state_inputs) or len(decoder.state_inputs) != len(decoder.state_outputs):
-            raise BundleError("the encoder's state outputs, the decoder's state inputs and outputs differ in number")
-        return cls(vocab=vocab, preprocess=PreprocessSpec.from_dict(data["preprocess"]),
-                   max_length=int(data["max_length"]), encoder=encoder, decoder=decoder,
-                   precision=data.get("precision", "fp32"), model=data.get("model", {}),
-                   provenance=data.get("provenance", {}),
-                   decoding=decoding_from_dict(data.get("decoding", {})),
-                   format_version=version)
+    def from_dict(cls, data: Any, limits: Limits = DEFAULT_LIMITS) -> "Manifest":
+        """A parsed capkit.json, every field checked once (:func:`check_manifest`); raises BundleError."""
+        return check_manifest(data, limits)
 
 
 DECODING_FIELDS = ("temperature", "top_k", "top_p", "beam", "seed")  # a manifest's `decoding` keys (max_length: top level)
@@ -200,9 +406,12 @@ def decoding_from_dict(data: dict[str, Any]) -> DecodingOptions:
 
 def _inside(folder: Path, name: str) -> Path:
     """``folder/name``, refusing absolute paths, ``..`` and links that lead outside the folder."""
-    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+    if not name or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
         raise BundleError(f"{folder}: file name {name!r} must be a plain name inside the bundle")
-    path = (folder / name).resolve()
+    try:
+        path = (folder / name).resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise BundleError(f"{folder}: {name!r} cannot be resolved ({_os_reason(e)})") from None
     if folder.resolve() not in path.parents:
         raise BundleError(f"{folder}: {name!r} points outside the bundle")
     return path
@@ -219,7 +428,7 @@ def _external_data_files(onnx_path: Path) -> list[str]:
     while (i := data.find(marker, start)) >= 0:
         j = i + len(marker)
         length, shift = 0, 0
-        while True:  # protobuf varint length
+        while j < len(data):  # protobuf varint length (a truncated one ends the scan; ONNX Runtime refuses the file)
             byte = data[j]
             length |= (byte & 0x7F) << shift
             j += 1
@@ -256,28 +465,77 @@ class Bundle:
         return sum(path.stat().st_size for path in self.files())
 
 
-def load_bundle(folder: Optional[str | os.PathLike] = None, verify: bool = True) -> Bundle:
-    """Reads and checks a bundle folder: manifest, format version, file names, sha256 of each graph."""
-    folder = Path(folder) if folder is not None else default_bundle()
-    manifest_path = folder / MANIFEST_NAME
-    if not folder.is_dir():
-        raise BundleError(f"{folder}: no such bundle folder (run `capkit export`, or pass --model)")
-    if not manifest_path.is_file():
+def _os_reason(error: BaseException) -> str:
+    """The reason of an OSError without its file name (the message names the file already), one line."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return " ".join(reason.split())
+
+
+def _stat(path: Path, folder: Path, what: str) -> Optional[os.stat_result]:
+    """``os.stat(path)``: None when there is nothing there; BundleError when it cannot be read."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:  # a symlink loop, a path through a file, a NUL, ...
+        raise BundleError(f"{folder}: {what} cannot be read ({_os_reason(e)})") from None
+
+
+def read_manifest(folder: Path, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """The parsed JSON of ``folder/capkit.json``: a regular file (a FIFO or a device is refused without
+    opening it), at most ``limits.max_manifest_bytes``, UTF-8 JSON. Raises BundleError."""
+    path = folder / MANIFEST_NAME
+    info = _stat(path, folder, MANIFEST_NAME)
+    if info is None:
         raise BundleError(f"{folder}: not a bundle, {MANIFEST_NAME} is missing")
+    too_big = BundleError(f"{folder}: {MANIFEST_NAME} is over the limit of {limits.max_manifest_bytes:g} bytes "
+                          "(Limits.max_manifest_bytes; raise it to allow more)")
+    if not stat.S_ISREG(info.st_mode):
+        raise BundleError(f"{folder}: {MANIFEST_NAME} is not a regular file")
+    if info.st_size > limits.max_manifest_bytes:
+        raise too_big
+    try:  # O_NONBLOCK: a FIFO swapped in after the stat does not block the open
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise BundleError(f"{folder}: {MANIFEST_NAME} is not a regular file")
+            raw = f.read(int(limits.max_manifest_bytes) + 1)
+    except OSError as e:
+        raise BundleError(f"{folder}: {MANIFEST_NAME} cannot be read ({_os_reason(e)})") from None
+    if len(raw) > limits.max_manifest_bytes:
+        raise too_big
     try:
-        data = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{manifest_path}: unreadable manifest ({e})") from None
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{folder}: {MANIFEST_NAME}: not a manifest, not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise BundleError(f"{folder}: {MANIFEST_NAME}: not a usable manifest, JSON nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
+        raise BundleError(f"{folder}: {MANIFEST_NAME}: not a valid JSON manifest ({' '.join(str(e).split())})") from None
+
+
+def load_bundle(folder: Optional[str | os.PathLike] = None, verify: bool = True,
+                limits: Limits = DEFAULT_LIMITS) -> Bundle:
+    """Reads and checks a bundle folder: every manifest field (:func:`check_manifest`, within ``limits``),
+    file names, and (``verify``) the sha256 of each graph and its external-data files."""
+    folder = Path(folder) if folder is not None else default_bundle()
+    info = _stat(folder, folder, "the bundle folder")
+    if info is None:
+        raise BundleError(f"{folder}: no such bundle folder (run `capkit export`, or pass --model)")
+    if not stat.S_ISDIR(info.st_mode):
+        raise BundleError(f"{folder}: not a bundle folder (a bundle is a folder with {MANIFEST_NAME} in it)")
+    data = read_manifest(folder, limits)
     try:
-        manifest = Manifest.from_dict(data)
+        manifest = Manifest.from_dict(data, limits)
     except BundleError as e:
         raise BundleError(f"{folder}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{manifest_path}: malformed manifest ({type(e).__name__}: {e})") from None
     bundle = Bundle(folder, manifest)
     for graph, path in ((manifest.encoder, bundle.encoder_path), (manifest.decoder, bundle.decoder_path)):
-        if not path.is_file():
+        info = _stat(path, folder, graph.file)
+        if info is None:
             raise BundleError(f"{folder}: {graph.file} is missing")
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{folder}: {graph.file} is not a regular file")
         if verify:
             actual, external = _digest(path, EXTERNAL_DATA_MARKER)  # one read for both checks
             if actual != graph.sha256:

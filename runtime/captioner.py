@@ -28,8 +28,9 @@ from capkit.runtime.bundle import Bundle, Manifest, load_bundle
 from capkit.runtime.decoding import (DecodingOptions, DecodingOptionsError, DecodingResult, Inference, decode,
                                      verify_options)
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.inputs import printable
 from capkit.runtime.limits import DEFAULT_LIMITS, Limits
-from capkit.runtime.preprocess import ImageError, ImageSource, PreprocessSpec, preprocess
+from capkit.runtime.preprocess import ImageSource, PreprocessSpec, preprocess
 from capkit.runtime.vocab import Vocabulary
 
 DEFAULT_BATCH_SIZE = 16
@@ -57,10 +58,14 @@ class Caption:
 
 def image_label(source: Any) -> Optional[str]:
     """A name for an image source: the path as given, a Pillow image's file name, else None."""
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    if isinstance(source, Image.Image):
-        return getattr(source, "filename", None) or None
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            return os.fsdecode(os.fspath(source))
+        if isinstance(source, Image.Image):
+            filename = getattr(source, "filename", None)
+            return os.fsdecode(filename) if filename else None
+    except (TypeError, ValueError):  # a PathLike whose __fspath__ gives neither str nor bytes
+        pass
     return None
 
 
@@ -72,9 +77,13 @@ def check_batch_size(batch_size: int, limits: Limits = DEFAULT_LIMITS) -> int:
 
 
 def _failed(label: Optional[str], error: BaseException) -> Caption:
-    message = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    if label and not isinstance(error, ImageError):  # ImageError messages already name the file
-        message = f"{label}: {message}"
+    """The error Caption of an image that could not be read: one line, naming the image where it has a label."""
+    message = " ".join(str(error).split())
+    if not isinstance(error, CapkitError):  # an unexpected failure: say what kind
+        message = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    name = printable(label) if label else None
+    if name and not message.startswith(f"{name}:"):  # preprocessing's messages already start with the name
+        message = f"{name}: {message}"
     return Caption(text="", tokens=(), logprob=None, image=label, error=message, finished=False)
 
 
@@ -94,7 +103,7 @@ class Captioner:
                  threads: Optional[int] = None, *, verify: bool = True, graph_optimization: str = "all",
                  optimized_model_dir: Union[str, os.PathLike, None] = None, io_binding: Optional[bool] = None,
                  limits: Limits = DEFAULT_LIMITS):
-        self.bundle: Optional[Bundle] = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+        self.bundle: Optional[Bundle] = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify, limits=limits)
         manifest = self.bundle.manifest
         try:
             from capkit.runtime.onnx_inference import OnnxInference
@@ -103,7 +112,7 @@ class Captioner:
                 raise
             raise CapkitError("ONNX Runtime is not installed: pip install 'capkit[cpu]' (or 'capkit[gpu]')") from None
         inference = OnnxInference(self.bundle, device=device, threads=threads, graph_optimization=graph_optimization,
-                                  optimized_model_dir=optimized_model_dir, io_binding=io_binding)
+                                  optimized_model_dir=optimized_model_dir, io_binding=io_binding, limits=limits)
         self._setup(inference, manifest.vocab, manifest.preprocess, manifest.decoding, limits)
 
     @classmethod
@@ -162,19 +171,25 @@ class Captioner:
                 seed: Optional[int] = None) -> Caption:
         """One image (a path, bytes, a Pillow image or an HxWx3 uint8 array) -> its Caption.
 
-        Raises DecodingOptionsError for bad options and ImageError for an unreadable image.
+        Raises DecodingOptionsError for bad options and ImageError for an unreadable image
+        (:class:`~capkit.runtime.preprocess.ImageLimitError`, also a LimitError, for one over ``limits``).
         """
         options = self.options(temperature, top_k, top_p, beam, max_length, seed)
-        pixels = preprocess(image, self.spec)[None]  # (1, 3, H, W)
+        pixels = preprocess(image, self.spec, self.limits)[None]  # (1, 3, H, W)
         return self._captions(pixels, [image_label(image)], options)[0]
 
     def caption_batch(self, images: Iterable[ImageSource], temperature: Optional[float] = None,
                       top_k: Optional[int] = None, top_p: Optional[float] = None, beam: Optional[int] = None,
                       max_length: Optional[int] = None,
                       seed: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Caption]:
-        """Several images -> one Caption each, in input order. An image that cannot be read gives a
-        Caption with ``error`` set; the others are still captioned. Each image's caption equals
-        :meth:`caption`'s (seeded sampling gives every image its own generator)."""
+        """Several images -> one Caption each, in input order. An item that cannot be read or
+        preprocessed, whatever it is (a missing or corrupt file, an image over ``limits``, None, a
+        number, an empty array ...), gives a Caption with ``error`` set (one line, naming the image
+        where it has a label); the others are still captioned. Each image's caption equals
+        :meth:`caption`'s (seeded sampling gives every image its own generator). If ``images``
+        itself raises while being iterated (a failing generator), the images already read are
+        captioned first, then its exception is raised: nothing read is lost, and the caller's own
+        error is not disguised as an image's."""
         return list(self.iter_captions(images, temperature, top_k, top_p, beam, max_length, seed, batch_size))
 
     def iter_captions(self, images: Iterable[ImageSource], temperature: Optional[float] = None,
@@ -183,23 +198,42 @@ class Captioner:
                       seed: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Caption]:
         """:meth:`caption_batch` as a generator: yields each batch's captions as soon as they are decoded.
 
-        Options are checked before the first image is read, even though the generator is lazy."""
+        Options are checked before the first image is read, even though the generator is lazy.
+        When ``images`` raises midway, the captions of the images it gave before (those of the batch
+        being read included) are yielded first, then its exception is raised from this generator."""
         options = self.options(temperature, top_k, top_p, beam, max_length, seed)
         batch_size = check_batch_size(batch_size, self.limits)
+        if isinstance(images, (str, bytes, bytearray, os.PathLike, Image.Image)):
+            raise CapkitError(f"caption_batch and iter_captions take several images (a list or an iterable), "
+                              f"got one {type(images).__name__}; use caption() for one image")
         return self._iter(iter(images), options, batch_size)
 
     def _iter(self, images: Iterator[ImageSource], options: DecodingOptions, batch_size: int) -> Iterator[Caption]:
-        while chunk := list(itertools.islice(images, batch_size)):
-            yield from self._caption_chunk(chunk, options)
+        while True:
+            chunk: list[ImageSource] = []
+            failure: Optional[Exception] = None
+            try:
+                chunk.extend(itertools.islice(images, batch_size))  # keeps what it read when images raises
+            except Exception as e:  # the source failed: caption what it gave, then raise its error
+                failure = e
+            if chunk:
+                yield from self._caption_chunk(chunk, options)
+            if failure is not None:
+                raise failure
+            if len(chunk) < batch_size:
+                return
 
     def _caption_chunk(self, chunk: list[ImageSource], options: DecodingOptions) -> list[Caption]:
         results: list[Optional[Caption]] = [None] * len(chunk)
         rows, labels, where = [], [], []
         for i, source in enumerate(chunk):
-            label = image_label(source)
             try:
-                rows.append(preprocess(source, self.spec))  # (3, H, W)
-            except (ImageError, OSError, ValueError) as e:  # this image only; the others go on
+                label = image_label(source)
+            except Exception:  # a PathLike whose __fspath__ itself fails: no name, and preprocess reports it
+                label = None
+            try:
+                rows.append(preprocess(source, self.spec, self.limits))  # (3, H, W)
+            except Exception as e:  # anything at all, MemoryError included: this image only; the others go on
                 results[i] = _failed(label, e)
                 continue
             labels.append(label)

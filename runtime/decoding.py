@@ -70,6 +70,9 @@ class DecodingOptionsError(CapkitError):
     """An option outside its range; the message names it."""
 
 
+REQUIRED_OPTIONS = ("temperature", "beam", "max_length")  # the others may be None
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
@@ -84,12 +87,17 @@ def verify_options(options: DecodingOptions, limits: Limits = DEFAULT_LIMITS) ->
     or LimitError with one line naming the option."""
     for name in ("top_k", "beam", "max_length", "seed"):
         value = getattr(options, name)
-        if value is not None and not _is_int(value):
+        if not _is_int(value) and (value is not None or name in REQUIRED_OPTIONS):
             raise DecodingOptionsError(f"{name.replace('_', '-')} must be an integer, got {value!r}")
     for name in ("temperature", "top_p"):
         value = getattr(options, name)
-        if value is not None and not _is_number(value):
+        if not _is_number(value) and (value is not None or name in REQUIRED_OPTIONS):
             raise DecodingOptionsError(f"{name.replace('_', '-')} must be a number, got {value!r}")
+        try:
+            float(value) if value is not None else None
+        except OverflowError:  # an int too large for a float (10**400)
+            raise DecodingOptionsError(f"{name.replace('_', '-')} must be a finite number, got an integer of "
+                                       f"{len(str(value))} digits") from None
     t = float(options.temperature)
     if not math.isfinite(t) or t < 0:
         raise DecodingOptionsError(f"temperature must be a finite number >= 0, got {options.temperature}")

@@ -7,12 +7,22 @@ state back. Two ways to keep the state between steps:
 - IO binding: the state is a tuple of ``OrtValue`` living on the session's device; each step binds
   the previous step's state outputs as inputs, and only the logits are copied to the host (the
   CUDA default; selectable on the CPU, where the tests exercise it).
+
+Thread safety: one OnnxInference may serve several threads in every configuration (CPU or CUDA,
+with or without IO binding). ONNX Runtime sessions are safe for concurrent ``run`` and
+``run_with_iobinding``; an ``IOBinding`` and bound host buffers are not (clearing and rebinding
+them from two threads mixes one caption's state with another's, or frees a tensor in use). So
+everything mutable per call lives in a per-thread store (:meth:`OnnxInference._thread`): the IO
+bindings of both graphs and the CPU's :class:`BoundGreedySteps`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -24,6 +34,7 @@ import onnxruntime as ort
 from capkit.runtime.bundle import Bundle, BundleError, load_bundle
 from capkit.runtime.decoding import greedy_from_logits
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.limits import DEFAULT_LIMITS, LimitError, Limits
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,9 +64,13 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def _check_threads(threads: Optional[int], name: str = "threads") -> None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+def _check_threads(threads: Optional[int], name: str = "threads", limits: Limits = DEFAULT_LIMITS) -> None:
+    """An intra-op thread count: None (ONNX Runtime's default) or an integer from 1 to
+    ``limits.max_threads`` (LimitError above it: a million threads must never reach ONNX Runtime)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
         raise CapkitError(f"{name} must be an integer >= 1, got {threads!r}")
+    if threads is not None:
+        limits.check("max_threads", int(threads), name)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -67,18 +82,19 @@ SPIN_DURATION_SINCE = (1, 27)  # the first ONNX Runtime with session.intra_op.sp
 
 
 def session_options(threads: Optional[int], graph_optimization: str,
-                    spin_us: Optional[int] = DEFAULT_SPIN_US) -> ort.SessionOptions:
-    """ONNX Runtime session options. ``spin_us``: how long idle intra-op threads spin before they
+                    spin_us: Optional[int] = DEFAULT_SPIN_US, limits: Limits = DEFAULT_LIMITS) -> ort.SessionOptions:
+    """ONNX Runtime session options. ``threads``: intra-op threads, at most ``limits.max_threads``
+    (LimitError). ``spin_us``: how long idle intra-op threads spin before they
     sleep (0: never; None: ONNX Runtime's default, which spins much longer). An ONNX Runtime too old
     to bound the spin gets no spinning instead."""
     if graph_optimization not in GRAPH_OPTIMIZATIONS:
         raise CapkitError(f"unknown graph optimization {graph_optimization!r}; one of {', '.join(GRAPH_OPTIMIZATIONS)}")
-    _check_threads(threads)
+    _check_threads(threads, limits=limits)
     if spin_us is not None and (isinstance(spin_us, bool) or not isinstance(spin_us, int) or spin_us < 0):
         raise CapkitError(f"spin must be an integer >= 0 (microseconds), got {spin_us!r}")
     options = ort.SessionOptions()
     options.graph_optimization_level = GRAPH_OPTIMIZATIONS[graph_optimization]
-    options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (one per physical core)
+    options.intra_op_num_threads = int(threads or 0)  # 0: ONNX Runtime's default (one per physical core)
     options.log_severity_level = QUIET
     if spin_us is not None:
         bounded = spin_us > 0 and _version(ort.__version__) >= SPIN_DURATION_SINCE
@@ -86,6 +102,27 @@ def session_options(threads: Optional[int], graph_optimization: str,
         if bounded:
             options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
     return options
+
+
+def nvidia_driver_present() -> bool:
+    """Whether an NVIDIA driver is loaded here (Linux: its control device exists; elsewhere: assume so)."""
+    return not sys.platform.startswith("linux") or os.path.exists("/dev/nvidiactl")
+
+
+def preload_cuda_libraries() -> bool:
+    """ONNX Runtime's own ``preload_dlls``: loads the CUDA and cuDNN libraries from the NVIDIA pip
+    packages (or PyTorch's) when the loader's search path lacks them, so that ``--device cuda`` works
+    in a plain virtual environment without torch imported first. It prints its notices, so they are
+    kept off stdout (which carries captions). True when the call ran."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            preload()
+    except Exception:  # a library that will not load: the CUDA probe that follows says so
+        return False
+    return True
 
 
 class BoundGreedySteps:
@@ -166,26 +203,36 @@ class OnnxInference:
     ``graph_optimization``: disabled | basic | extended | all. ``optimized_model_dir``: a cache
     folder for the optimised graphs; a later start loads them with optimisation off, which is
     faster. ``io_binding``: keep the state on the device between steps (None: on for CUDA, off for
-    the CPU).
+    the CPU). ``limits``: ``threads`` and ``step_threads`` above ``limits.max_threads`` raise
+    LimitError before any session is built.
 
     A bundle whose step graph computes the greedy choice (``next_token``/``next_logprob``, see
     docs/bundle.md) gets :meth:`greedy_step` from the graph; older bundles get it from the logits.
     On the CPU without IO binding, greedy steps run on buffers bound once per batch size
     (:class:`BoundGreedySteps`, one set per thread): what :meth:`greedy_step` returns is valid
     until the step after next, which is all a decode loop needs.
+
+    Thread safety: any number of threads may call one instance at once, on any device, with IO
+    binding on or off. The sessions are shared (ONNX Runtime runs them concurrently); what a call
+    mutates (IO bindings, bound buffers) belongs to the calling thread (:meth:`_thread`).
     """
 
     def __init__(self, bundle: Union[Bundle, str, os.PathLike], device: str = "auto", threads: Optional[int] = None,
                  graph_optimization: str = "all", optimized_model_dir: Union[str, os.PathLike, None] = None,
                  io_binding: Optional[bool] = None, *, step_threads: Optional[int] = None,
-                 spin_us: Optional[int] = DEFAULT_SPIN_US):
+                 spin_us: Optional[int] = DEFAULT_SPIN_US, limits: Limits = DEFAULT_LIMITS):
         if device not in DEVICES:
             raise RuntimeUnavailableError(f"unknown device {device!r}; one of {', '.join(DEVICES)}")
-        _check_threads(step_threads, "step threads")
+        if not isinstance(limits, Limits):
+            raise LimitError(f"limits must be a capkit Limits, got {type(limits).__name__}")
+        _check_threads(threads, "threads", limits)  # first: before the bundle is read or a session built
+        _check_threads(step_threads, "step threads", limits)
+        self.limits = limits
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.threads = {"encoder": threads, "decoder_step": threads if step_threads is None else step_threads}
         self.spin_us = spin_us
-        self._options = {graph: session_options(n, graph_optimization, spin_us) for graph, n in self.threads.items()}
+        self._options = {graph: session_options(n, graph_optimization, spin_us, limits)
+                         for graph, n in self.threads.items()}
         self._optimization = graph_optimization
         self._cache = Path(optimized_model_dir) if optimized_model_dir is not None else None
         self.device, self._encoder, self._decoder = self._open(device)
@@ -202,10 +249,10 @@ class OnnxInference:
         self._decoder_outputs = [dec.logits_output, *dec.state_outputs]
         greedy = dec.greedy_outputs
         self._greedy_outputs = [*greedy, *dec.state_outputs] if greedy is not None else None
-        if self.io_binding:
-            self._encoder_binding = self._encoder.io_binding()
-            self._decoder_binding = self._decoder.io_binding()
-        self._local = threading.local()  # each thread's BoundGreedySteps (a session runs concurrently, buffers do not)
+        # Per thread, not per instance: see _thread. (A lock around each call would also be safe, but
+        # it would serialise every caption of every thread on one session that ONNX Runtime can run
+        # concurrently; bindings are cheap, so each thread gets its own instead.)
+        self._local = threading.local()
 
     # -- sessions -------------------------------------------------------------------------------
     def _session(self, path: Path, sha256: str, device: str, graph: str, cache: bool = True) -> ort.InferenceSession:
@@ -215,7 +262,7 @@ class OnnxInference:
             self._cache.mkdir(parents=True, exist_ok=True)
             cached = self._cache / f"{path.stem}-{sha256[:16]}-{device}-{self._optimization}-ort{ort.__version__}.onnx"
             if cached.is_file():  # already optimised: load it as it is
-                options = session_options(self.threads[graph], "disabled", self.spin_us)
+                options = session_options(self.threads[graph], "disabled", self.spin_us, self.limits)
                 path, cached = cached, None
             else:
                 fresh = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
@@ -246,13 +293,7 @@ class OnnxInference:
                                               "(pip install onnxruntime-gpu)")
             return ("cpu", *self._sessions("cpu"))  # a CPU-only ONNX Runtime: the CPU is expected, no warning
         # The provider is listed; only a session tells whether it loads (GPU, CUDA and cuDNN libraries).
-        manifest = self.bundle.manifest
-        ort.set_default_logger_severity(SILENT)  # the provider's load failures are logged as errors; we say it once
-        try:
-            probe = self._session(self.bundle.decoder_path, manifest.decoder.sha256, "cuda", "decoder_step", cache=False)
-        finally:
-            ort.set_default_logger_severity(DEFAULT_SEVERITY)  # no getter: back to ONNX Runtime's default
-        if probe.get_providers()[0] == CUDA:
+        if self._cuda_works() or (nvidia_driver_present() and preload_cuda_libraries() and self._cuda_works()):
             return ("cuda", *self._sessions("cuda"))
         if device == "cuda":
             raise RuntimeUnavailableError("device cuda: ONNX Runtime cannot use CUDA here (no GPU, or the CUDA/cuDNN "
@@ -261,26 +302,84 @@ class OnnxInference:
                       "running on the CPU", CpuFallbackWarning, stacklevel=3)
         return ("cpu", *self._sessions("cpu"))
 
-    def _check_names(self) -> None:
-        """The manifest's tensor names must be the graphs' own: a clear error instead of a failing run."""
+    def _cuda_works(self) -> bool:
+        """Whether a session of the step graph really gets the CUDA provider (quietly: the provider logs
+        its load failures as errors, and capkit says it once)."""
         manifest = self.bundle.manifest
+        ort.set_default_logger_severity(SILENT)
+        try:
+            probe = self._session(self.bundle.decoder_path, manifest.decoder.sha256, "cuda", "decoder_step", cache=False)
+        finally:
+            ort.set_default_logger_severity(DEFAULT_SEVERITY)  # no getter: back to ONNX Runtime's default
+        return probe.get_providers()[0] == CUDA
+
+    def _check_names(self) -> None:
+        """The manifest must agree with the graphs, a clear error instead of a failing run: the tensor
+        names are the graphs' own, the image input is float and the token input int64 (as
+        docs/bundle.md says), the logits are as wide as the vocabulary and the image input, where
+        its size is static, is ``crop`` x ``crop`` with 3 channels."""
+        manifest, folder = self.bundle.manifest, self.bundle.folder
+        args = {}
         for session, graph, inputs, outputs in (
                 (self._encoder, manifest.encoder, [manifest.encoder.image_input], manifest.encoder.state_outputs),
                 (self._decoder, manifest.decoder, [manifest.decoder.token_input, *manifest.decoder.state_inputs],
                  manifest.decoder.outputs)):
-            have_in = {i.name for i in session.get_inputs()}
-            have_out = {o.name for o in session.get_outputs()}
+            have_in = {i.name: i for i in session.get_inputs()}  # NodeArgs: name, type, shape
+            have_out = {o.name: o for o in session.get_outputs()}
             missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
             if missing:
-                raise BundleError(f"{self.bundle.folder}: {graph.file} has no tensor named {', '.join(missing)} "
+                raise BundleError(f"{folder}: {graph.file} has no tensor named {', '.join(missing)} "
                                   "(the manifest and the graph disagree)")
+            args[id(graph), "in"], args[id(graph), "out"] = have_in, have_out
+
+        def static(dim: object) -> bool:
+            return isinstance(dim, int) and not isinstance(dim, bool)
+
+        enc, dec = manifest.encoder, manifest.decoder
+        for graph, name, expected in ((enc, enc.image_input, "tensor(float)"), (dec, dec.token_input, "tensor(int64)")):
+            arg = args[id(graph), "in"][name]
+            if arg.type != expected:
+                raise BundleError(f"{folder}: {graph.file} input {name!r} is {arg.type}, the bundle format says {expected}")
+        image = args[id(enc), "in"][enc.image_input]
+        shape = list(image.shape or [])
+        if shape and (len(shape) != 4 or static(shape[1]) and shape[1] != 3):
+            raise BundleError(f"{folder}: {enc.file} input {enc.image_input!r} has shape {shape}, "
+                              "the bundle format says [batch, 3, crop, crop]")
+        crop = manifest.preprocess.crop
+        if shape and any(static(d) and d != crop for d in shape[2:]):
+            raise BundleError(f"{folder}: preprocess.crop is {crop}, but {enc.file} input {enc.image_input!r} takes "
+                              f"{shape[2]} x {shape[3]} images; they must agree")
+        logits = args[id(dec), "out"][dec.logits_output]
+        width = (logits.shape or [None])[-1]
+        if static(width) and width != len(manifest.vocab):
+            raise BundleError(f"{folder}: vocab has {len(manifest.vocab)} words, but {dec.file} output "
+                              f"{dec.logits_output!r} scores {width} tokens; they must agree")
+
+    # -- per-thread state ------------------------------------------------------------------------
+    def _thread(self) -> threading.local:
+        """The calling thread's mutable state, made on its first call: ``encoder``/``decoder``, the
+        two graphs' IO bindings (with IO binding, on every device: the CUDA path binds exactly as the
+        CPU one, only the device name differs), and ``greedy``, the CPU's :class:`BoundGreedySteps`.
+
+        Why per thread: an ``IOBinding`` is a mutable list of bound tensors that ``encode`` and each
+        step clear and rebind; shared by two threads, one thread's step runs with the other's state
+        or tokens (wrong captions) or with a tensor freed under it (a crash). Reusing a binding
+        within one thread is safe: ``get_outputs()`` returns OrtValues that share ownership of their
+        tensors, so a state the previous call returned stays valid after the binding is cleared and
+        rebound, and a caller may hold several (interleaved decodes in one thread; tests check it).
+        ``select`` needs nothing here: it builds new OrtValues from host copies."""
+        local = self._local
+        if self.io_binding and not hasattr(local, "encoder"):
+            local.encoder = self._encoder.io_binding()
+            local.decoder = self._decoder.io_binding()
+        return local
 
     # -- Inference ------------------------------------------------------------------------------
     def encode(self, images: np.ndarray) -> OrtState:
         images = np.ascontiguousarray(images, dtype=np.float32)  # (B, 3, H, W)
         if not self.io_binding:
             return tuple(self._encoder.run(self._encoder_outputs, {self._image_name: images}))  # each (L, B, H)
-        binding = self._encoder_binding
+        binding = self._thread().encoder
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         binding.bind_cpu_input(self._image_name, images)  # copied to the device
@@ -296,7 +395,7 @@ class OnnxInference:
             feed[self._token_name] = tokens
             logits, *state = self._decoder.run(self._decoder_outputs, feed)  # (B, V)
             return logits, tuple(state)
-        binding = self._decoder_binding
+        binding = self._thread().decoder
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         binding.bind_cpu_input(self._token_name, tokens)
@@ -316,14 +415,20 @@ class OnnxInference:
         if self._greedy_outputs is None:
             logits, state = self.step(tokens, state)
             return (*greedy_from_logits(logits), state)
+        if not self.io_binding and self.device != "cpu":  # host buffers bound to a GPU session read zeros
+            tokens = np.ascontiguousarray(tokens, dtype=np.int64)  # (B,)
+            chosen, logprobs, *state = self._decoder.run(self._greedy_outputs,
+                                                         {self._token_name: tokens, **dict(zip(self._state_inputs, state))})
+            return chosen, logprobs, tuple(state)  # (B,), (B,), each (L, B, H)
         if not self.io_binding:
-            steps = getattr(self._local, "greedy", None)
+            local = self._thread()
+            steps = getattr(local, "greedy", None)
             if steps is None or steps.batch != len(tokens):
-                steps = self._local.greedy = BoundGreedySteps(self._decoder, self._token_name, self._state_inputs,
+                steps = local.greedy = BoundGreedySteps(self._decoder, self._token_name, self._state_inputs,
                                                               self._greedy_outputs, state)
             return steps.run(tokens, state)  # (B,), (B,), each (L, B, H)
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)  # (B,)
-        binding = self._decoder_binding
+        binding = self._thread().decoder
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         binding.bind_cpu_input(self._token_name, tokens)
@@ -341,7 +446,8 @@ class OnnxInference:
         rows = np.asarray(rows, dtype=np.int64)  # (B',)
         if not self.io_binding:
             return tuple(np.ascontiguousarray(s[:, rows]) for s in state)  # each (L, B', H)
-        # Rare (once per finished row, or per beam step): through the host and back.
+        # Rare (once per finished row, or per beam step): through the host and back. Thread-safe as it
+        # is: new OrtValues, no binding (on the CPU each keeps its numpy copy alive).
         return tuple(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[:, rows]), self.device,
                                                       self._device_id) for value in state)  # each (L, B', H)
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import stat
+import struct
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.inputs import printable
+from capkit.runtime.limits import DEFAULT_LIMITS, LimitError, Limits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,6 +41,10 @@ class ImageError(CapkitError):
     """An input that cannot be read as an image; the message names the problem in one line."""
 
 
+class PreprocessError(CapkitError):
+    """A preprocessing spec with a value of the wrong type or out of range; the message names the field."""
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     resize: int = 256  # shorter side after resizing, aspect ratio kept (torchvision Resize(int))
@@ -45,81 +53,267 @@ class PreprocessSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"  # a key of INTERPOLATIONS
 
+    KEYS = ("resize", "crop", "mean", "std", "interpolation")  # not a field: no annotation
+
     def __post_init__(self) -> None:
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"unknown interpolation {self.interpolation!r}; one of {', '.join(INTERPOLATIONS)}")
-        if self.resize < 1 or self.crop < 1:
-            raise ValueError("resize and crop must be positive")
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        """Every value's type and range, once: integers >= 1, three finite numbers (std > 0), a known
+        filter. Raises PreprocessError naming ``preprocess.<field>`` in one line."""
+        from reprlib import repr as short  # a bounded repr: a hostile value may be huge
+
+        if not isinstance(self.interpolation, str) or self.interpolation not in INTERPOLATIONS:
+            raise PreprocessError(f"preprocess.interpolation: must be one of {', '.join(INTERPOLATIONS)}, "
+                                  f"got {short(self.interpolation)}")
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise PreprocessError(f"preprocess.{name}: must be an integer >= 1, got {short(value)}")
+            object.__setattr__(self, name, int(value))
+        for name, positive in (("mean", False), ("std", True)):
+            values = getattr(self, name)
+            if not (isinstance(values, (list, tuple, np.ndarray)) and len(values) == 3
+                    and all(self._finite(v) and (not positive or v > 0) for v in values)):
+                raise PreprocessError(f"preprocess.{name}: must be 3 finite numbers{' > 0' if positive else ''}, "
+                                      f"got {short(values)}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+
+    @staticmethod
+    def _finite(value: Any) -> bool:
+        """A real number (not a bool, not a string) that is neither infinite nor NaN, nor too big for a float."""
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            return False
+        try:
+            return abs(float(value)) < float("inf")  # False for NaN too
+        except OverflowError:  # an int beyond float's range
+            return False
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessSpec":
-        return cls(resize=int(data["resize"]), crop=int(data["crop"]), mean=tuple(data["mean"]),
-                   std=tuple(data["std"]), interpolation=str(data.get("interpolation", "bilinear")))
+        """The spec of a checkpoint or a manifest: an object with resize, crop, mean, std and, optionally,
+        interpolation (default bilinear); other keys are refused (they could change the pixels)."""
+        if not isinstance(data, dict):
+            raise PreprocessError(f"preprocess: must be an object, got {type(data).__name__}")
+        unknown = [str(key) for key in data if key not in cls.KEYS]
+        if unknown:
+            raise PreprocessError(f"preprocess: unknown key {unknown[0][:40]!r} (known: {', '.join(cls.KEYS)})")
+        missing = [key for key in cls.KEYS[:4] if key not in data]
+        if missing:
+            raise PreprocessError(f"preprocess.{missing[0]}: missing")
+        return cls(resize=data["resize"], crop=data["crop"], mean=data["mean"], std=data["std"],
+                   interpolation=data.get("interpolation", "bilinear"))
 
 
-def _open(source: ImageSource) -> Image.Image:
+class ImageLimitError(ImageError, LimitError):
+    """An image over one of the :class:`~capkit.runtime.limits.Limits` (pixels, aspect ratio, resized size):
+    both an :class:`ImageError` (callers that skip unreadable images skip it too) and a ``LimitError``."""
+
+
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+_PIXEL_CONVERSION_ROWS = 1 << 20  # pixels per strip when a mode conversion goes through numpy or compositing
+
+
+def source_name(source: Any) -> str:
+    """How messages name an image source: the path or a Pillow image's file name (control characters
+    escaped, so that a message stays one line), else ``<bytes>``, ``<array>``, ``<image>``."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            return printable(os.fsdecode(os.fspath(source)))
+    except Exception:  # a PathLike whose __fspath__ fails or gives neither str nor bytes
+        return f"<{type(source).__name__}>"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(source, np.ndarray):
+        return "<array>"
     if isinstance(source, Image.Image):
+        filename = getattr(source, "filename", None)
+        return printable(str(filename)) if filename else "<image>"
+    return f"<{type(source).__name__}>"
+
+
+def check_image_size(name: str, width: int, height: int, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Refuses, before anything is decoded, an image with an empty side, more than ``limits.max_image_pixels``
+    pixels or a long side more than ``limits.max_aspect_ratio`` times its short side."""
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: empty image ({width}x{height} pixels)")
+    pixels = width * height
+    if pixels > limits.max_image_pixels:
+        raise ImageLimitError(f"{name}: {width}x{height} is {pixels:,} pixels, over the limit of "
+                              f"{limits.max_image_pixels:,} (Limits.max_image_pixels; raise it to allow more)")
+    ratio = max(width, height) / max(min(width, height), 1)
+    if ratio > limits.max_aspect_ratio:
+        raise ImageLimitError(f"{name}: {width}x{height} has an aspect ratio of {ratio:,.1f}:1, over the limit of "
+                              f"{limits.max_aspect_ratio:g}:1 (Limits.max_aspect_ratio; raise it to allow more)")
+
+
+def _pillow_limit(name: str, pixels: Optional[int], limit: Optional[int], which: str) -> ImageError:
+    """Pillow's own decompression-bomb net, one consistent line: the pixels, and the one limit they are over."""
+    what = f"{pixels:,} pixels is" if pixels is not None else "the image is"
+    over = f"Pillow's pixel limit of {limit:,} ({which})" if limit else "Pillow's pixel limit"
+    return ImageError(f"{name}: refused as a possible decompression bomb: {what} over {over}")
+
+
+def _open_file(path: Union[str, bytes], name: str) -> io.BufferedReader:
+    """The file at ``path`` opened for reading, refused unless it is a regular file. Opened without blocking
+    (a FIFO would wait for a writer) and checked on the open descriptor, so nothing can swap it in between."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: is a folder, not an image file") from None
+    except (OSError, ValueError) as e:  # a symlink loop, no permission, a NUL in the name, a name too long ...
+        raise ImageError(f"{name}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageError(f"{name}: is a folder, not an image file")
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+                    "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+            raise ImageError(f"{name}: not a regular file ({kind})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open(source: ImageSource, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
+    """A decoded Pillow image (any mode), its size checked against ``limits`` before its pixels are decoded."""
+    name = source_name(source)
+    if isinstance(source, Image.Image):
+        check_image_size(name, *source.size, limits)  # a lazily opened image still has only its header read
         return source
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (3, 4)):
             raise ImageError(f"an image array must be HxWx3 (or HxW, HxWx4) uint8, got {source.dtype} {source.shape}")
+        check_image_size(name, source.shape[1], source.shape[0], limits)
         return Image.fromarray(source)
-    if isinstance(source, (bytes, bytearray)):
-        name, stream = "<bytes>", io.BytesIO(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        stream: Any = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            path = os.fspath(source)
+        except Exception as e:  # a PathLike whose __fspath__ fails
+            raise ImageError(f"{name}: cannot read: {_one_line(e)}") from None
+        if isinstance(path, (str, bytes)):
+            stream = _open_file(path, name)
+        else:
+            raise ImageError(f"unsupported image source of type {type(source).__name__}")
     else:
-        name, stream = str(source), source
-        if not Path(source).is_file():
-            raise ImageError(f"{name}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(stream)
+        raise ImageError(f"unsupported image source of type {type(source).__name__}")
+    with stream:
+        try:
+            with warnings.catch_warnings():
+                # Pillow's warning band (over MAX_IMAGE_PIXELS, under twice that) is checked just below instead
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(stream)  # the header only
+        except Image.DecompressionBombError as e:  # over twice MAX_IMAGE_PIXELS: Pillow refuses before we can look
+            found = _BOMB_PIXELS.search(str(e))
+            pixels = int(found.group(1)) if found else None
+            if pixels is not None and pixels > limits.max_image_pixels:
+                raise ImageLimitError(f"{name}: {pixels:,} pixels, over the limit of {limits.max_image_pixels:,} "
+                                      "(Limits.max_image_pixels; raise it to allow more)") from None
+            limit = Image.MAX_IMAGE_PIXELS
+            raise _pillow_limit(name, pixels, 2 * limit if limit else None, "twice PIL.Image.MAX_IMAGE_PIXELS") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{name}: not an image file Pillow can read") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ImageError(f"{name}: corrupt or unreadable image ({_one_line(e)})") from None
+        width, height = img.size
+        check_image_size(name, width, height, limits)
+        if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+            raise _pillow_limit(name, width * height, Image.MAX_IMAGE_PIXELS, "PIL.Image.MAX_IMAGE_PIXELS")
+        try:
             img.load()  # decode now, so that truncated or corrupt files fail here
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{name}: refused, larger than Pillow's pixel limit ({Image.MAX_IMAGE_PIXELS} pixels): {e}") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image file Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name}: corrupt or unreadable image ({e})") from None
+        except Image.DecompressionBombError as e:
+            found = _BOMB_PIXELS.search(str(e))
+            raise _pillow_limit(name, int(found.group(1)) if found else None, None, "") from None
+        except MemoryError:
+            raise ImageError(f"{name}: out of memory decoding {width}x{height} pixels") from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, ZeroDivisionError) as e:
+            raise ImageError(f"{name}: corrupt or unreadable image ({_one_line(e)})") from None
     return img
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _grey_to_rgb(img: Image.Image, scale: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
+    """An "I;16", "I" or "F" image -> RGB, converted strip by strip (a float64 copy of a whole large image
+    would cost 8 bytes a pixel); ``scale`` maps one strip of raw values (H', W) to uint8."""
+    width, height = img.size
+    grey = np.empty((height, width), np.uint8)
+    step = max(1, _PIXEL_CONVERSION_ROWS // max(width, 1))
+    for top in range(0, height, step):
+        grey[top:top + step] = scale(np.asarray(img.crop((0, top, width, min(height, top + step)))))
+    return Image.fromarray(grey, "L").convert("RGB")
+
+
+def _composite_on_background(img: Image.Image) -> Image.Image:
+    """An image with alpha (or a palette with a transparent index) composited onto BACKGROUND, strip by strip."""
+    if img.mode == "P":
+        img = img.convert("RGBA")  # the palette's transparency is read once, for the whole image
+    width, height = img.size
+    out = Image.new("RGB", img.size)
+    step = max(1, _PIXEL_CONVERSION_ROWS // max(width, 1))
+    for top in range(0, height, step):
+        box = (0, top, width, min(height, top + step))
+        part = img.crop(box).convert("RGBA")
+        background = Image.new("RGBA", part.size, BACKGROUND + (255,))
+        out.paste(Image.alpha_composite(background, part).convert("RGB"), box[:2])
+    return out
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB for any Pillow mode: greyscale, 16-bit, CMYK, palette and alpha (composited onto white)."""
+    """RGB for any Pillow mode: greyscale, 16-bit, CMYK, palette and alpha (composited onto white).
+
+    Large images are converted in strips of rows, so a conversion costs about one RGB copy of the image."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        depth = 65535.0 if img.mode.startswith("I;16") else max(float(np.max(np.asarray(img))), 1.0)
-        grey = np.asarray(img, dtype=np.float64) * (255.0 / (depth if depth > 255 else 255.0))
-        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+        depth = 65535.0 if img.mode.startswith("I;16") else max(float(img.getextrema()[1]), 1.0)
+        factor = 255.0 / (depth if depth > 255 else 255.0)
+        return _grey_to_rgb(img, lambda v: np.clip(np.rint(v.astype(np.float64) * factor), 0, 255).astype(np.uint8))
     if img.mode == "F":
-        return Image.fromarray(np.clip(np.asarray(img) * 255.0, 0, 255).astype(np.uint8), "L").convert("RGB")
+        return _grey_to_rgb(img, lambda v: np.clip(v * 255.0, 0, 255).astype(np.uint8))
     if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return _composite_on_background(img)
     return img.convert("RGB")
 
 
-def load_image(source: ImageSource) -> Image.Image:
+def load_image(source: ImageSource, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
     """An RGB Pillow image from a path, bytes, a Pillow image or a uint8 array.
 
     EXIF orientation is applied, animated GIF/WebP give their first frame, and every mode is
-    converted by :func:`to_rgb`. Raises :class:`ImageError` with a one-line message.
+    converted by :func:`to_rgb`. The image's size is checked against ``limits`` (pixels, aspect ratio)
+    from its header, before its pixels are decoded. Raises :class:`ImageError` with a one-line message
+    (:class:`ImageLimitError`, also a ``LimitError``, for an image over a limit). A path must name a
+    regular file: a folder, a FIFO, a socket or a device is refused without being read.
     """
-    img = _open(source)
-    if getattr(img, "n_frames", 1) > 1:
-        img.seek(0)
+    img = _open(source, limits)
+    name = source_name(source)
     try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block: keep the pixels as stored
-        pass
-    return to_rgb(img)
+        if isinstance(source, Image.Image) and getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # a caller's image left on a later frame; an opened file is already on its first
+        try:
+            img = ImageOps.exif_transpose(img)
+        except MemoryError:
+            raise
+        except Exception:  # a broken EXIF block: keep the pixels as stored
+            pass
+        check_image_size(name, *img.size, limits)
+        return to_rgb(img)
+    except CapkitError:
+        raise
+    except MemoryError:
+        raise ImageError(f"{name}: out of memory converting {img.width}x{img.height} pixels") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, ZeroDivisionError) as e:
+        raise ImageError(f"{name}: corrupt or unreadable image ({_one_line(e)})") from None
 
 
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
@@ -154,12 +348,26 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray((x - mean) / std)  # (3, H, W)
 
 
-def preprocess(source: ImageSource, spec: PreprocessSpec) -> np.ndarray:
-    """One image -> the encoder's input row, float32 (3, crop, crop)."""
-    img = resize_and_crop(load_image(source), spec)
+def preprocess(source: ImageSource, spec: PreprocessSpec, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """One image -> the encoder's input row, float32 (3, crop, crop).
+
+    Besides :func:`load_image`'s checks, the resized image (shorter side ``spec.resize``) must also fit
+    in ``limits.max_image_pixels``, so that a small image with a long side cannot grow past it."""
+    img = load_image(source, limits)
+    width, height = resized_size(img.width, img.height, spec.resize)
+    if width * height > limits.max_image_pixels:
+        raise ImageLimitError(f"{source_name(source)}: {img.width}x{img.height} resized to a shorter side of "
+                              f"{spec.resize} would be {width}x{height} = {width * height:,} pixels, over the limit of "
+                              f"{limits.max_image_pixels:,} (Limits.max_image_pixels; raise it to allow more)")
+    try:
+        img = resize_and_crop(img, spec)
+    except MemoryError:
+        raise ImageError(f"{source_name(source)}: out of memory resizing {img.width}x{img.height} to "
+                         f"{width}x{height} pixels") from None
     return normalize(np.asarray(img, dtype=np.uint8), spec)
 
 
-def preprocess_batch(sources: Sequence[ImageSource], spec: PreprocessSpec) -> np.ndarray:
+def preprocess_batch(sources: Sequence[ImageSource], spec: PreprocessSpec,
+                     limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """Several images -> float32 (B, 3, crop, crop)."""
-    return np.stack([preprocess(s, spec) for s in sources])
+    return np.stack([preprocess(s, spec, limits) for s in sources])

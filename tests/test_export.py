@@ -234,6 +234,7 @@ def run_folder(export_kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
     return run
 
 
+@pytest.mark.slow  # the command end to end: export and its parity check
 def test_export_command_default_run(run_folder: Path) -> None:
     result = CliRunner().invoke(export_command, ["--json"])
     assert result.exit_code == 0, result.output
@@ -247,7 +248,8 @@ def test_export_command_default_run(run_folder: Path) -> None:
     assert provenance["run"] == "tiny-run" and provenance["epoch"] == 3 and provenance["step"] == 120
     assert provenance["metrics"]["best_val_loss"] == 0.5
     assert provenance["metrics"]["best_val_perplexity"] == pytest.approx(np.exp(0.5))
-    assert provenance["checkpoint"] == str((run_folder / "best.pt").resolve())
+    assert provenance["checkpoint"] == "tiny-run/best.pt"  # relative to the run: no path of the training machine
+    assert provenance["checkpoint_sha256"] == sha256_file(run_folder / "best.pt")
     assert provenance["data_source"] == "synthetic" and "exported_at" in provenance
 
 
@@ -273,6 +275,7 @@ def test_export_command_options(run_folder: Path, tmp_path: Path) -> None:
     assert "skipped" in result.stderr
 
 
+@pytest.mark.slow  # the command end to end: export and its parity check
 def test_export_command_fails_on_parity(run_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import capkit.export.checks as checks
 

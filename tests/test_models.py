@@ -5,6 +5,9 @@ import torch
 
 from capkit.models import CaptionModel, CaptionModelConfig, build_backbone
 
+# conftest's one_torch_thread: tiny models are as fast on one thread, and several crawl on busy cores.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def tiny(decoder="lstm", layers=1, encoder="resnet18", **kw):
     torch.manual_seed(0)

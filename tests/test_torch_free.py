@@ -63,6 +63,7 @@ def test_imports_are_torch_free(statement: str) -> None:
     assert loaded == [], f"`{statement}` imports {loaded}"
 
 
+@pytest.mark.slow  # exports a bundle, then captions in a fresh interpreter (the imports are checked fast above)
 def test_captioning_is_torch_free(bundle_and_image) -> None:
     bundle, image = bundle_and_image
     loaded, proc = forbidden_after(f"""

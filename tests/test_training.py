@@ -26,6 +26,9 @@ from capkit.training.torch_inference import checkpoint_captioner
 from capkit.training.train import TrainConfig, TrainingError, train
 
 IMAGE_SIZE = 32
+# conftest's one_torch_thread: small models train as fast on one thread, and two crawl when other
+# processes load the machine's cores. It does not reach the subprocess tests (CLI, torchrun).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +118,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = train_module.token_loss

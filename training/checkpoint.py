@@ -11,7 +11,10 @@ A checkpoint is a dict of plain values and tensors; nothing pickled but tensors:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -20,6 +23,7 @@ import torch
 
 from capkit.runtime.bundle import LATEST_RUN
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.limits import DEFAULT_LIMITS
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import Vocabulary
 
@@ -73,27 +77,128 @@ def resolve_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, wh
     return path
 
 
+def _load_reason(error: BaseException) -> str:
+    """torch.load's complaint in one line, without its advice to load with ``weights_only=False``
+    (arbitrary code execution: wrong advice for a file from a stranger)."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) or "weights_only" in text or "Weights only load failed" in text:
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\s+was not an allowed global.*)?$", text, re.MULTILINE)
+        detail = f" ({found.group(1).strip()[:200]})" if found else ""
+        return ("capkit loads checkpoints with weights_only=True, so that no code in them runs, and this file holds "
+                f"something else: Python objects, not only tensors and plain values{detail}")
+    first = (text.strip().splitlines() or [type(error).__name__])[0][:300]
+    return f"{type(error).__name__}: {first}"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's dict, read with ``weights_only=True``; a file that is not one is a one-line
+    CheckpointError (never torch's advice to disable ``weights_only``)."""
     path = Path(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated, foreign or corrupt file
-        raise CheckpointError(f"{path}: not a readable capkit checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a capkit checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r})")
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or type(e).__name__})") from None
+    except Exception as e:  # a truncated, foreign or corrupt file, or a pickle of Python objects
+        raise CheckpointError(f"{path}: not a readable capkit checkpoint ({_load_reason(e)})") from None
+    version = payload.get("format") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or type(version) is not int or version != CHECKPOINT_FORMAT:
+        what = f"format {version!r}" if isinstance(payload, dict) else f"a {type(payload).__name__}, not a dict"
+        raise CheckpointError(f"{path}: not a capkit checkpoint ({what}; this capkit reads format {CHECKPOINT_FORMAT})")
     return payload
 
 
-def load_model(run_or_checkpoint: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu"):
-    """(model in eval mode, vocabulary, preprocess spec, checkpoint payload) from a checkpoint or run."""
-    from capkit.models import CaptionModel, CaptionModelConfig
+MODEL_KEYS = {"model_config": dict, "model": dict, "vocab": (list, tuple), "preprocess": dict, "max_length": int}
 
+
+def _short(value: Any) -> str:
+    from reprlib import repr as short  # bounded: a hostile value may be huge
+
+    return short(value)
+
+
+def check_payload(payload: dict[str, Any], path: str | os.PathLike):
+    """(model configuration, vocabulary, preprocess spec) of a checkpoint's payload, every key that
+    :func:`load_model` needs checked first: present, of the right type, in range, and consistent
+    (the configuration's vocab_size is the vocabulary's length; its encoder a torchvision model).
+    Builds nothing; raises a one-line CheckpointError naming the file and the key."""
+    from capkit.models.config import CaptionModelConfig
+
+    for key, kind in MODEL_KEYS.items():
+        if key not in payload:
+            raise CheckpointError(f"{path}: the checkpoint has no {key!r}")
+        value = payload[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise CheckpointError(f"{path}: {key} must be a {names}, got {type(value).__name__}")
+    max_length = payload["max_length"]
+    if not 1 <= max_length <= DEFAULT_LIMITS.max_length:
+        raise CheckpointError(f"{path}: max_length must be from 1 to {DEFAULT_LIMITS.max_length}, got {max_length}")
+    words = payload["vocab"]
+    if not 0 < len(words) <= DEFAULT_LIMITS.max_vocab_size or not all(isinstance(w, str) for w in words):
+        raise CheckpointError(f"{path}: vocab must be a list of 1 to {DEFAULT_LIMITS.max_vocab_size} words (strings)")
+    try:
+        vocab = Vocabulary(tuple(words))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: vocab: {_one_line(e)}") from None
+    try:
+        spec = PreprocessSpec.from_dict(payload["preprocess"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: preprocess: {_one_line(e) if not isinstance(e, KeyError) else f'no {e}'}") from None
+    try:
+        config = CaptionModelConfig.from_dict(payload["model_config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: model_config: {_one_line(e)}") from None
+    if config.vocab_size != len(vocab):
+        raise CheckpointError(f"{path}: model_config.vocab_size is {config.vocab_size} but the vocabulary has "
+                              f"{len(vocab)} words")
+    from capkit.models.captioning import known_encoders
+
+    if config.encoder not in known_encoders():
+        raise CheckpointError(f"{path}: model_config: unknown encoder {_short(config.encoder)}; a torchvision "
+                              "classification model such as resnet50, resnet18 or mobilenet_v3_small")
+    return config, vocab, spec
+
+
+def _one_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def load_model(run_or_checkpoint: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu"):
+    """(model in eval mode, vocabulary, preprocess spec, checkpoint payload) from a checkpoint or run.
+
+    Everything is checked before the model is built (:func:`check_payload`), then the weights'
+    names and shapes against the model's, built first on PyTorch's ``meta`` device (no memory):
+    a checkpoint that claims hidden_dim 65536 but holds small tensors fails in milliseconds. Every
+    problem is a one-line CheckpointError, ``<path>: weights do not fit the model: <problem>``
+    for the weights."""
     path = resolve_checkpoint(run_or_checkpoint)
     payload = load_checkpoint(path)
-    config = CaptionModelConfig.from_dict(payload["model_config"])
-    model = CaptionModel(CaptionModelConfig.from_dict({**payload["model_config"], "pretrained": False}))
-    model.config = config
-    model.load_state_dict(payload["model"])
+    model, vocab, spec = model_from_payload(payload, path)
     model.to(device).eval()
     payload["path"] = str(path)
-    return model, Vocabulary(tuple(payload["vocab"])), PreprocessSpec.from_dict(payload["preprocess"]), payload
+    return model, vocab, spec, payload
+
+
+def model_from_payload(payload: dict[str, Any], path: str | os.PathLike):
+    """(model with the checkpoint's weights, vocabulary, preprocess spec), everything checked first (see
+    :func:`load_model`); for ``load_model`` and for resuming a training run."""
+    from capkit.models import CaptionModel
+    from capkit.models.captioning import state_dict_problem
+
+    config, vocab, spec = check_payload(payload, path)
+    build = dataclasses.replace(config, pretrained=False)  # the checkpoint has the weights: no download
+    try:
+        with torch.device("meta"):
+            expected = CaptionModel(build).state_dict()
+    except CapkitError as e:
+        raise CheckpointError(f"{path}: model_config: {_one_line(e)}") from None
+    problem = state_dict_problem(expected, payload["model"])
+    if problem is not None:
+        raise CheckpointError(f"{path}: weights do not fit the model: {problem}")
+    model = CaptionModel(build)
+    model.config = config
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, ValueError) as e:  # e.g. a tensor of a dtype that does not convert
+        raise CheckpointError(f"{path}: weights do not fit the model: {_one_line(e)}") from None
+    return model, vocab, spec

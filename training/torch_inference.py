@@ -19,6 +19,7 @@ from capkit.runtime.captioner import Captioner
 from capkit.runtime.decoding import DecodingOptions, DecodingResult, decode
 from capkit.runtime.preprocess import ImageSource, PreprocessSpec, preprocess_batch
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.limits import DEFAULT_LIMITS, Limits
 from capkit.runtime.vocab import Vocabulary
 
 TORCH_DEVICES = ("auto", "cpu", "cuda")
@@ -75,7 +76,7 @@ def caption_images(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec,
 
 
 def checkpoint_captioner(checkpoint: Optional[str | os.PathLike] = None, device: str | torch.device = "auto",
-                         threads: Optional[int] = None) -> Captioner:
+                         threads: Optional[int] = None, *, limits: Limits = DEFAULT_LIMITS) -> Captioner:
     """The PyTorch model of a checkpoint (a .pt file, a run folder, None: runs/latest) behind a
     Captioner: the same preprocessing and decoding loop as a bundle; only the Inference differs.
     ``threads``: torch's intra-op threads (None: left as they are)."""
@@ -83,7 +84,10 @@ def checkpoint_captioner(checkpoint: Optional[str | os.PathLike] = None, device:
 
     torch_device = resolve_torch_device(device)
     if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise CapkitError(f"threads must be an integer >= 1, got {threads!r}")
+        limits.check("max_threads", threads, "threads")
         torch.set_num_threads(threads)
     model, vocab, spec, payload = load_model(checkpoint, device=torch_device)
     inference = TorchInference(model, torch_device, payload.get("data_source"))
-    return Captioner.from_inference(inference, vocab, spec, int(payload["max_length"]))
+    return Captioner.from_inference(inference, vocab, spec, int(payload["max_length"]), limits=limits)

@@ -11,7 +11,7 @@ import os
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,12 +26,12 @@ from capkit.models import CaptionModel, CaptionModelConfig
 from capkit.runtime.errors import CapkitError
 from capkit.runtime.vocab import MIN_VOCAB_SIZE, SPECIAL_TOKENS, Vocabulary
 from capkit.training import log_to_stderr
-from capkit.training.checkpoint import BEST, LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
+from capkit.training.checkpoint import (BEST, LAST, load_checkpoint, model_from_payload, resolve_checkpoint,
+                                        save_checkpoint)
 from capkit.training.config import LR_SCHEDULES, TrainConfig
 from capkit.training.torch_inference import resolve_torch_device
 from capkit.training.data import (Batch, CaptionedImages, collate, compute_features, resolve_dataset, spec_for_backbone,
                                   synthetic_image_size)
-from capkit.runtime.preprocess import PreprocessSpec
 
 
 class TrainingError(CapkitError):
@@ -224,11 +224,8 @@ class TrainingRun:
     def _restore(self, payload: dict[str, Any], resume: Path) -> None:
         """Vocabulary, preprocessing, model weights, counters and RNG state from the checkpoint; the run
         folder is the one the checkpoint is in."""
-        self.vocab = Vocabulary(tuple(payload["vocab"]))
-        self.model_config = CaptionModelConfig.from_dict(payload["model_config"])
-        self.spec = PreprocessSpec.from_dict(payload["preprocess"])
-        self.model = CaptionModel(dataclasses.replace(self.model_config, pretrained=False))  # weights come next
-        self.model.load_state_dict(payload["model"])
+        self.model, self.vocab, self.spec = model_from_payload(payload, resume)  # checked, one-line errors
+        self.model_config = self.model.config
         self.epoch, self.step = payload["epoch"], payload["step"]
         self.best_val_loss, self.history = payload["best_val_loss"], payload["history"]
         self.name = payload["run_name"]

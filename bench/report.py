@@ -51,6 +51,15 @@ class TargetReport:
     size_bytes: Optional[int] = None  # the bundle's graphs and their external data
     cold_start: Optional[ColdStart] = None
     notes: list[str] = field(default_factory=list)
+    phone_caption: Optional[Stats] = None  # ms, end to end per phone-size photo (a 12 MP JPEG) at batch 1
+    phone_preprocess: Optional[Stats] = None  # ms per phone-size photo: read the file and preprocess it
+
+    @property
+    def phone_ratio(self) -> Optional[float]:
+        """phone photo caption / caption, medians: how many times a regular photo's caption a phone photo's takes."""
+        if self.phone_caption is None:
+            return None
+        return self.phone_caption.median / max(self.caption.median, 1e-12)
 
     @property
     def loop_overhead(self) -> float:
@@ -83,6 +92,9 @@ class TargetReport:
                               and self.batch_speedup(b) is not None},
             "cold_start": self.cold_start.to_dict() if self.cold_start is not None else None,
             "notes": list(self.notes),
+            "phone_caption_ms": self.phone_caption.to_dict() if self.phone_caption is not None else None,
+            "phone_preprocess_ms": self.phone_preprocess.to_dict() if self.phone_preprocess is not None else None,
+            "phone_ratio": self.phone_ratio,
         }
 
 
@@ -174,7 +186,14 @@ def target_rows(report: dict[str, Any]) -> list[tuple[list[str], list[list[str]]
              [[t["name"], _stat((t.get("cold_start") or {}).get("wall")),
                _fmt((t.get("cold_start") or {}).get("peak_rss_mb"), 0),
                _fmt(t["size_bytes"] / 1e6, 1) if t.get("size_bytes") else "-"] for t in targets])
-    return [latency, batches, start]
+    tables = [latency, batches, start]
+    if any(t.get("phone_caption_ms") for t in targets):
+        tables.append((["target", "caption ms", "phone photo caption ms", "phone photo / caption",
+                        "preprocess ms", "phone photo preprocess ms"],
+                       [[t["name"], _stat(t["caption_ms"]), _stat(t.get("phone_caption_ms")),
+                         _fmt(t.get("phone_ratio"), 2, "x"), _stat(t["preprocess_ms"]),
+                         _stat(t.get("phone_preprocess_ms"))] for t in targets]))
+    return tables
 
 
 def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -96,12 +96,16 @@ class CaptionerTimer:
 
     ``images``: what :meth:`caption` and :meth:`preprocess` read, in turn; the first, preprocessed,
     is the input of the encoder, of the steps and of the loop (batch 1). :meth:`decode` and
-    :meth:`loop` count the steps they ran into :attr:`steps`."""
+    :meth:`loop` count the steps they ran into :attr:`steps`. ``phone_images``: phone-size photos
+    that :meth:`phone_caption` and :meth:`phone_preprocess` read, in turn; with them each round
+    also runs PHONE_ROUND (:attr:`round`)."""
 
     ROUND = ("encoder", "decode", "cold_step", "caption", "preprocess")  # one round's calls, in order
+    PHONE_ROUND = ("phone_caption", "phone_preprocess")  # after ROUND, with phone_images
     SELF_TIMED = frozenset({"decode", "cold_step"})  # calls that return their own figure, seconds
 
-    def __init__(self, captioner: Any, images: Sequence[ImageSource], max_length: int):
+    def __init__(self, captioner: Any, images: Sequence[ImageSource], max_length: int,
+                 phone_images: Sequence[ImageSource] = ()):
         self.captioner = captioner
         self.inference, self.vocab, self.spec = captioner.inference, captioner.vocab, captioner.spec
         self.max_length = max_length
@@ -112,6 +116,9 @@ class CaptionerTimer:
         self.cached = TimedInference(self.inference, encoded=self.inference.encode(self.pixels))  # the loop from an encoded state
         self.fresh = TimedInference(self.inference)  # the loop right after the caption's own encoder run
         self._next_image = itertools.cycle(images).__next__
+        self.phone_images = list(phone_images)
+        self._next_phone = itertools.cycle(self.phone_images).__next__
+        self.round = self.ROUND + (self.PHONE_ROUND if self.phone_images else ())
         self.steps: list[int] = []  # steps run by each decode and loop call
 
     # -- the timed calls ----------------------------------------------------------------------------------------------
@@ -136,6 +143,14 @@ class CaptionerTimer:
     def preprocess(self) -> Any:
         """Reading and preprocessing one image file (the caller times it)."""
         return preprocess(self._next_image(), self.spec)
+
+    def phone_caption(self) -> Any:
+        """One phone-size photo to its caption, end to end (the caller times it)."""
+        return self.captioner.caption(self._next_phone(), max_length=self.max_length)
+
+    def phone_preprocess(self) -> Any:
+        """Reading and preprocessing one phone-size photo (the caller times it)."""
+        return preprocess(self._next_phone(), self.spec)
 
     def step_chain(self) -> float:
         """Seconds per step of a chain of ``max_length`` isolated steps: a mean over a chain, so that
@@ -165,7 +180,7 @@ class CaptionerTimer:
         """The order of one round's calls, even rounds then odd ones. Whatever runs first after
         another kind of call is slower (its weights and buffers are no longer in the caches), so the
         two sides of the decode overhead ratio (decode, cold_step) take turns at going first."""
-        even, odd = list(self.ROUND), list(self.ROUND)
+        even, odd = list(self.round), list(self.round)
         first, second = odd.index("decode"), odd.index("cold_step")
         odd[first], odd[second] = odd[second], odd[first]
         return [even, odd]
@@ -177,7 +192,7 @@ class CaptionerTimer:
         a step chain and a loop from an encoded state, which take turns at going first, so that the
         two sides of the loop overhead ratio run under the same conditions, caches warm with the
         step's weights. The steps counted in warm-up rounds are dropped."""
-        samples: dict[str, list[float]] = {key: [] for key in [*self.ROUND, "step", "loop"]}
+        samples: dict[str, list[float]] = {key: [] for key in [*self.round, "step", "loop"]}
         orders = self.round_orders()
         for index in range(warmup + repeats):
             record = index >= warmup
@@ -225,11 +240,14 @@ class CaptionerTimer:
 def bench_captioner(captioner: Any, images: Sequence[ImageSource], *, name: str, runtime: str, precision: str,
                     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, repeats: int = DEFAULT_REPEATS,
                     warmup: int = DEFAULT_WARMUP, max_length: int = DEFAULT_MAX_LENGTH,
-                    progress: Callable[[str], None] = lambda message: None, **extra: Any) -> TargetReport:
+                    progress: Callable[[str], None] = lambda message: None,
+                    phone_images: Sequence[ImageSource] = (), **extra: Any) -> TargetReport:
     """Measures one captioner (a :class:`~capkit.runtime.captioner.Captioner`, over any Inference).
 
     ``images``: what ``caption`` reads (files, for an end-to-end figure); the first is also the
-    encoder's and the loop's input. ``extra``: TargetReport fields (device, threads, source, size_bytes).
+    encoder's and the loop's input. ``phone_images``: phone-size photos, captioned and preprocessed
+    apart (``phone_caption``, ``phone_preprocess``). ``extra``: TargetReport fields (device,
+    threads, source, size_bytes).
 
     The batch-1 figures are taken in ``repeats`` rounds, each round timing every one of them once
     (the isolated step as STEP_CHAINS chains), and the batch figures likewise: a burst
@@ -240,8 +258,9 @@ def bench_captioner(captioner: Any, images: Sequence[ImageSource], *, name: str,
     if not batch_sizes or batch_sizes[0] < 1:
         raise BenchError(f"batch sizes must be integers >= 1, got {batch_sizes}")
     check_rounds(repeats, warmup)
-    timer = CaptionerTimer(captioner, images, max_length)
-    progress(f"{name}: batch 1 ({repeats} rounds of encoder, decode, caption, preprocess, step and loop)")
+    timer = CaptionerTimer(captioner, images, max_length, phone_images)
+    phones = ", phone photo caption and preprocess" if timer.phone_images else ""
+    progress(f"{name}: batch 1 ({repeats} rounds of encoder, decode, caption, preprocess{phones}, step and loop)")
     samples = timer.batch_one(repeats, warmup)
     runs = max(1, min(repeats, BATCH_ROUNDS))
     progress(f"{name}: batches {batch_sizes} ({runs} rounds of {max(batch_sizes)} images each)")
@@ -253,6 +272,8 @@ def bench_captioner(captioner: Any, images: Sequence[ImageSource], *, name: str,
         caption=Stats.of(samples["caption"]), preprocess=Stats.of(samples["preprocess"]),
         throughput={b: Stats.of(r, scale=1.0, unit="images/s") for b, r in rates.items()},
         encoder_per_image={b: Stats.of(r) for b, r in encoder_rows.items()},
+        phone_caption=Stats.of(samples["phone_caption"]) if timer.phone_images else None,
+        phone_preprocess=Stats.of(samples["phone_preprocess"]) if timer.phone_images else None,
         device=str(extra.pop("device", getattr(captioner, "device", "cpu"))), threads=extra.pop("threads", {}), **extra)
 
 

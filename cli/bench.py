@@ -43,6 +43,9 @@ def torch_importable() -> bool:
               help="Also measure PyTorch eager on this checkpoint's weights: a .pt file or a run folder (its "
                    "best.pt); needs capkit[train].")
 @images_option("Image file, folder or glob pattern (repeatable) [default: 8 synthetic 640x480 JPEG photos].")
+@click.option("--phone-photos", "phones", type=click.IntRange(0), default=None,
+              help="Synthetic 12-megapixel JPEGs (4032x3024, about 2 MB) captioned apart, for the phone photo / "
+                   "caption ratio [default: 2 with the synthetic photos, 0 with --images].")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Batch sizes for images/s, comma-separated.")
 @device_option
 @threads_option
@@ -57,13 +60,15 @@ def torch_importable() -> bool:
 @click.option("--cold-runs", type=click.IntRange(0), default=3, show_default=True,
               help="Fresh `capkit caption` processes timed per target (0: no cold start, no peak memory).")
 @json_option
-def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str, ...], batch_sizes: str, device: str,
+def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str, ...], phones: Optional[int],
+          batch_sizes: str, device: str,
           threads: Optional[int], step_threads: Optional[int], spin_us: Optional[int], repeats: int, warmup: int,
           max_length: int, cold_runs: int, as_json: bool) -> None:
     """Speed and memory of the ONNX runtime (and of PyTorch eager with --checkpoint), side by side.
 
     Median (p90) of: encoder, one decoder step, the decode loop, a whole caption at batch 1, images/s
-    per batch size, the cold start of `capkit caption IMAGE` and its peak memory; then the ratios.
+    per batch size, the cold start of `capkit caption IMAGE` and its peak memory; then the ratios;
+    and a phone-size photo's caption (12 MP JPEG) against a regular one's (--phone-photos).
     --threads sets ONNX Runtime's intra-op threads of both graphs, and torch's.
 
     \b
@@ -80,7 +85,8 @@ def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str,
         machine = machine_info()
         common = dict(batch_sizes=sizes, repeats=repeats, warmup=warmup, max_length=max_length, progress=status)
         reports = []
-        with ImageSet(images) as image_set:
+        with ImageSet(images, phones=phones) as image_set:
+            common["phone_images"] = image_set.phone_paths
             settings = {"images": image_set.describe(), "batch_sizes": sizes, "repeats": repeats, "warmup": warmup,
                         "max_length": max_length, "decoding": "greedy", "device": device, "threads": threads,
                         "step_threads": step_threads, "spin_us": spin_us, "cold_runs": cold_runs}

@@ -1,7 +1,8 @@
 """`capkit export`: a thin command over :func:`capkit.export.onnx_export.export_checkpoint`.
 
 The bundle folder goes to stdout (or, with ``--json``, the whole report as one JSON object); the
-report goes to stderr. The exit status is 1 when the parity check fails (or on a bad input).
+report goes to stderr. The exit status is 1 when the parity check or an ORT-format check fails
+(or on a bad input).
 torch is imported inside the command only.
 """
 
@@ -26,6 +27,11 @@ from capkit.cli.options import checkpoint_option, echo_json, images_option, json
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Also write an int8 bundle to <out>-int8 (static encoder, dynamic decoder).")
 @click.option("--fp16", is_flag=True, help="Also write an fp16 bundle to <out>-fp16.")
+@click.option("--format", "graph_format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
+              help="ort: also write the graphs in ONNX Runtime's ORT format, for ONNX Runtime Mobile and minimal "
+                   "builds, to <out>-ort (and <out>-int8-ort with --quantize int8), each with the "
+                   "required_operators_and_types.config of both graphs for a reduced build, checked against the "
+                   "ONNX bundle (greedy and seeded sampling). The ONNX bundle is always written: it is the source.")
 @click.option("--force", is_flag=True,
               help="Write into an --out folder that holds other files too: only the bundle's own files are "
                    "replaced, no other file is touched [default: refuse such a folder; an existing bundle is "
@@ -34,13 +40,13 @@ from capkit.cli.options import checkpoint_option, echo_json, images_option, json
                "synthetic images top them up to 32.")
 @json_option
 def export(checkpoint: Optional[str], out_dir: Optional[str], opset: int, check: bool, quantize: Optional[str],
-           fp16: bool, force: bool, images: tuple[str, ...], as_json: bool) -> None:
+           fp16: bool, graph_format: str, force: bool, images: tuple[str, ...], as_json: bool) -> None:
     """Export a checkpoint (default: runs/latest's best.pt) to an ONNX bundle, then check it against PyTorch."""
     with user_errors():
         from capkit.export.onnx_export import export_checkpoint
 
         report = export_checkpoint(checkpoint, out_dir, opset=opset, check=check, quantize=quantize, fp16=fp16,
-                                   parity_images=images, force=force)
+                                   parity_images=images, force=force, graph_format=graph_format)
     status(report.render())
     echo_json(report.to_dict()) if as_json else click.echo(report.bundle)
     if not report.passed:

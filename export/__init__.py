@@ -18,7 +18,9 @@ DEFAULT_OPSET = 17  # the ONNX opset written unless asked otherwise (here, so th
 _EXPORTS = {
     **dict.fromkeys(["DecoderStepModule", "EncoderModule", "ExportError", "ExportReport",
                      "export_checkpoint", "export_model"], "onnx_export"),
-    **dict.fromkeys(["ParityReport", "check_bundle", "sample_images", "synthetic_images"], "checks"),
+    **dict.fromkeys(["OrtCheckReport", "ParityReport", "check_bundle", "check_ort_bundle", "sample_images",
+                     "synthetic_images"], "checks"),
+    **dict.fromkeys(["OrtBundleReport", "convert_bundle", "write_ort_bundle"], "ort_format"),
     **dict.fromkeys(["QuantizationError", "VariantReport", "compare_variant", "convert_fp16", "quantize_int8"],
                     "quantize"),
 }

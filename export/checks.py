@@ -7,6 +7,10 @@ user gives fewer files):
   :class:`~capkit.runtime.onnx_inference.OnnxInference` and PyTorch through
   :class:`~capkit.training.torch_inference.TorchInference`, both in the one ``decode`` loop;
 - seeded temperature sampling: the same sequences too.
+
+An ORT-format bundle (:mod:`capkit.export.ort_format`) is checked against the ONNX bundle it was
+converted from (:func:`check_ort_bundle`): the same greedy and seeded-sampling token sequences on
+the same >= 32 images, its sessions created with ``session.load_model_format = ORT``.
 """
 
 from __future__ import annotations
@@ -160,6 +164,76 @@ def check_bundle(model: CaptionModel, bundle: Bundle, images: Optional[np.ndarra
         temperature=temperature, seed=seed, logprob_max_abs=max(greedy_lp, sampled_lp), problems=problems)
 
 
+@dataclass
+class OrtCheckReport:
+    """An ORT-format bundle against the ONNX bundle it was converted from (:func:`check_ort_bundle`)."""
+    images: int
+    greedy_equal: int  # images whose greedy token sequences are identical
+    greedy_distinct: int  # distinct greedy captions of the ONNX bundle
+    sampled_equal: int
+    temperature: float
+    seed: int
+    logprob_max_abs: float  # over the greedy and sampled captions that agree
+    problems: list[str] = field(default_factory=list)  # load failures
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and self.greedy_equal == self.images and self.sampled_equal == self.images
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    def render(self) -> str:
+        if self.problems:
+            return "  ORT format vs ONNX: " + "; ".join(f"PROBLEM: {p}" for p in self.problems) + "\n  FAILED"
+        return (f"  ORT format vs ONNX on {self.images} images (load_model_format=ORT): greedy sequences equal "
+                f"{self.greedy_equal}/{self.images} ({self.greedy_distinct} distinct), sampled (T={self.temperature:g}, "
+                f"seed {self.seed}) {self.sampled_equal}/{self.images}, log-probability max abs diff "
+                f"{self.logprob_max_abs:.1e}: {'PASSED' if self.passed else 'FAILED'}")
+
+
+def check_ort_bundle(reference: Bundle, ort_bundle: Bundle, images: Optional[np.ndarray] = None, *,
+                     temperature: float = SAMPLING_TEMPERATURE, seed: int = SAMPLING_SEED) -> OrtCheckReport:
+    """``ort_bundle`` (graph_format "ort") against ``reference`` (the ONNX bundle it was converted from),
+    both on the CPU, on ``images`` (float32 (N, 3, H, W); None: 32 synthetic): greedy and seeded-sampling
+    token sequences must be identical. The ORT-format sessions load their graphs with
+    ``session.load_model_format = ORT`` only (OnnxInference does that for an "ort" manifest; checked here)."""
+    from capkit.runtime.onnx_inference import LOAD_MODEL_FORMAT, OnnxInference
+
+    manifest = reference.manifest
+    if images is None:
+        images = sample_images(manifest.preprocess)
+    images = np.ascontiguousarray(images, dtype=np.float32)  # (N, 3, H, W)
+    failed = OrtCheckReport(len(images), 0, 0, 0, temperature, seed, float("inf"))
+    if ort_bundle.manifest.graph_format != "ort":
+        failed.problems.append(f"{ort_bundle.folder}: graph_format is {ort_bundle.manifest.graph_format!r}, not 'ort'")
+        return failed
+    try:
+        ort_inf = OnnxInference(ort_bundle, device="cpu", io_binding=False)
+        onnx_inf = OnnxInference(reference, device="cpu", io_binding=False)
+    except Exception as e:  # BundleError with a one-line reason
+        failed.problems.append(str(e))
+        return failed
+    def ort_only(options: Any) -> bool:
+        try:
+            return options.get_session_config_entry(LOAD_MODEL_FORMAT) == "ORT"
+        except RuntimeError:  # not set
+            return False
+
+    unset = [graph for graph, options in ort_inf._options.items() if not ort_only(options)]
+    if unset:
+        failed.problems.append(f"{ort_bundle.folder}: the {', '.join(unset)} session was not created ORT-format-only")
+        return failed
+    ids = {"start_id": manifest.vocab.start_id, "end_id": manifest.vocab.end_id}
+    greedy = DecodingOptions(max_length=manifest.max_length)
+    sampled = DecodingOptions(max_length=manifest.max_length, temperature=temperature, seed=seed)
+    onnx_greedy = decode(onnx_inf, images, greedy, **ids)
+    greedy_equal, greedy_lp = _same(decode(ort_inf, images, greedy, **ids), onnx_greedy)
+    sampled_equal, sampled_lp = _same(decode(ort_inf, images, sampled, **ids), decode(onnx_inf, images, sampled, **ids))
+    return OrtCheckReport(len(images), greedy_equal, len({r.tokens for r in onnx_greedy}), sampled_equal, temperature,
+                          seed, max(greedy_lp, sampled_lp))
+
+
 def image_files(arguments: Sequence[str | os.PathLike]) -> list[str]:
     """The image files named by ``arguments`` (files, folders, patterns: :func:`~capkit.runtime.inputs.expand_inputs`);
     an argument that names none is an error."""
@@ -170,5 +244,5 @@ def image_files(arguments: Sequence[str | os.PathLike]) -> list[str]:
     return [item.path for item in inputs if item.path is not None]
 
 
-__all__ = ["MIN_IMAGES", "ParityReport", "TOLERANCE", "check_bundle", "check_graphs", "image_files", "sample_images",
-           "synthetic_images"]
+__all__ = ["MIN_IMAGES", "OrtCheckReport", "ParityReport", "TOLERANCE", "check_bundle", "check_graphs",
+           "check_ort_bundle", "image_files", "sample_images", "synthetic_images"]

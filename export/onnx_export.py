@@ -49,6 +49,7 @@ from capkit.runtime.vocab import Vocabulary
 
 if TYPE_CHECKING:
     from capkit.export.checks import ParityReport
+    from capkit.export.ort_format import OrtBundleReport
     from capkit.export.quantize import VariantReport
 
 FIRST_DYNAMO_OPSET = 18  # the torch.export-based exporter implements opset 18 and later only
@@ -254,23 +255,26 @@ class ExportReport:
     seconds: float
     parity: Optional["ParityReport"] = None  # None with check=False
     variants: list["VariantReport"] = field(default_factory=list)
+    ort: list["OrtBundleReport"] = field(default_factory=list)  # --format ort: the ORT-format bundles
 
     @property
     def passed(self) -> bool:
-        """False only when the parity check ran and failed (int8/fp16 are not held to parity)."""
-        return self.parity is None or self.parity.passed
+        """False only when the parity check or an ORT-format check ran and failed (int8/fp16 are not
+        held to parity)."""
+        return (self.parity is None or self.parity.passed) and all(o.passed for o in self.ort)
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "checkpoint": self.checkpoint, "opset": self.opset, "exporter": self.exporter,
                 "seconds": round(self.seconds, 2), "passed": self.passed,
                 "parity": self.parity.to_dict() if self.parity is not None else None,
-                "variants": [v.to_dict() for v in self.variants]}
+                "variants": [v.to_dict() for v in self.variants], "ort": [o.to_dict() for o in self.ort]}
 
     def render(self) -> str:
         lines = [f"exported {self.checkpoint} -> {self.bundle} (opset {self.opset}, {self.exporter} exporter, "
                  f"{self.seconds:.1f}s)"]
         lines.append(self.parity.render() if self.parity is not None else "parity check skipped (--no-check)")
         lines += [v.render() for v in self.variants]
+        lines += [o.render() for o in self.ort]
         return "\n".join(lines)
 
 
@@ -317,19 +321,23 @@ def default_bundle_dir(checkpoint: Path) -> Path:
 def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out_dir: Optional[str | os.PathLike] = None,
                       *, opset: int = DEFAULT_OPSET, check: bool = True, quantize: Optional[str] = None,
                       fp16: bool = False, parity_images: Sequence[str | os.PathLike] = (),
-                      dynamo: Optional[bool] = None, force: bool = False) -> ExportReport:
+                      dynamo: Optional[bool] = None, force: bool = False, graph_format: str = "onnx") -> ExportReport:
     """A checkpoint (a ``.pt`` file, a run folder, or None for ``runs/latest``) -> an fp32 bundle in
     ``out_dir`` (None: ``<run folder>/bundle``, i.e. ``runs/latest/bundle`` for the newest run), its
     parity check against PyTorch, and with ``quantize="int8"`` / ``fp16=True`` the variants
     ``<out_dir>-int8`` / ``<out_dir>-fp16``. ``parity_images``: image files or folders, topped up with
-    synthetic images to 32; they also calibrate int8. Each folder is written as :func:`export_model`
-    writes one (staged, swapped in whole; ``force``: see there)."""
+    synthetic images to 32; they also calibrate int8. ``graph_format="ort"``: also the ORT-format
+    bundles ``<out_dir>-ort`` (and ``<out_dir>-int8-ort`` with int8), checked against their ONNX
+    source unless ``check`` is False (:mod:`capkit.export.ort_format`). Each folder is written as
+    :func:`export_model` writes one (staged, swapped in whole; ``force``: see there)."""
     from capkit.export.checks import check_bundle, image_files, sample_images
     from capkit.export.quantize import write_variant
     from capkit.training.checkpoint import load_model, resolve_checkpoint
 
     if quantize not in (None, "int8"):
         raise ExportError(f"unknown quantization {quantize!r}; int8 is the one there is")
+    if graph_format not in ("onnx", "ort"):
+        raise ExportError(f"unknown graph format {graph_format!r}; onnx or ort")
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     model, vocab, spec, payload = load_model(checkpoint)
@@ -341,8 +349,14 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
     base = Path(os.path.abspath(out))  # "." has no name to add -int8 to
     variants = [write_variant(bundle, precision, base.with_name(f"{base.name}-{precision}"), images, force=force)
                 for precision in (["int8"] if quantize else []) + (["fp16"] if fp16 else [])]
+    ort = []
+    if graph_format == "ort":
+        from capkit.export.ort_format import ORT_PRECISIONS, ort_folder, write_ort_bundle
+
+        sources = [bundle, *(load_bundle(v.folder) for v in variants if v.precision in ORT_PRECISIONS)]
+        ort = [write_ort_bundle(source, ort_folder(source.folder), images, check=check, force=force) for source in sources]
     return ExportReport(str(out), str(checkpoint), int(bundle.manifest.provenance["opset"]),
-                        bundle.manifest.provenance["exporter"], time.perf_counter() - started, parity, variants)
+                        bundle.manifest.provenance["exporter"], time.perf_counter() - started, parity, variants, ort)
 
 
 __all__ = ["DEFAULT_OPSET", "DecoderStepModule", "EncoderModule", "ExportError", "ExportReport", "checkpoint_provenance",

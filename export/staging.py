@@ -37,14 +37,16 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-from capkit.runtime.bundle import DECODER_FILE, ENCODER_FILE, MANIFEST_NAME, load_bundle
+from capkit.runtime.bundle import (DECODER_FILE, ENCODER_FILE, MANIFEST_NAME, OPERATOR_CONFIG_FILE, ORT_DECODER_FILE,
+                                   ORT_ENCODER_FILE, load_bundle)
 from capkit.runtime.errors import CapkitError
 
 STAGING_PREFIX = ".capkit-staging-"
 ASIDE_PREFIX = ".capkit-old-"
 NAME_CHARS = 100  # of the target's name in a staging folder's name (a file name has 255 bytes at most)
 STANDARD_FILES = (MANIFEST_NAME, MANIFEST_NAME + ".tmp", ENCODER_FILE, DECODER_FILE, ENCODER_FILE + ".data",
-                  DECODER_FILE + ".data")  # what capkit writes into a bundle folder
+                  DECODER_FILE + ".data", ORT_ENCODER_FILE, ORT_DECODER_FILE, OPERATOR_CONFIG_FILE)  # what capkit
+# writes into a bundle folder (an ORT-format bundle: the .ort graphs and their operator config)
 RENAME_EXCHANGE = 2  # linux/fs.h
 
 

@@ -28,6 +28,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "capkit.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
+ORT_ENCODER_FILE, ORT_DECODER_FILE = "encoder.ort", "decoder_step.ort"  # an ORT-format bundle's graphs
+OPERATOR_CONFIG_FILE = "required_operators_and_types.config"  # an ORT-format bundle's operator list (for reduced builds)
 RUNS_DIR = Path("runs")  # training writes runs/<name>/ and points runs/latest at the newest
 LATEST_RUN = RUNS_DIR / "latest"
 DEFAULT_BUNDLE = LATEST_RUN / "bundle"  # where `capkit export` writes and `capkit caption` looks by default
@@ -43,6 +45,7 @@ class BundleError(CapkitError):
 # BundleError("<field path>: <problem>") and load_bundle puts the folder in front.
 
 PRECISIONS = ("fp32", "fp16", "int8")
+GRAPH_FORMATS = ("onnx", "ort")  # the graphs' file format: ONNX protobuf, or ONNX Runtime's ORT format (flatbuffers)
 MAX_MANIFEST_DEPTH = 64  # nesting of arrays and objects; capkit writes 4 levels
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # control characters and lone surrogates
@@ -242,6 +245,9 @@ def check_manifest(data: Any, limits: Limits = DEFAULT_LIMITS) -> "Manifest":
     precision = data.get("precision", "fp32")
     if not isinstance(precision, str) or precision not in PRECISIONS:
         raise _fail("precision", f"must be one of {', '.join(PRECISIONS)}, got {_show(precision)}")
+    graph_format = data.get("graph_format", "onnx")  # absent in bundles written before ORT-format bundles
+    if not isinstance(graph_format, str) or graph_format not in GRAPH_FORMATS:
+        raise _fail("graph_format", f"must be one of {', '.join(GRAPH_FORMATS)}, got {_show(graph_format)}")
     model = _object(data.get("model", {}), "model")
     provenance = _object(data.get("provenance", {}), "provenance")
     decoding = decoding_from_dict(data.get("decoding", {}))
@@ -256,7 +262,7 @@ def check_manifest(data: Any, limits: Limits = DEFAULT_LIMITS) -> "Manifest":
         raise BundleError(f"decoding: a number is too large, got {_show(data.get('decoding'))}") from None
     return Manifest(vocab=vocab, preprocess=preprocess, max_length=max_length, encoder=encoder, decoder=decoder,
                     precision=precision, model=model, provenance=provenance, decoding=decoding,
-                    format_version=version)
+                    format_version=version, graph_format=graph_format)
 
 
 def default_bundle() -> Path:
@@ -348,6 +354,7 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)  # run, checkpoint, metrics, versions
     decoding: Optional[DecodingOptions] = None  # default decoding options (None: greedy); max_length is the one above
     format_version: int = FORMAT_VERSION
+    graph_format: str = "onnx"  # onnx | ort: the format of both graph files (ort: load with session.load_model_format=ORT)
 
     def __post_init__(self) -> None:
         decoding = self.decoding or DecodingOptions()
@@ -357,6 +364,7 @@ class Manifest:
         return {
             "format_version": self.format_version,
             "precision": self.precision,
+            "graph_format": self.graph_format,
             "vocab": list(self.vocab.words),
             "special_tokens": self.vocab.special_token_ids(),
             "max_length": self.max_length,
@@ -453,16 +461,30 @@ class Bundle:
     def decoder_path(self) -> Path:
         return _inside(self.folder, self.manifest.decoder.file)
 
-    def files(self) -> list[Path]:
+    def graph_files(self) -> list[Path]:
         """Every file the graphs need: both graphs and the external-data files they name, if any."""
         files = []
         for path in (self.encoder_path, self.decoder_path):
             files += [path, *(_inside(self.folder, name) for name in _external_data_files(path))]
         return files
 
+    def files(self) -> list[Path]:
+        """The bundle's own files besides the manifest: :meth:`graph_files` and, in an ORT-format
+        bundle, its operator config (:data:`OPERATOR_CONFIG_FILE`, an input of reduced ONNX Runtime
+        builds, not needed at run time) where it is a file inside the folder."""
+        files = self.graph_files()
+        if self.manifest.graph_format == "ort":
+            try:
+                config = _inside(self.folder, OPERATOR_CONFIG_FILE)
+            except BundleError:  # a link leading outside: not the bundle's
+                config = None
+            if config is not None and config.is_file():
+                files.append(config)
+        return files
+
     def size_bytes(self) -> int:
-        """Bytes of :meth:`files`: what an app ships (the manifest aside)."""
-        return sum(path.stat().st_size for path in self.files())
+        """Bytes of :meth:`graph_files`: what an app ships (the manifest aside)."""
+        return sum(path.stat().st_size for path in self.graph_files())
 
 
 def _os_reason(error: BaseException) -> str:

@@ -76,7 +76,7 @@ def check_batch_size(batch_size: int, limits: Limits = DEFAULT_LIMITS) -> int:
     return int(batch_size)
 
 
-def _failed(label: Optional[str], error: BaseException) -> Caption:
+def failed_caption(label: Optional[str], error: BaseException) -> Caption:
     """The error Caption of an image that could not be read: one line, naming the image where it has a label."""
     message = " ".join(str(error).split())
     if not isinstance(error, CapkitError):  # an unexpected failure: say what kind
@@ -96,13 +96,15 @@ class Captioner:
 
     Decoding options left out (None) take the bundle's defaults (its manifest's ``decoding``
     block, see docs/bundle.md): ``captioner.defaults``. ``limits`` bounds what one caption may
-    cost (:class:`~capkit.runtime.limits.Limits`).
+    cost (:class:`~capkit.runtime.limits.Limits`). ``fast_decode``: large JPEGs are decoded at
+    reduced scale (libjpeg's DCT scaling, see ``preprocess``); False decodes every pixel, for exact
+    parity with torchvision's transforms.
     """
 
     def __init__(self, bundle: Union[str, os.PathLike, Bundle, None] = None, device: str = "auto",
                  threads: Optional[int] = None, *, verify: bool = True, graph_optimization: str = "all",
                  optimized_model_dir: Union[str, os.PathLike, None] = None, io_binding: Optional[bool] = None,
-                 limits: Limits = DEFAULT_LIMITS):
+                 limits: Limits = DEFAULT_LIMITS, fast_decode: bool = True):
         self.bundle: Optional[Bundle] = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify, limits=limits)
         manifest = self.bundle.manifest
         try:
@@ -113,27 +115,34 @@ class Captioner:
             raise CapkitError("ONNX Runtime is not installed: pip install 'capkit[cpu]' (or 'capkit[gpu]')") from None
         inference = OnnxInference(self.bundle, device=device, threads=threads, graph_optimization=graph_optimization,
                                   optimized_model_dir=optimized_model_dir, io_binding=io_binding, limits=limits)
-        self._setup(inference, manifest.vocab, manifest.preprocess, manifest.decoding, limits)
+        self._setup(inference, manifest.vocab, manifest.preprocess, manifest.decoding, limits, fast_decode)
 
     @classmethod
     def from_inference(cls, inference: Inference, vocab: Vocabulary, spec: PreprocessSpec, max_length: int,
-                       bundle: Optional[Bundle] = None, *, limits: Limits = DEFAULT_LIMITS) -> "Captioner":
+                       bundle: Optional[Bundle] = None, *, limits: Limits = DEFAULT_LIMITS,
+                       fast_decode: bool = True) -> "Captioner":
         """A Captioner over another Inference (e.g. the PyTorch reference): the same preprocessing and
         decoding; its defaults are greedy captions of at most ``max_length`` tokens (a bundle's own
         defaults when ``bundle`` is given)."""
         self = cls.__new__(cls)
         self.bundle = bundle
         defaults = bundle.manifest.decoding if bundle is not None else DecodingOptions(max_length=int(max_length))
-        self._setup(inference, vocab, spec, defaults, limits)
+        self._setup(inference, vocab, spec, defaults, limits, fast_decode)
         return self
 
     def _setup(self, inference: Inference, vocab: Vocabulary, spec: PreprocessSpec, defaults: DecodingOptions,
-               limits: Limits) -> None:
+               limits: Limits, fast_decode: bool) -> None:
         self.inference = inference
         self.vocab = vocab
         self.spec = spec
         self.limits = limits
+        self.fast_decode = bool(fast_decode)
         self.defaults = verify_options(defaults, limits)  # the options a caption gets unless told otherwise
+
+    def preprocess(self, image: ImageSource) -> np.ndarray:
+        """One image -> the encoder's input row, float32 (3, crop, crop), with this captioner's spec,
+        limits and decoding choice (what every caption of it uses)."""
+        return preprocess(image, self.spec, self.limits, fast_decode=self.fast_decode)
 
     @property
     def max_length(self) -> int:
@@ -175,7 +184,7 @@ class Captioner:
         (:class:`~capkit.runtime.preprocess.ImageLimitError`, also a LimitError, for one over ``limits``).
         """
         options = self.options(temperature, top_k, top_p, beam, max_length, seed)
-        pixels = preprocess(image, self.spec, self.limits)[None]  # (1, 3, H, W)
+        pixels = self.preprocess(image)[None]  # (1, 3, H, W)
         return self._captions(pixels, [image_label(image)], options)[0]
 
     def caption_batch(self, images: Iterable[ImageSource], temperature: Optional[float] = None,
@@ -232,9 +241,9 @@ class Captioner:
             except Exception:  # a PathLike whose __fspath__ itself fails: no name, and preprocess reports it
                 label = None
             try:
-                rows.append(preprocess(source, self.spec, self.limits))  # (3, H, W)
+                rows.append(self.preprocess(source))  # (3, H, W)
             except Exception as e:  # anything at all, MemoryError included: this image only; the others go on
-                results[i] = _failed(label, e)
+                results[i] = failed_caption(label, e)
                 continue
             labels.append(label)
             where.append(i)
@@ -242,6 +251,21 @@ class Captioner:
             for i, caption in zip(where, self._captions(np.stack(rows), labels, options)):
                 results[i] = caption
         return results  # type: ignore[return-value]
+
+    def caption_pixels(self, pixels: np.ndarray, labels: list[Optional[str]],
+                       options: Optional[DecodingOptions] = None) -> list[Caption]:
+        """Rows already preprocessed (float32 (B, 3, crop, crop), as :func:`preprocess` gives them, e.g. by
+        reader threads) -> one Caption each, labelled ``labels[i]``, decoded by the same loop as
+        :meth:`caption_batch`. ``options``: from :meth:`options` (checked once), default :attr:`defaults`."""
+        crop = self.spec.crop
+        if (not isinstance(pixels, np.ndarray) or pixels.dtype != np.float32 or pixels.ndim != 4
+                or pixels.shape[1:] != (3, crop, crop) or len(labels) != pixels.shape[0]):
+            raise CapkitError(f"caption_pixels takes float32 (B, 3, {crop}, {crop}) rows and B labels, got "
+                              f"{getattr(pixels, 'dtype', type(pixels).__name__)} {getattr(pixels, 'shape', '')} "
+                              f"and {len(labels)} labels")
+        check_batch_size(pixels.shape[0], self.limits)
+        options = self.defaults if options is None else verify_options(options, self.limits)
+        return self._captions(pixels, list(labels), options)
 
     def _captions(self, pixels: np.ndarray, labels: list[Optional[str]], options: DecodingOptions) -> list[Caption]:
         decoded = decode(self.inference, pixels, options, start_id=self.vocab.start_id, end_id=self.vocab.end_id,

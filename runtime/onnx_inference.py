@@ -79,20 +79,27 @@ def _version(text: str) -> tuple[int, ...]:
 
 DEFAULT_SPIN_US = 200  # how long an idle intra-op thread spins before it sleeps (see OnnxInference)
 SPIN_DURATION_SINCE = (1, 27)  # the first ONNX Runtime with session.intra_op.spin_duration_us
+LOAD_MODEL_FORMAT = "session.load_model_format"  # "ORT": the session reads the file as an ORT-format model only
 
 
 def session_options(threads: Optional[int], graph_optimization: str,
-                    spin_us: Optional[int] = DEFAULT_SPIN_US, limits: Limits = DEFAULT_LIMITS) -> ort.SessionOptions:
+                    spin_us: Optional[int] = DEFAULT_SPIN_US, limits: Limits = DEFAULT_LIMITS,
+                    graph_format: str = "onnx") -> ort.SessionOptions:
     """ONNX Runtime session options. ``threads``: intra-op threads, at most ``limits.max_threads``
     (LimitError). ``spin_us``: how long idle intra-op threads spin before they
     sleep (0: never; None: ONNX Runtime's default, which spins much longer). An ONNX Runtime too old
-    to bound the spin gets no spinning instead."""
+    to bound the spin gets no spinning instead. ``graph_format`` "ort": the session loads the graph
+    as an ORT-format model only (``session.load_model_format = ORT``), as ONNX Runtime Mobile does."""
     if graph_optimization not in GRAPH_OPTIMIZATIONS:
         raise CapkitError(f"unknown graph optimization {graph_optimization!r}; one of {', '.join(GRAPH_OPTIMIZATIONS)}")
     _check_threads(threads, limits=limits)
     if spin_us is not None and (isinstance(spin_us, bool) or not isinstance(spin_us, int) or spin_us < 0):
         raise CapkitError(f"spin must be an integer >= 0 (microseconds), got {spin_us!r}")
+    if graph_format not in ("onnx", "ort"):
+        raise CapkitError(f"unknown graph format {graph_format!r}; onnx or ort")
     options = ort.SessionOptions()
+    if graph_format == "ort":
+        options.add_session_config_entry(LOAD_MODEL_FORMAT, "ORT")
     options.graph_optimization_level = GRAPH_OPTIMIZATIONS[graph_optimization]
     options.intra_op_num_threads = int(threads or 0)  # 0: ONNX Runtime's default (one per physical core)
     options.log_severity_level = QUIET
@@ -202,7 +209,9 @@ class OnnxInference:
     awake (`capkit bench --spin-us` measures the choice).
     ``graph_optimization``: disabled | basic | extended | all. ``optimized_model_dir``: a cache
     folder for the optimised graphs; a later start loads them with optimisation off, which is
-    faster. ``io_binding``: keep the state on the device between steps (None: on for CUDA, off for
+    faster (ignored for an ORT-format bundle, ``graph_format`` "ort" in its manifest: its graphs
+    were optimised when written, and its sessions load them with ``session.load_model_format =
+    ORT``, as ONNX Runtime Mobile does). ``io_binding``: keep the state on the device between steps (None: on for CUDA, off for
     the CPU). ``limits``: ``threads`` and ``step_threads`` above ``limits.max_threads`` raise
     LimitError before any session is built.
 
@@ -231,10 +240,12 @@ class OnnxInference:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.threads = {"encoder": threads, "decoder_step": threads if step_threads is None else step_threads}
         self.spin_us = spin_us
-        self._options = {graph: session_options(n, graph_optimization, spin_us, limits)
+        self.graph_format = self.bundle.manifest.graph_format  # "ort": ORT-format graphs, loaded as such only
+        self._options = {graph: session_options(n, graph_optimization, spin_us, limits, self.graph_format)
                          for graph, n in self.threads.items()}
         self._optimization = graph_optimization
-        self._cache = Path(optimized_model_dir) if optimized_model_dir is not None else None
+        # ORT-format graphs were optimised when they were written: no cache of optimised graphs for them
+        self._cache = Path(optimized_model_dir) if optimized_model_dir is not None and self.graph_format == "onnx" else None
         self.device, self._encoder, self._decoder = self._open(device)
         self.providers: list[str] = self._decoder.get_providers()
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)

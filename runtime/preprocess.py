@@ -111,6 +111,11 @@ class ImageLimitError(ImageError, LimitError):
 
 
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+# Fast decoding of large JPEGs (see preprocess): on by default, chosen by benchmarks/phone_photos.py
+FAST_DECODE = True
+DRAFT_FACTOR = 2  # reduce a JPEG whose shorter side is at least this many times the spec's resize
+DRAFT_OVERSAMPLE = 2  # the reduced image is this many times the resized size where a scale allows (then resized)
+DRAFT_FORMATS = frozenset({"JPEG", "MPO"})  # what libjpeg decodes (MPO: a phone's multi-picture JPEG)
 _PIXEL_CONVERSION_ROWS = 1 << 20  # pixels per strip when a mode conversion goes through numpy or compositing
 
 
@@ -154,7 +159,7 @@ def _pillow_limit(name: str, pixels: Optional[int], limit: Optional[int], which:
     return ImageError(f"{name}: refused as a possible decompression bomb: {what} over {over}")
 
 
-def _open_file(path: Union[str, bytes], name: str) -> io.BufferedReader:
+def open_regular_file(path: Union[str, bytes], name: str) -> io.BufferedReader:
     """The file at ``path`` opened for reading, refused unless it is a regular file. Opened without blocking
     (a FIFO would wait for a writer) and checked on the open descriptor, so nothing can swap it in between."""
     try:
@@ -181,17 +186,27 @@ def _open_file(path: Union[str, bytes], name: str) -> io.BufferedReader:
         raise
 
 
-def _open(source: ImageSource, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
-    """A decoded Pillow image (any mode), its size checked against ``limits`` before its pixels are decoded."""
+Draft = tuple[tuple[int, int], tuple[float, float, float, float]]  # (full size, its box in the reduced image)
+
+
+def _open(source: ImageSource, limits: Limits = DEFAULT_LIMITS,
+          draft_shorter: Optional[int] = None) -> tuple[Image.Image, Optional[Draft]]:
+    """A decoded Pillow image (any mode), its size checked against ``limits`` before its pixels are decoded.
+
+    ``draft_shorter``: when given, a JPEG file (path or bytes) whose shorter side is at least
+    DRAFT_FACTOR times it is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (Pillow's
+    ``draft``), the smallest scale still at least ``resized_size(..., draft_shorter)``; the second
+    item then says so: (the full size, the area of the full image in the reduced one), else None.
+    A caller's Pillow image is never reduced (that would change the caller's object)."""
     name = source_name(source)
     if isinstance(source, Image.Image):
         check_image_size(name, *source.size, limits)  # a lazily opened image still has only its header read
-        return source
+        return source, None
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (3, 4)):
             raise ImageError(f"an image array must be HxWx3 (or HxW, HxWx4) uint8, got {source.dtype} {source.shape}")
         check_image_size(name, source.shape[1], source.shape[0], limits)
-        return Image.fromarray(source)
+        return Image.fromarray(source), None
     if isinstance(source, (bytes, bytearray, memoryview)):
         stream: Any = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
@@ -200,7 +215,7 @@ def _open(source: ImageSource, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
         except Exception as e:  # a PathLike whose __fspath__ fails
             raise ImageError(f"{name}: cannot read: {_one_line(e)}") from None
         if isinstance(path, (str, bytes)):
-            stream = _open_file(path, name)
+            stream = open_regular_file(path, name)
         else:
             raise ImageError(f"unsupported image source of type {type(source).__name__}")
     else:
@@ -227,6 +242,7 @@ def _open(source: ImageSource, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
         check_image_size(name, width, height, limits)
         if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
             raise _pillow_limit(name, width * height, Image.MAX_IMAGE_PIXELS, "PIL.Image.MAX_IMAGE_PIXELS")
+        draft = _draft(img, draft_shorter) if draft_shorter is not None else None
         try:
             img.load()  # decode now, so that truncated or corrupt files fail here
         except Image.DecompressionBombError as e:
@@ -236,7 +252,37 @@ def _open(source: ImageSource, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
             raise ImageError(f"{name}: out of memory decoding {width}x{height} pixels") from None
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, ZeroDivisionError) as e:
             raise ImageError(f"{name}: corrupt or unreadable image ({_one_line(e)})") from None
-    return img
+    return img, draft
+
+
+def draft_scale(width: int, height: int, shorter: int) -> int:
+    """The scale (1, 2, 4 or 8) at which fast decoding reads a ``width`` x ``height`` JPEG for a resize
+    of its shorter side to ``shorter``: the largest that leaves the image DRAFT_OVERSAMPLE times the
+    resized size, so that the final resize still averages a few pixels per pixel; 2 for an image at
+    least DRAFT_FACTOR times ``shorter`` on its shorter side where no scale leaves that much; else 1."""
+    if min(width, height) < DRAFT_FACTOR * shorter:
+        return 1
+    target_width, target_height = resized_size(width, height, shorter)
+    for scale in (8, 4, 2):
+        if width // scale >= DRAFT_OVERSAMPLE * target_width and height // scale >= DRAFT_OVERSAMPLE * target_height:
+            return scale
+    return 2
+
+
+def _draft(img: Image.Image, shorter: int) -> Optional[Draft]:
+    """Asks libjpeg to decode ``img`` (opened, not loaded) at :func:`draft_scale` when it is a JPEG;
+    the :data:`Draft` when it will, else None."""
+    width, height = img.size
+    scale = draft_scale(width, height, shorter)
+    if img.format not in DRAFT_FORMATS or scale == 1:
+        return None
+    try:  # Pillow picks the largest scale that keeps the image at least the size asked for: this one
+        result = img.draft("RGB", (max(1, width // scale), max(1, height // scale)))  # the mode stays (L, RGB, CMYK)
+    except Exception:  # an odd JPEG Pillow cannot reduce: decode it in full, as without a draft
+        return None
+    if result is None or img.size == (width, height):
+        return None
+    return (width, height), tuple(float(v) for v in result[1])  # type: ignore[return-value]
 
 
 def _one_line(error: BaseException) -> str:
@@ -294,12 +340,27 @@ def load_image(source: ImageSource, limits: Limits = DEFAULT_LIMITS) -> Image.Im
     from its header, before its pixels are decoded. Raises :class:`ImageError` with a one-line message
     (:class:`ImageLimitError`, also a ``LimitError``, for an image over a limit). A path must name a
     regular file: a folder, a FIFO, a socket or a device is refused without being read.
+
+    The pixels are always decoded in full (never reduced, see :func:`preprocess`'s ``fast_decode``):
+    training loads its images here, so that they match torchvision's transforms exactly.
     """
-    img = _open(source, limits)
+    return _load(source, limits)
+
+
+def _load(source: ImageSource, limits: Limits = DEFAULT_LIMITS, reduce_for: Optional[PreprocessSpec] = None) -> Image.Image:
+    """:func:`load_image`; with ``reduce_for``, a large JPEG is decoded at reduced scale (see :func:`_open`)
+    and resized at once to ``reduce_for``'s resized size, so that the image returned has that size."""
+    img, draft = _open(source, limits, reduce_for.resize if reduce_for is not None else None)
     name = source_name(source)
     try:
         if isinstance(source, Image.Image) and getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # a caller's image left on a later frame; an opened file is already on its first
+        if draft is not None and reduce_for is not None:
+            # in the stored orientation, the EXIF block (which .convert and .resize keep) turned below; the
+            # box is the full image's area in the reduced one (its last row and column may be partly padding)
+            (full_width, full_height), box = draft
+            img = to_rgb(img).resize(resized_size(full_width, full_height, reduce_for.resize),
+                                     INTERPOLATIONS[reduce_for.interpolation], box=box)
         try:
             img = ImageOps.exif_transpose(img)
         except MemoryError:
@@ -348,12 +409,22 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray((x - mean) / std)  # (3, H, W)
 
 
-def preprocess(source: ImageSource, spec: PreprocessSpec, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+def preprocess(source: ImageSource, spec: PreprocessSpec, limits: Limits = DEFAULT_LIMITS, *,
+               fast_decode: Optional[bool] = None) -> np.ndarray:
     """One image -> the encoder's input row, float32 (3, crop, crop).
 
     Besides :func:`load_image`'s checks, the resized image (shorter side ``spec.resize``) must also fit
-    in ``limits.max_image_pixels``, so that a small image with a long side cannot grow past it."""
-    img = load_image(source, limits)
+    in ``limits.max_image_pixels``, so that a small image with a long side cannot grow past it.
+
+    ``fast_decode`` (None: :data:`FAST_DECODE`): a JPEG file (path or bytes) at least DRAFT_FACTOR
+    times ``spec.resize`` on its shorter side, a phone photo, is decoded at 1/2, 1/4 or 1/8 scale by
+    libjpeg's DCT scaling (:func:`draft_scale`), then resized as always: for a 12-megapixel photo
+    several times faster and 16 times fewer pixels, within a few 8-bit levels of full decoding
+    (benchmarks/phone_photos.py measures it). False: every image decoded in full, bit-identical to
+    torchvision's transforms on :func:`load_image`'s image (what training sees). Other formats,
+    arrays, Pillow images and smaller JPEGs are decoded in full either way."""
+    fast = FAST_DECODE if fast_decode is None else bool(fast_decode)
+    img = _load(source, limits, spec if fast else None)
     width, height = resized_size(img.width, img.height, spec.resize)
     if width * height > limits.max_image_pixels:
         raise ImageLimitError(f"{source_name(source)}: {img.width}x{img.height} resized to a shorter side of "
@@ -368,6 +439,6 @@ def preprocess(source: ImageSource, spec: PreprocessSpec, limits: Limits = DEFAU
 
 
 def preprocess_batch(sources: Sequence[ImageSource], spec: PreprocessSpec,
-                     limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+                     limits: Limits = DEFAULT_LIMITS, *, fast_decode: Optional[bool] = None) -> np.ndarray:
     """Several images -> float32 (B, 3, crop, crop)."""
-    return np.stack([preprocess(s, spec, limits) for s in sources])
+    return np.stack([preprocess(s, spec, limits, fast_decode=fast_decode) for s in sources])

@@ -16,3 +16,32 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]" >&2
   echo "$want" > "$stamp"
 fi
+# The Ray extra (capkit[ray]) for the --ray tests and benchmark: about 80 MB; a failed install is reported, not fatal.
+if ! .venv/bin/python -c "import ray.data" 2>/dev/null; then
+  echo "setup: installing ray[data] (capkit[ray])" >&2
+  .venv/bin/python -m pip install -q "ray[data]>=2.9" >&2 || echo "setup: ray[data] did not install; the Ray tests are skipped" >&2
+fi
+# The JavaScript runtime (clients/js): its npm packages from the committed lock file, installed again only
+# when the lock changes (install scripts skipped: onnxruntime-node's would fetch CUDA binaries), and
+# Chromium for the page's browser test. Without node/npm or apt-get, those tests are skipped, not failed.
+if command -v npm >/dev/null 2>&1; then
+  js_stamp=clients/js/node_modules/.capkit-installed
+  js_want=$(sha256sum clients/js/package-lock.json | cut -d' ' -f1)
+  if [ "$(cat "$js_stamp" 2>/dev/null)" != "$js_want" ]; then
+    echo "setup: npm ci in clients/js" >&2
+    if (cd clients/js && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2); then
+      echo "$js_want" > "$js_stamp"
+    else
+      echo "setup: npm ci failed in clients/js; the JavaScript tests are skipped" >&2
+    fi
+  fi
+else
+  echo "setup: npm not found; the JavaScript tests are skipped" >&2
+fi
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing chromium (apt-get) for the page's browser test" >&2
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium; } >&2 2>/dev/null \
+    || echo "setup: chromium did not install; the browser test is skipped" >&2
+fi

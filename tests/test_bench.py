@@ -59,6 +59,12 @@ def photos(tmp_path_factory) -> list[str]:
     return synthetic_photos(tmp_path_factory.mktemp("photos"), count=3, size=(80, 60))
 
 
+@pytest.fixture(scope="module")
+def phones(tmp_path_factory) -> list[str]:
+    """Stand-ins for phone-size photos: larger JPEGs than `photos` (the tiny model's resize is small)."""
+    return synthetic_photos(tmp_path_factory.mktemp("phones"), count=2, size=(400, 300), prefix="phone")
+
+
 def positive(stats: dict) -> bool:
     return stats["median"] > 0 and stats["p90"] >= stats["median"] and stats["runs"] >= 1
 
@@ -220,8 +226,8 @@ def test_images(tmp_path: Path, photos: list[str]) -> None:
 
 # -- a bundle, PyTorch, the ratios ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def reports(bundle: Path, checkpoint: Path, photos: list[str]):
-    onnx = bench_bundle(bundle, photos, device="cpu", threads=1, cold_runs=1, **FAST)
+def reports(bundle: Path, checkpoint: Path, photos: list[str], phones: list[str]):
+    onnx = bench_bundle(bundle, photos, device="cpu", threads=1, cold_runs=1, phone_images=phones, **FAST)
     eager = bench_checkpoint(checkpoint, photos, device="cpu", threads=1, cold_runs=1, **FAST)
     return onnx, eager
 
@@ -255,6 +261,13 @@ def test_bundle_report(reports, bundle: Path, export_kit) -> None:
     assert cold["output"] == expected  # the child really captioned the image
     if cold["peak_rss_mb"] is not None:
         assert cold["peak_rss_mb"] > 10
+    # phone-size photos: captioned and preprocessed apart, and their caption's ratio to a regular photo's
+    assert positive(data["phone_caption_ms"]) and positive(data["phone_preprocess_ms"])
+    assert data["phone_caption_ms"]["runs"] == data["caption_ms"]["runs"] == 2
+    assert data["phone_ratio"] == pytest.approx(data["phone_caption_ms"]["median"] / data["caption_ms"]["median"])
+    text = render_text({"machine": machine_info(), "settings": {}, "load_after": None, "targets": [data],
+                        "comparisons": []})
+    assert "phone photo / caption" in text and f"{data['phone_ratio']:.2f}x" in text
 
 
 @pytest.mark.slow
@@ -262,6 +275,7 @@ def test_pytorch_report_and_ratios(reports, checkpoint: Path) -> None:
     onnx, eager = reports
     data = eager.to_dict()
     assert data["name"] == "pytorch eager" and data["runtime"] == "pytorch" and data["size_bytes"] is None
+    assert data["phone_caption_ms"] is None and data["phone_ratio"] is None  # measured without phone photos
     assert data["threads"] == {"torch": 1} and torch.get_num_threads() == 1  # restored afterwards
     assert "--checkpoint" in data["cold_start"]["command"] and str(checkpoint) in data["cold_start"]["command"]
     assert data["cold_start"]["output"] == onnx.cold_start.output  # same weights, same caption
@@ -337,6 +351,45 @@ def test_bench_command_text_and_errors(bundle: Path, photos: list[str]) -> None:
     missing = CliRunner().invoke(main, ["bench", "--model", str(Path(photos[0]).parent), "--cold-runs", "0",
                                         "--device", "cpu", "--images", photos[0]])
     assert missing.exit_code == 1 and "Error:" in missing.output and "Traceback" not in missing.output
+
+
+@pytest.mark.slow
+def test_image_set_phone_photos(tmp_path: Path, photos: list[str]) -> None:
+    """Synthetic sets get DEFAULT_PHONE_PHOTOS 12 MP JPEGs by default, named files none unless asked for."""
+    from PIL import Image
+
+    from capkit.bench.images import DEFAULT_PHONE_PHOTOS, PHONE_PHOTO_SIZE
+
+    with ImageSet([], count=1) as synthetic:
+        made = list(synthetic.phone_paths)
+        assert len(made) == DEFAULT_PHONE_PHOTOS and len(synthetic.paths) == 1
+        assert all(Image.open(p).size == PHONE_PHOTO_SIZE == (4032, 3024) for p in made)
+        assert all(1.5e6 < Path(p).stat().st_size < 3e6 for p in made)  # about 2 MB, like a phone's
+        assert "4032x3024" in synthetic.describe()
+    assert not any(Path(p).exists() for p in made)
+    with ImageSet([], count=1, phones=0) as none:
+        assert none.phone_paths == [] and "phone" not in none.describe()
+    with ImageSet([photos[0]]) as named:
+        assert named.phone_paths == [] and named.describe() == "1 image files"
+    with ImageSet([photos[0]], phones=1) as asked:
+        assert len(asked.phone_paths) == 1 and asked.describe().startswith("1 image files + 1 synthetic 4032x3024")
+        made = asked.phone_paths
+    assert not Path(made[0]).exists()
+
+
+@pytest.mark.slow
+def test_bench_command_phone_photos(bundle: Path, photos: list[str]) -> None:
+    args = ["bench", "--model", str(bundle), "--images", photos[0], "--phone-photos", "1", "--repeats", "1",
+            "--warmup", "0", "--cold-runs", "0", "--device", "cpu", "--batch-sizes", "1", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    (target,) = data["targets"]
+    assert "4032x3024" in data["settings"]["images"]
+    assert target["phone_ratio"] == pytest.approx(target["phone_caption_ms"]["median"] / target["caption_ms"]["median"])
+    assert target["phone_preprocess_ms"]["median"] > 0
+    plain = CliRunner().invoke(main, args[:5] + args[7:])  # named images alone: no phone photos
+    assert plain.exit_code == 0 and json.loads(plain.stdout)["targets"][0]["phone_ratio"] is None
 
 
 @pytest.mark.slow

@@ -288,10 +288,10 @@ def test_a_memory_error_is_one_images_error(captioner, good_files, monkeypatch: 
 
     real = module.preprocess
 
-    def flaky(source, spec, limits):
+    def flaky(source, spec, limits, **options):
         if isinstance(source, str) and source == "huge":
             raise MemoryError()
-        return real(source, spec, limits)
+        return real(source, spec, limits, **options)
 
     monkeypatch.setattr(module, "preprocess", flaky)
     results = captioner.caption_batch([good_files[0], "huge", good_files[1]])

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from capkit.runtime.captioner import Captioner
 from capkit.runtime.decoding import decode
 from capkit.runtime.errors import CapkitError
-from capkit.runtime.preprocess import ImageError, preprocess
+from capkit.runtime.preprocess import ImageError
 from capkit.runtime.vocab import tokenize
 from capkit.training import log_to_stderr
 from capkit.training.datasets import CaptionedImage
@@ -71,7 +71,7 @@ def generate_captions(captioner: Captioner, records: Sequence[CaptionedImage], t
         rows, ids = [], []
         for record in records[start:start + batch_size]:
             try:
-                rows.append(preprocess(record.image, captioner.spec))  # (3, H, W)
+                rows.append(captioner.preprocess(record.image))  # (3, H, W)
                 ids.append(record.image_id)
             except ImageError as e:
                 warn(f"skipping unreadable image: {e}")

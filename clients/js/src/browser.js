@@ -1,0 +1,100 @@
+// capkit-js in the browser: Captioner.create(bundleUrl) fetches the bundle, checks sha256 with
+// WebCrypto and runs the graphs with onnxruntime-web (WASM). Images are decoded by the browser
+// (createImageBitmap, EXIF orientation applied), composited onto white, then preprocessed as in Node.
+//
+//   import { Captioner } from './js/browser.js';
+//   const captioner = await Captioner.create('./bundle/');
+//   const { text } = await captioner.caption(file);   // a File, Blob, ArrayBuffer, Uint8Array or URL
+
+import { Captioner as Core } from './captioner.js';
+import { BundleError, ImageError } from './errors.js';
+import { checkImageSize, rgbaToRgb } from './preprocess.js';
+
+export * from './errors.js';
+export { verifyOptions } from './decoding.js';
+
+const hex = (buffer) => Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, '0')).join('');
+
+/** A Blob, bytes or a URL -> RGB pixels, decoded by the browser. */
+async function decodeImage(source, limits) {
+  let blob;
+  let name;
+  if (typeof Blob !== 'undefined' && source instanceof Blob) {
+    blob = source;
+    name = source.name || '<blob>';
+  } else if (source instanceof ArrayBuffer || ArrayBuffer.isView(source)) {
+    blob = new Blob([source]);
+    name = '<bytes>';
+  } else if (typeof source === 'string' || source instanceof URL) {
+    name = String(source);
+    let response;
+    try {
+      response = await fetch(source);
+    } catch (e) {
+      throw new ImageError(`${name}: cannot be fetched (${e.message})`);
+    }
+    if (!response.ok) throw new ImageError(`${name}: cannot be fetched (HTTP ${response.status})`);
+    blob = await response.blob();
+  } else {
+    throw new ImageError(`unsupported image source of type ${source === null ? 'null' : typeof source}`);
+  }
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(blob, { imageOrientation: 'from-image', premultiplyAlpha: 'none', colorSpaceConversion: 'none' });
+  } catch {
+    throw new ImageError(`${name}: corrupt or unreadable image (the browser cannot decode it)`);
+  }
+  try {
+    checkImageSize(name, bitmap.width, bitmap.height, limits);
+    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+    const context = canvas.getContext('2d', { willReadFrequently: true });
+    context.fillStyle = '#ffffff'; // transparent pixels onto white, as the Python runtime does
+    context.fillRect(0, 0, bitmap.width, bitmap.height);
+    context.drawImage(bitmap, 0, 0);
+    const { data } = context.getImageData(0, 0, bitmap.width, bitmap.height);
+    return { image: rgbaToRgb({ width: bitmap.width, height: bitmap.height, data: new Uint8Array(data.buffer) }, false), name };
+  } finally {
+    bitmap.close();
+  }
+}
+
+export class Captioner extends Core {
+  /**
+   * A bundle's URL (a folder ending in /) -> a ready Captioner.
+   * @param {string|URL} bundleUrl
+   * @param {{ort?: any, threads?: number, limits?: object}} [settings] ort: onnxruntime-web's module
+   *   (default: ../ort/ort.wasm.min.mjs next to this file, as `capkit serve-web` serves it);
+   *   threads: WASM threads (more than 1 needs a cross-origin isolated page)
+   * @returns {Promise<Captioner>}
+   */
+  static async create(bundleUrl, { ort, threads = 1, limits } = {}) {
+    const base = new URL(String(bundleUrl).endsWith('/') ? String(bundleUrl) : `${bundleUrl}/`, globalThis.location?.href);
+    if (!ort) ort = await import(new URL('../ort/ort.wasm.min.mjs', import.meta.url).href);
+    ort.env.wasm.numThreads = threads;
+    ort.env.wasm.wasmPaths = new URL('../ort/', import.meta.url).href;
+    const where = String(bundleUrl);
+    const platform = {
+      ort,
+      readFile: async (name, maxBytes = 4 * 1024 ** 3) => {
+        const url = new URL(name, base);
+        if (!url.href.startsWith(base.href)) throw new BundleError(`${where}: ${name} points outside the bundle`);
+        let response;
+        try {
+          response = await fetch(url, { cache: 'no-store' });
+        } catch (e) {
+          throw new BundleError(`${where}: ${name} cannot be fetched (${e.message})`);
+        }
+        if (!response.ok) {
+          throw new BundleError(name === 'capkit.json' && response.status === 404 ? `${where}: not a bundle, capkit.json is missing`
+            : `${where}: ${name} cannot be fetched (HTTP ${response.status})`);
+        }
+        const length = Number(response.headers.get('content-length'));
+        if (length > maxBytes) throw new BundleError(`${where}: ${name} is over the limit of ${maxBytes} bytes`);
+        return new Uint8Array(await response.arrayBuffer());
+      },
+      sha256: async (bytes) => hex(await crypto.subtle.digest('SHA-256', bytes)),
+      decodeImage,
+    };
+    return /** @type {Promise<Captioner>} */ (super.load(where, platform, { limits, sessionOptions: { executionProviders: ['wasm'] } }));
+  }
+}

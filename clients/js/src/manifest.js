@@ -1,0 +1,259 @@
+// capkit.json's schema, as runtime/bundle.py check_manifest reads it: the same fields, ranges and
+// one-line messages ("<field path>: <problem>"); the caller puts the bundle's name in front.
+
+import { BundleError, DEFAULT_LIMITS, formatG, show } from './errors.js';
+import { verifyOptions } from './decoding.js';
+
+export const FORMAT_VERSION = 1;
+export const MANIFEST_NAME = 'capkit.json';
+const SPECIAL_TOKENS = ['<pad>', '<start>', '<end>', '<unk>'];
+const PRECISIONS = ['fp32', 'fp16', 'int8'];
+const GRAPH_FORMATS = ['onnx', 'ort'];
+const INTERPOLATIONS = ['nearest', 'bilinear', 'bicubic', 'lanczos'];
+const PREPROCESS_KEYS = ['resize', 'crop', 'mean', 'std', 'interpolation'];
+const DECODING_FIELDS = ['temperature', 'top_k', 'top_p', 'beam', 'seed'];
+const LEGACY_DECODING_KEYS = { beam_size: 'beam', max_length: null };
+const MAX_DEPTH = 64;
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\ud800-\udfff]/;
+// eslint-disable-next-line no-control-regex
+const NOT_A_WORD = /[\s\u0000-\u001f\u007f-\u009f\ud800-\udfff]/;
+const SHA256 = /^[0-9a-f]{64}$/;
+
+const fail = (path, problem) => new BundleError(`${path}: ${problem}`);
+const isInt = (v) => typeof v === 'number' && Number.isInteger(v);
+const jsonType = (v) => (v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v === 'boolean' ? 'boolean'
+  : typeof v === 'number' ? (Number.isInteger(v) ? 'integer' : 'number') : typeof v === 'string' ? 'string' : 'object');
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+function field(data, key, path) {
+  if (!Object.prototype.hasOwnProperty.call(data, key)) throw fail(path ? `${path}.${key}` : key, 'missing');
+  return data[key];
+}
+
+function object(value, path) {
+  if (!isObject(value)) throw fail(path, `must be an object, got ${jsonType(value)} ${show(value)}`);
+  return value;
+}
+
+function int(value, path, limits, limit) {
+  if (!isInt(value) || value < 1) throw fail(path, `must be an integer >= 1, got ${show(value)}`);
+  if (value > limits[limit]) throw fail(path, `${show(value)} is over the limit of ${formatG(limits[limit])} (Limits.${limit}; raise it to allow more)`);
+  return value;
+}
+
+function name(value, path) {
+  if (typeof value !== 'string' || !value || CONTROL.test(value)) {
+    throw fail(path, `must be a non-empty name without control characters, got ${show(value)}`);
+  }
+  return value;
+}
+
+function names(value, path) {
+  if (!Array.isArray(value) || !value.length) throw fail(path, `must be a non-empty array of names, got ${jsonType(value)} ${show(value)}`);
+  return value.map((v, i) => name(v, `${path}[${i}]`));
+}
+
+function fileName(value, path) {
+  if (typeof value !== 'string' || !value || CONTROL.test(value)) {
+    throw fail(path, `must be a non-empty file name without control characters, got ${show(value)}`);
+  }
+  const parts = value.split(/[\\/]/);
+  if (value.startsWith('/') || value.startsWith('\\') || /^[A-Za-z]:/.test(value) || parts.includes('..')) {
+    throw fail(path, `${show(value)} must be a plain name inside the bundle`);
+  }
+  return value;
+}
+
+function distinct(list, path) {
+  const seen = new Set();
+  for (const n of list) {
+    if (seen.has(n)) throw fail(path, `tensor name ${show(n)} is used twice`);
+    seen.add(n);
+  }
+}
+
+function depthOk(value, most) {
+  const stack = [[value, 1]];
+  while (stack.length) {
+    const [item, depth] = stack.pop();
+    for (const child of Object.values(item)) {
+      if (child !== null && typeof child === 'object') {
+        if (depth + 1 > most) return false;
+        stack.push([child, depth + 1]);
+      }
+    }
+  }
+  return true;
+}
+
+function vocabulary(value, limits) {
+  if (!Array.isArray(value)) throw fail('vocab', `must be an array of words, got ${jsonType(value)} ${show(value)}`);
+  if (value.length > limits.max_vocab_size) {
+    throw fail('vocab', `${value.length} words is over the limit of ${formatG(limits.max_vocab_size)} (Limits.max_vocab_size; raise it to allow more)`);
+  }
+  if (SPECIAL_TOKENS.some((t, i) => value[i] !== t)) {
+    throw fail('vocab', `must start with ${SPECIAL_TOKENS.join(', ')}, got ${show(value.slice(0, 4))}`);
+  }
+  const seen = new Map();
+  value.forEach((word, i) => {
+    if (typeof word !== 'string' || !word || NOT_A_WORD.test(word)) {
+      throw fail(`vocab[${i}]`, `must be a non-empty word without white space or control characters, got ${show(word)}`);
+    }
+    if (seen.has(word)) throw fail(`vocab[${i}]`, `${show(word)} repeats vocab[${seen.get(word)}]; words must be distinct`);
+    seen.set(word, i);
+  });
+  return value;
+}
+
+function specialTokens(value, vocab) {
+  const expected = { pad: 0, start: 1, end: 2, unk: 3 };
+  object(value, 'special_tokens');
+  for (const [key, id] of Object.entries(value)) {
+    if (!(key in expected)) throw fail('special_tokens', `unknown token ${show(key.slice(0, 40))} (known: ${Object.keys(expected).join(', ')})`);
+    if (!isInt(id) || id < 0 || id >= vocab.length) throw fail(`special_tokens.${key}`, `must be a token id in 0..${vocab.length - 1}, got ${show(id)}`);
+    if (id !== expected[key]) throw fail(`special_tokens.${key}`, `is ${id}, but the vocabulary has ${vocab[expected[key]]} at ${expected[key]}`);
+  }
+  for (const key of Object.keys(expected)) if (!(key in value)) throw fail(`special_tokens.${key}`, 'missing');
+}
+
+function preprocessSpec(data) {
+  if (!isObject(data)) throw fail('preprocess', `must be an object, got ${jsonType(data)}`);
+  const unknown = Object.keys(data).filter((k) => !PREPROCESS_KEYS.includes(k));
+  if (unknown.length) throw fail('preprocess', `unknown key ${show(unknown[0].slice(0, 40))} (known: ${PREPROCESS_KEYS.join(', ')})`);
+  const missing = PREPROCESS_KEYS.slice(0, 4).filter((k) => !(k in data));
+  if (missing.length) throw fail(`preprocess.${missing[0]}`, 'missing');
+  const interpolation = data.interpolation ?? 'bilinear';
+  if (typeof interpolation !== 'string' || !INTERPOLATIONS.includes(interpolation)) {
+    throw fail('preprocess.interpolation', `must be one of ${INTERPOLATIONS.join(', ')}, got ${show(interpolation)}`);
+  }
+  for (const key of ['resize', 'crop']) {
+    if (!isInt(data[key]) || data[key] < 1) throw fail(`preprocess.${key}`, `must be an integer >= 1, got ${show(data[key])}`);
+  }
+  for (const [key, positive] of [['mean', false], ['std', true]]) {
+    const v = data[key];
+    if (!(Array.isArray(v) && v.length === 3 && v.every((x) => typeof x === 'number' && Number.isFinite(x) && (!positive || x > 0)))) {
+      throw fail(`preprocess.${key}`, `must be 3 finite numbers${positive ? ' > 0' : ''}, got ${show(v)}`);
+    }
+  }
+  return { resize: data.resize, crop: data.crop, mean: data.mean.map(Number), std: data.std.map(Number), interpolation };
+}
+
+function graphCommon(data, path) {
+  object(data, path);
+  const file = fileName(field(data, 'file', path), `${path}.file`);
+  const sha256 = field(data, 'sha256', path);
+  if (typeof sha256 !== 'string' || !SHA256.test(sha256)) throw fail(`${path}.sha256`, `must be 64 lower-case hex digits, got ${show(sha256)}`);
+  return { file, sha256 };
+}
+
+function encoderGraph(data) {
+  const path = 'graphs.encoder';
+  const common = graphCommon(data, path);
+  const imageInput = name(field(data, 'image_input', path), `${path}.image_input`);
+  const stateOutputs = names(field(data, 'state_outputs', path), `${path}.state_outputs`);
+  distinct(stateOutputs, `${path}.state_outputs`);
+  return { ...common, imageInput, stateOutputs };
+}
+
+function decoderGraph(data) {
+  const path = 'graphs.decoder_step';
+  const common = graphCommon(data, path);
+  const tokenInput = name(field(data, 'token_input', path), `${path}.token_input`);
+  const stateInputs = names(field(data, 'state_inputs', path), `${path}.state_inputs`);
+  const logitsOutput = name(field(data, 'logits_output', path), `${path}.logits_output`);
+  const stateOutputs = names(field(data, 'state_outputs', path), `${path}.state_outputs`);
+  const [nextToken, nextLogprob] = ['next_token_output', 'next_logprob_output']
+    .map((key) => (data[key] == null ? null : name(data[key], `${path}.${key}`)));
+  if ((nextToken === null) !== (nextLogprob === null)) throw fail(path, 'names next_token_output or next_logprob_output without the other');
+  distinct([tokenInput, ...stateInputs], `${path} inputs`);
+  distinct([logitsOutput, ...stateOutputs, ...(nextToken ? [nextToken, nextLogprob] : [])], `${path} outputs`);
+  return { ...common, tokenInput, stateInputs, logitsOutput, stateOutputs, nextTokenOutput: nextToken, nextLogprobOutput: nextLogprob };
+}
+
+function decodingBlock(data) {
+  if (!isObject(data)) throw new BundleError(`decoding must be an object, got ${jsonType(data)}`);
+  const values = {};
+  for (const [key, value] of Object.entries(data)) {
+    const mapped = key in LEGACY_DECODING_KEYS ? LEGACY_DECODING_KEYS[key] : key;
+    if (mapped === null) continue;
+    if (!DECODING_FIELDS.includes(mapped)) throw new BundleError(`decoding: unknown option ${show(key)} (known: ${DECODING_FIELDS.join(', ')})`);
+    values[mapped] = value;
+  }
+  return values;
+}
+
+/**
+ * @typedef {object} Manifest
+ * @property {string[]} vocab
+ * @property {number} maxLength
+ * @property {import('./preprocess.js').PreprocessSpec} preprocess
+ * @property {ReturnType<typeof encoderGraph>} encoder
+ * @property {ReturnType<typeof decoderGraph>} decoder
+ * @property {string} precision
+ * @property {string} graphFormat
+ * @property {import('./decoding.js').DecodingOptions} decoding the bundle's default options
+ */
+
+/**
+ * check_manifest: a parsed capkit.json, every field checked once. Throws BundleError, one line.
+ * @param {any} data @returns {Manifest}
+ */
+export function checkManifest(data, limits = DEFAULT_LIMITS) {
+  if (!isObject(data)) throw fail(MANIFEST_NAME, `must be a JSON object, got ${jsonType(data)}`);
+  if (!depthOk(data, MAX_DEPTH)) throw fail(MANIFEST_NAME, `nested deeper than ${MAX_DEPTH} levels`);
+  const version = field(data, 'format_version', '');
+  // JSON.parse reads 1.0 as 1: the raw text is checked by parseManifest
+  if (!isInt(version) || version !== FORMAT_VERSION) {
+    throw fail('format_version', `must be the integer ${FORMAT_VERSION} (the version this capkit reads), got ${show(version)}`);
+  }
+  const vocab = vocabulary(field(data, 'vocab', ''), limits);
+  specialTokens(field(data, 'special_tokens', ''), vocab);
+  const maxLength = int(field(data, 'max_length', ''), 'max_length', limits, 'max_length');
+  const preprocess = preprocessSpec(field(data, 'preprocess', ''));
+  int(preprocess.resize, 'preprocess.resize', limits, 'max_resize');
+  int(preprocess.crop, 'preprocess.crop', limits, 'max_crop');
+  const graphs = object(field(data, 'graphs', ''), 'graphs');
+  const encoder = encoderGraph(field(graphs, 'encoder', 'graphs'));
+  const decoder = decoderGraph(field(graphs, 'decoder_step', 'graphs'));
+  const counts = [encoder.stateOutputs.length, decoder.stateInputs.length, decoder.stateOutputs.length];
+  if (new Set(counts).size !== 1) {
+    throw fail('graphs', `the encoder's state_outputs (${counts[0]}), the decoder_step's state_inputs (${counts[1]}) and state_outputs (${counts[2]}) differ in number`);
+  }
+  const precision = data.precision ?? 'fp32';
+  if (typeof precision !== 'string' || !PRECISIONS.includes(precision)) throw fail('precision', `must be one of ${PRECISIONS.join(', ')}, got ${show(precision)}`);
+  const graphFormat = data.graph_format ?? 'onnx';
+  if (typeof graphFormat !== 'string' || !GRAPH_FORMATS.includes(graphFormat)) throw fail('graph_format', `must be one of ${GRAPH_FORMATS.join(', ')}, got ${show(graphFormat)}`);
+  object(data.model ?? {}, 'model');
+  object(data.provenance ?? {}, 'provenance');
+  const given = decodingBlock(data.decoding ?? {});
+  for (const key of ['temperature', 'beam']) {
+    if (key in given && given[key] === null) throw fail(`decoding.${key}`, 'must be a number, got null (leave it out for the default)');
+  }
+  let decoding;
+  try {
+    decoding = verifyOptions({ temperature: 0, top_k: null, top_p: null, beam: 1, seed: null, ...given, max_length: maxLength }, limits);
+  } catch (e) {
+    throw new BundleError(`decoding: ${e.message}`);
+  }
+  return { vocab, maxLength, preprocess, encoder, decoder, precision, graphFormat, decoding };
+}
+
+/**
+ * capkit.json's text -> the checked Manifest. JSON.parse cannot tell 1 from 1.0, so a format_version
+ * written as a float is refused on the text itself.
+ * @param {string} text
+ */
+export function parseManifest(text, limits = DEFAULT_LIMITS) {
+  let data;
+  try {
+    data = JSON.parse(text);
+  } catch (e) {
+    throw fail(MANIFEST_NAME, `not a valid JSON manifest (${e.message})`);
+  }
+  const raw = /"format_version"\s*:\s*(-?[0-9][0-9.eE+-]*)/.exec(text);
+  if (raw && !/^-?[0-9]+$/.test(raw[1]) && isObject(data) && isInt(data.format_version)) {
+    throw fail('format_version', `must be the integer ${FORMAT_VERSION} (the version this capkit reads), got ${raw[1]}`);
+  }
+  return checkManifest(data, limits);
+}

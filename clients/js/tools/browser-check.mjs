@@ -1,0 +1,81 @@
+#!/usr/bin/env node
+// Used by tests/test_js_parity.py: drives the page (clients/web) in headless Chromium with puppeteer-core.
+//   node tools/browser-check.mjs job.json out.json
+// job: {url, tamperedUrl, image, corrupt, outDir, repeats, threads: [1, 4]}
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import puppeteer from 'puppeteer-core';
+
+const job = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+const out = { pageErrors: [], timings: {} };
+const browser = await puppeteer.launch({
+  executablePath: job.chromium || '/usr/bin/chromium',
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', `--user-data-dir=${mkdtempSync(join(tmpdir(), 'capkit-chromium-'))}`],
+});
+const settled = (page, states) => page.waitForFunction((s) => s.includes(document.body.dataset.state), { timeout: 120000 }, states);
+const read = (page) => page.evaluate(() => ({ state: document.body.dataset.state, caption: document.getElementById('caption').textContent,
+  error: document.getElementById('error').textContent, status: document.getElementById('status').textContent }));
+
+async function open(url) {
+  const page = await browser.newPage();
+  await page.setViewport({ width: 720, height: 640 });
+  page.on('pageerror', (e) => out.pageErrors.push(String(e.message || e)));
+  await page.goto(url);
+  await settled(page, ['ready', 'error']);
+  return page;
+}
+
+async function upload(page, file) {
+  await page.evaluate(() => { document.body.dataset.state = 'busy'; });
+  const input = await page.$('#file');
+  await input.uploadFile(file);
+  await settled(page, ['done', 'error']);
+  return read(page);
+}
+
+try {
+  const page = await open(`${job.url}?threads=1`);
+  out.loaded = await read(page);
+  out.good = await upload(page, job.image);
+  out.good.tokens = await page.evaluate(() => window.capkitLast && window.capkitLast.tokens);
+  await page.screenshot({ path: join(job.outDir, 'page.png') });
+  // bad option: one line on the page, and the page goes on
+  await page.evaluate(() => { document.body.dataset.state = 'busy'; });
+  await page.type('#temperature', '-1');
+  await settled(page, ['done', 'error']);
+  out.badOption = await read(page);
+  await page.$eval('#temperature', (el) => { el.value = ''; });
+  out.corrupt = await upload(page, job.corrupt);
+  out.afterCorrupt = await upload(page, job.image);
+  await page.close();
+
+  const bytes = [...readFileSync(job.image)];
+  for (const threads of job.threads || [1]) {
+    const p = await open(`${job.url}?threads=${threads}`);
+    out.timings[threads] = await p.evaluate(async (data, repeats, n) => {
+      const blob = new Blob([new Uint8Array(data)], { type: 'image/png' });
+      const captioner = window.capkitCaptioner;
+      if (!captioner) return { error: document.getElementById('error').textContent };
+      await captioner.caption(blob); // warm-up
+      const times = [];
+      for (let i = 0; i < repeats; i++) {
+        const t = performance.now();
+        await captioner.caption(blob);
+        times.push(performance.now() - t);
+      }
+      times.sort((a, b) => a - b);
+      return { median_ms: times[Math.floor(times.length / 2)], isolated: crossOriginIsolated, threads: n, cores: navigator.hardwareConcurrency };
+    }, bytes, job.repeats || 20, threads);
+    await p.close();
+  }
+
+  const tampered = await open(job.tamperedUrl);
+  out.tampered = await read(tampered);
+  await tampered.close();
+} finally {
+  await browser.close();
+}
+writeFileSync(process.argv[3], JSON.stringify(out));

@@ -1,0 +1,70 @@
+// The page: choose or drop an image, see its caption; the options re-caption it. The bundle is
+// fetched from ./bundle/ next to this page; nothing is sent anywhere.
+import { Captioner } from './js/browser.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const threads = Number(params.get('threads') || 1);
+let captioner = null;
+let current = null; // the chosen File
+let run = 0;
+
+function show(state, { caption = '', error = '', status = '' } = {}) {
+  document.body.dataset.state = state;
+  $('caption').textContent = caption;
+  $('error').textContent = error;
+  $('status').textContent = status;
+}
+
+/** The option fields: empty -> the bundle's default; a number where one parses, else the text (refused by the checks). */
+function options() {
+  const out = {};
+  for (const name of ['temperature', 'top_k', 'top_p', 'beam', 'seed']) {
+    const text = $(name).value.trim();
+    if (text !== '') out[name] = Number.isNaN(Number(text)) ? text : Number(text);
+  }
+  return out;
+}
+
+async function caption() {
+  if (!captioner || !current) return;
+  const mine = ++run;
+  show('busy', { status: 'Captioning…' });
+  try {
+    const started = performance.now();
+    const result = await captioner.caption(current, options());
+    const ms = performance.now() - started;
+    if (mine !== run) return;
+    window.capkitLast = { ...result, ms };
+    show('done', { caption: result.text || '(no words)', status: `${ms.toFixed(1)} ms, ${threads} WASM thread${threads > 1 ? 's' : ''}` });
+  } catch (e) {
+    if (mine !== run) return;
+    show('error', { error: e.name && e.name.endsWith('Error') && e.name !== 'Error' && e.name !== 'TypeError' ? e.message : `unexpected: ${e.message}` });
+  }
+}
+
+function choose(file) {
+  if (!file) return;
+  current = file;
+  const preview = $('preview');
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(file);
+  caption();
+}
+
+$('file').addEventListener('change', (e) => choose(e.target.files[0]));
+$('options').addEventListener('input', () => caption());
+$('options').addEventListener('submit', (e) => e.preventDefault());
+const drop = $('drop');
+drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); choose(e.dataTransfer.files[0]); });
+
+try {
+  captioner = await Captioner.create(params.get('bundle') || './bundle/', { threads });
+  window.capkitCaptioner = captioner;
+  show('ready', { status: `Ready (${threads} WASM thread${threads > 1 ? 's' : ''}${crossOriginIsolated ? '' : ', not cross-origin isolated'})` });
+  if (current) caption();
+} catch (e) {
+  show('error', { error: e.message, status: 'The model could not be loaded.' });
+}

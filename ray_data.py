@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
-from capkit.runtime.bulk import (BulkError, BulkSummary, KeySet, LineWriter, _progress, iter_inputs, printable,
-                                 read_done)
+from capkit.runtime.bulk import (BulkError, BulkSummary, LineWriter, progress_bar, printable, read_done,
+                                 unseen_inputs)
 from capkit.runtime.captioner import DEFAULT_BATCH_SIZE, Caption
 from capkit.runtime.errors import CapkitError
 
@@ -216,20 +216,11 @@ def run_on_ray(sources: Iterable[Union[str, os.PathLike]], out: Union[str, os.Pa
     context.execution_options.preserve_order = True  # rows in the listing's order
     context.enable_progress_bars = False
     shipped = [ray.put(bundle_files(loaded))]
-    seen = KeySet()
 
     def listed() -> Iterator[Any]:
-        for item in iter_inputs(sources):
-            key = item.path if item.error is None else item.argument
-            if done is not None and key in done.paths:
-                summary.skipped += 1
-            elif key in seen:
-                summary.repeated += 1
-            else:
-                seen.add(key)
-                yield item
+        return unseen_inputs(sources, done.paths if done is not None else None, summary)
 
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     writer = LineWriter(out) if not parquet else None
     parquet_writer = None
     partial = out + ".partial"

@@ -161,20 +161,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     photos = make_photos(WORK / f"photos-{args.images}", args.images)
     try:
         import ray.data  # noqa: F401
-        ray = not args.no_ray
+        use_ray = not args.no_ray
     except ImportError:
         say("ray is not installed: the Ray rows are left out (pip install 'capkit[ray]')")
-        ray = False
+        use_ray = False
     results: dict = {}
     for precision, bundle in (("fp32", fp32), ("int8", int8)):
         runs = results[precision] = {}
         runs["readers=0"] = measure(photos, bundle, "--readers", "0")
         runs[f"readers={args.readers}"] = measure(photos, bundle, "--readers", str(args.readers))
-        if ray:
+        if use_ray:
             runs["ray, 1 worker"] = measure(photos, bundle, "--ray", "--workers", "1", "--threads", "1")
             runs["ray, 2 workers"] = measure(photos, bundle, "--ray", "--workers", "2", "--threads", "1")
     command = "python benchmarks/bulk.py" + (f" --images {args.images}" if args.images != 2000 else "")
-    section = table(results, what, args.images, ray)
+    section = table(results, what, args.images, use_ray)
     print(section)
     if not args.no_readme:
         update_readme(section, command)

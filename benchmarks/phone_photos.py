@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -45,16 +44,11 @@ def say(message: str) -> None:
 
 
 def timed(call: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - started) * 1e3)
-    samples.sort()
-    return {"median_ms": statistics.median(samples), "p90_ms": samples[min(len(samples) - 1, int(0.9 * len(samples)))],
-            "runs": len(samples)}
+    """Median and 90th percentile (ms) of ``repeats`` timed calls after ``warmup`` untimed ones (capkit.bench's)."""
+    from capkit.bench import Stats, measure
+
+    stats = Stats.of(measure(call, repeats, warmup))
+    return {"median_ms": stats.median, "p90_ms": stats.p90, "runs": stats.runs}
 
 
 def levels(a: np.ndarray, b: np.ndarray, spec: Any) -> np.ndarray:

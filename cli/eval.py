@@ -50,7 +50,8 @@ def parse_temperatures(value: Optional[str]) -> Optional[list[float]]:
 def eval_command(model: Optional[str], checkpoint: Optional[str], data: Optional[str], image_dir: Optional[str],
                  split: str, temps: Optional[str], limit: Optional[int], batch_size: int, device: str,
                  threads: Optional[int], progress: bool, as_json: bool, **options) -> None:
-    """BLEU-1..4 and CIDEr on a split, per temperature (the seed report's Table 2 with --temps)."""
+    """BLEU-1..4 and CIDEr on a split, per temperature (the seed report's Table 2 with --temps), of a
+    checkpoint (default: runs/latest) or, with --model, a bundle."""
     decoding = pop_decoding(options)
     temperature, sweep = decoding.pop("temperature"), parse_temperatures(temps)
     if sweep is not None and temperature is not None:
@@ -63,7 +64,7 @@ def eval_command(model: Optional[str], checkpoint: Optional[str], data: Optional
 
         for t in temperatures:
             check_given_options(temperature=t, **decoding)  # before the model and the data are loaded
-        captioner = open_captioner(model, checkpoint, device, threads)
+        captioner = open_captioner(model, checkpoint, device, threads, default="checkpoint")
         source = data or getattr(captioner.inference, "data_source", None)  # a bundle's records are never opened
         if not source:
             raise CapkitError("which dataset? pass --data (a bundle does not say where to find its data)")

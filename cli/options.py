@@ -135,10 +135,12 @@ __all__ = ["DECODING_OPTION_NAMES", "USER_ERRORS", "batch_size_option", "checkpo
            "pop_decoding", "progress_option", "status", "threads_option", "user_errors"]
 
 
-def open_captioner(model: Optional[str], checkpoint: Optional[str], device: str, threads: Optional[int]):
-    """The Captioner a command runs: a bundle (``--model``, default ``$CAPKIT_MODEL`` or runs/latest/bundle)
-    or a checkpoint's PyTorch model (``--checkpoint``, needs capkit[train]), with the runtime's
-    warnings (e.g. "CUDA is not usable, running on the CPU") as one status line each."""
+def open_captioner(model: Optional[str], checkpoint: Optional[str], device: str, threads: Optional[int],
+                   default: str = "bundle"):
+    """The Captioner a command runs: a bundle (``--model``) or a checkpoint's PyTorch model
+    (``--checkpoint``, needs capkit[train]); with neither, ``default``: "bundle" (``$CAPKIT_MODEL``
+    or runs/latest/bundle, as ``capkit caption``) or "checkpoint" (runs/latest, as ``capkit eval``).
+    The runtime's warnings (e.g. "CUDA is not usable, running on the CPU") become one status line each."""
     import warnings
 
     from capkit.runtime.captioner import Captioner
@@ -147,7 +149,7 @@ def open_captioner(model: Optional[str], checkpoint: Optional[str], device: str,
         raise CapkitError("give --model or --checkpoint, not both")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if checkpoint is None:
+        if model is not None or (checkpoint is None and default == "bundle"):
             captioner = Captioner(model, device=device, threads=threads)
         else:
             try:

@@ -362,6 +362,21 @@ class BulkSummary:
         return done + skipped + repeated + rate + failed
 
 
+def unseen_inputs(sources: Iterable[str], done: Optional["KeySet"], summary: Any) -> Iterator[ImageInput]:
+    """The inputs listed by ``sources``, lazily, less those already in ``done`` (counted in
+    ``summary.skipped``) and those listed earlier in this run (``summary.repeated``): each image once."""
+    seen = KeySet()
+    for item in iter_inputs(sources):
+        key = item.path if item.error is None else item.argument
+        if done is not None and key in done:
+            summary.skipped += 1
+        elif key in seen:
+            summary.repeated += 1
+        else:
+            seen.add(key)
+            yield item
+
+
 @dataclass
 class _Read:
     """A reader's result for one listed image: its row, or its error Caption, or skipped (content seen)."""
@@ -394,7 +409,7 @@ def _counter(sources: list[str], stop: threading.Event, found: list[int]) -> Non
         pass
 
 
-def _progress(enabled: Optional[bool]):
+def progress_bar(enabled: Optional[bool]):
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
@@ -438,7 +453,7 @@ def run_bulk(captioner: Captioner, sources: Iterable[Union[str, os.PathLike]], o
     if done.unreadable:
         status(f"Warning: {printable(out)}: {done.unreadable} lines are not captions; their images are captioned again")
     hashing = skip_by == "hash"
-    seen_paths, seen_hashes = KeySet(), KeySet()  # this run's
+    seen_hashes = KeySet()  # this run's
     preprocess_row = captioner.preprocess  # the captioner's spec, limits and decoding choice
 
     def read(item: ImageInput) -> _Read:
@@ -457,21 +472,13 @@ def run_bulk(captioner: Captioner, sources: Iterable[Union[str, os.PathLike]], o
             return _Read(item, error=failed_caption(label, e), sha256=sha)
 
     def listed() -> Iterator[ImageInput]:
-        for item in iter_inputs(sources):
-            key = item.path if item.error is None else item.argument
-            if key in done.paths:
-                summary.skipped += 1
-            elif key in seen_paths:
-                summary.repeated += 1
-            else:
-                seen_paths.add(key)
-                yield item
+        return unseen_inputs(sources, done.paths, summary)
 
     stop = threading.Event()
     counted: list[int] = []
     if count:
         threading.Thread(target=_counter, args=(sources, stop, counted), daemon=True, name="capkit-count").start()
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     writer = LineWriter(out, group, interval)
     pool = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="capkit-reader") if readers else None
     start = time.perf_counter()

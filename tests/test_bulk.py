@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from capkit.runtime import Captioner
-from capkit.runtime.bulk import KeySet, drop_torn_line, iter_inputs, read_done, run_bulk
+from capkit.runtime.bulk import KeySet, drop_torn_line, iter_inputs, run_bulk
 
 torch = pytest.importorskip("torch")
 

@@ -246,7 +246,7 @@ def test_score_captions_uses_the_coco_scorers():
 
 
 @pytest.mark.slow
-def test_eval_cli_prints_the_table_and_json(dataset, tmp_path):
+def test_eval_cli_prints_the_table_and_json(dataset, tmp_path, monkeypatch):
     result = train(config(dataset, tmp_path, epochs=2), model_config(hidden_dim=32, embed_dim=16), log=quiet)
     runner = CliRunner()
     out = runner.invoke(main, ["eval", "--checkpoint", str(result.run_dir), "--temps", "0,1", "--no-progress", "--json",
@@ -257,6 +257,13 @@ def test_eval_cli_prints_the_table_and_json(dataset, tmp_path):
     assert set(data["results"][0]) >= {"temperature", "bleu1", "bleu2", "bleu3", "bleu4", "cider"}
     text = runner.invoke(main, ["eval", "--checkpoint", str(result.run_dir), "--no-progress", "--device", "cpu"])
     assert text.exit_code == 0 and "BLEU-4" in text.stdout and "0 (greedy)" in text.stdout
+    work = tmp_path / "work"  # no --checkpoint or --model: runs/latest's checkpoint (as the demo runs it)
+    work.mkdir()
+    (work / "runs").symlink_to(tmp_path)  # runs/latest -> the run above
+    monkeypatch.chdir(work)
+    default = runner.invoke(main, ["eval", "--no-progress", "--device", "cpu"])
+    assert default.exit_code == 0, default.output
+    assert default.stdout == text.stdout
     bad = runner.invoke(main, ["eval", "--checkpoint", str(tmp_path / "nowhere")])
     assert bad.exit_code != 0 and "no such checkpoint" in bad.output and "Traceback" not in bad.output
     # the library gives the same figures as the command

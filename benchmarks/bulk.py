@@ -61,19 +61,17 @@ def build_random(out: Path) -> None:
 
     from capkit.models import CaptionModel, CaptionModelConfig
     from capkit.runtime.preprocess import PreprocessSpec
-    from capkit.runtime.vocab import SPECIAL_TOKENS
-    from capkit.training.checkpoint import save_checkpoint
+    from capkit.runtime.vocab import SPECIAL_TOKENS, Vocabulary
+    from capkit.training.checkpoint import checkpoint_payload, save_checkpoint
 
     say("building a random-weight ResNet-18 + LSTM and exporting it (fp32, int8)")
     torch.manual_seed(0)
-    words = list(SPECIAL_TOKENS) + [f"word{i}" for i in range(10_000 - len(SPECIAL_TOKENS))]
+    vocab = Vocabulary(SPECIAL_TOKENS + tuple(f"word{i}" for i in range(10_000 - len(SPECIAL_TOKENS))))
     model = CaptionModel(CaptionModelConfig(vocab_size=10_000, encoder="resnet18", decoder="lstm", layers=1,
                                             embed_dim=300, hidden_dim=512)).eval()
     checkpoint = WORK / "random.pt"
-    save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(), "vocab": words,
-                     "preprocess": PreprocessSpec(resize=256, crop=224).to_dict(), "max_length": 20,
-                     "run_name": "bulk-random", "train_config": {}, "data_source": None, "epoch": 0, "step": 0,
-                     "best_val_loss": None, "history": []}, checkpoint)
+    save_checkpoint(checkpoint_payload(model, vocab, PreprocessSpec(resize=256, crop=224), 20, run_name="bulk-random",
+                                       epoch=0, step=0), checkpoint)
     # exit status 1 with bundles written: a random model's near-ties can flip an int8 argmax; still measured
     subprocess.run([*capkit(), "export", "--checkpoint", str(checkpoint), "--out", str(out), "--quantize", "int8"],
                    stdout=subprocess.DEVNULL)

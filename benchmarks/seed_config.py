@@ -69,7 +69,7 @@ def seed_checkpoint(candidate: Optional[str]) -> tuple[Path, str]:
     size, else a random-weight one (built once, then reused)."""
     import torch
 
-    from capkit.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+    from capkit.training.checkpoint import checkpoint_payload, load_checkpoint, resolve_checkpoint, save_checkpoint
 
     if candidate is not None:
         try:
@@ -90,16 +90,14 @@ def seed_checkpoint(candidate: Optional[str]) -> tuple[Path, str]:
             say(f"{path}: rebuilding ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
     from capkit.models import CaptionModel, CaptionModelConfig
     from capkit.runtime.preprocess import PreprocessSpec
-    from capkit.runtime.vocab import SPECIAL_TOKENS
+    from capkit.runtime.vocab import SPECIAL_TOKENS, Vocabulary
 
     say("building the seed-size model with random weights (seed 0)")
     torch.manual_seed(0)
-    words = list(SPECIAL_TOKENS) + [f"word{i}" for i in range(VOCAB_SIZE - len(SPECIAL_TOKENS))]
+    vocab = Vocabulary(SPECIAL_TOKENS + tuple(f"word{i}" for i in range(VOCAB_SIZE - len(SPECIAL_TOKENS))))
     model = CaptionModel(CaptionModelConfig(vocab_size=VOCAB_SIZE, **SEED_MODEL)).eval()
-    save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(), "vocab": words,
-                     "preprocess": PreprocessSpec(resize=RESIZE, crop=CROP).to_dict(), "max_length": MAX_LENGTH,
-                     "run_name": "seed-config-random", "train_config": {}, "data_source": None, "epoch": 0, "step": 0,
-                     "best_val_loss": None, "history": []}, path)
+    save_checkpoint(checkpoint_payload(model, vocab, PreprocessSpec(resize=RESIZE, crop=CROP), MAX_LENGTH,
+                                       run_name="seed-config-random", epoch=0, step=0), path)
     return path, "random weights"
 
 

@@ -25,33 +25,17 @@ torch = pytest.importorskip("torch")
 
 from capkit.cli import main  # noqa: E402
 from capkit.runtime.captioner import Captioner  # noqa: E402
-from capkit.training.checkpoint import save_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(batch_sizes=[1, 2], repeats=2, warmup=1, max_length=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest's
 
 
 @pytest.fixture(scope="module")
 def bundle(export_kit) -> Path:
     return export_kit.bundle("lstm").folder
-
-
-@pytest.fixture(scope="module")
-def checkpoint(export_kit, tmp_path_factory) -> Path:
-    model = export_kit.model("lstm")
-    path = tmp_path_factory.mktemp("run") / "best.pt"
-    save_checkpoint({"model_config": model.config.to_dict(), "model": model.state_dict(),
-                     "vocab": list(export_kit.vocab.words), "preprocess": export_kit.spec.to_dict(),
-                     "max_length": export_kit.max_length, "run_name": "bench-test"}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

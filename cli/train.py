@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Optional
 
 import click
+from click.core import ParameterSource
 
 from capkit.cli.options import config_option, device_option, echo_json, json_option, status, user_errors
 from capkit.models.config import DECODER_KINDS, CaptionModelConfig
@@ -18,6 +19,12 @@ from capkit.runtime.vocab import MIN_VOCAB_SIZE
 from capkit.training.config import LR_SCHEDULES, TrainConfig
 
 MODEL_FIELDS = {f.name for f in dataclasses.fields(CaptionModelConfig)} - {"vocab_size"}
+
+
+def typed_on_command_line(name: str) -> bool:
+    """Whether the option ``name`` of the running command was given by the user (not a default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
 @click.command("train")
@@ -63,15 +70,24 @@ MODEL_FIELDS = {f.name for f in dataclasses.fields(CaptionModelConfig)} - {"voca
 @device_option
 @json_option
 def train(resume: Optional[str], as_json: bool, **options: Any) -> None:
-    """Train a captioning model (no arguments: a small model on the synthetic dataset)."""
+    """Train a captioning model (no arguments: a small model on the synthetic dataset).
+
+    With --resume, the run keeps the configuration it was started with; only the options typed on
+    this command line change it (epochs, patience, max-steps, device, progress, workers)."""
     model_options = {name: options.pop(name) for name in MODEL_FIELDS & options.keys()}
+    typed = [name for name in [*options, *model_options] if typed_on_command_line(name)]
     with user_errors():
         from capkit.training.train import train as run_training
 
+        if resume is not None and set(typed) & MODEL_FIELDS:
+            name = sorted(set(typed) & MODEL_FIELDS)[0]
+            raise click.UsageError(f"--{name.replace('_', '-')} cannot change when resuming (the model is the run's)")
         model_config = CaptionModelConfig(vocab_size=MIN_VOCAB_SIZE, **model_options)  # train() sets the vocabulary's
-        result = run_training(TrainConfig(**options), model_config, resume=resume, log=status)
+        result = run_training(TrainConfig(**options), model_config, resume=resume, log=status,
+                              overrides=typed if resume is not None else None)
     summary = {"run": str(result.run_dir), "epochs": result.epochs, "best_val_loss": result.best_val_loss,
-               "stopped": result.stopped, "skipped_images": result.skipped_images, "history": result.history}
+               "stopped": result.stopped, "skipped_images": result.skipped_images, "history": result.history,
+               "overridden": result.overridden}
     echo_json(summary) if as_json else click.echo(str(result.run_dir))
 
 

@@ -272,3 +272,28 @@ def test_eval_cli_prints_the_table_and_json(dataset, tmp_path, monkeypatch):
     captioner = checkpoint_captioner(result.run_dir, device="cpu")
     direct = evaluate(captioner, load_dataset(str(dataset))["test"], [0.0], progress=False, seed=0)
     assert direct[0].bleu4 == pytest.approx(data["results"][0]["bleu4"])
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_saved_configuration(dataset, tmp_path):
+    """`--resume RUN` continues the run as configured: the command line's defaults do not replace the
+    saved options; an option the user types does (and the summary says so); an option a resumed run
+    cannot change is refused in one line."""
+    runner = CliRunner()
+    first = runner.invoke(main, [*_train_args(dataset, tmp_path, 2), "--json"])
+    assert first.exit_code == 0, first.output
+    run = tmp_path / "run"
+    plain = runner.invoke(main, ["train", "--resume", str(run), "--json"])  # defaults say epochs 10
+    assert plain.exit_code == 0, plain.output
+    summary = json.loads(plain.stdout)
+    assert summary["epochs"] == 2 and summary["overridden"] == {}
+    assert load_checkpoint(run / LAST)["train_config"]["epochs"] == 2
+    more = runner.invoke(main, ["train", "--resume", str(run), "--epochs", "3", "--json"])
+    assert more.exit_code == 0, more.output
+    summary = json.loads(more.stdout)
+    assert summary["epochs"] == 3 and summary["overridden"] == {"epochs": 3}
+    assert "epochs 3 as given" in more.stderr
+    for args, word in ((["--lr", "0.1"], "--lr"), (["--hidden-dim", "64"], "--hidden-dim")):
+        refused = runner.invoke(main, ["train", "--resume", str(run), *args])
+        assert refused.exit_code != 0 and word in refused.stderr and "resuming" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1

@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -46,6 +46,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped_images: int = 0
     stopped: str = "completed"  # completed | early-stopping | max-steps | interrupted
+    overridden: dict[str, Any] = field(default_factory=dict)  # a resumed run's options that differ from its saved ones
 
 
 @dataclass
@@ -173,14 +174,22 @@ class TrainingRun:
     (:meth:`_start_fresh`) or the one a checkpoint holds (:meth:`_restore`), then the optimiser,
     the DDP wrapper and the loaders (:meth:`_prepare`). ``train()`` below drives it."""
 
-    def __init__(self, config: TrainConfig, model_config: Optional[CaptionModelConfig], resume: Optional[Path], log):
+    def __init__(self, config: TrainConfig, model_config: Optional[CaptionModelConfig], resume: Optional[Path], log,
+                 overrides: Optional[Sequence[str]] = None):
         self.dist = Distributed.from_env()
         self.log = log if self.dist.master else (lambda *_: None)
         self.device = self.dist.setup(resolve_torch_device(config.device))
         payload = load_checkpoint(resolve_checkpoint(resume, LAST)) if resume is not None else None
-        if payload is not None:  # the saved configuration, but for what a resumed run may change
-            config = TrainConfig.from_dict({**payload["train_config"],
-                                            **{k: getattr(config, k) for k in RESUME_OVERRIDES}})
+        self.overridden: dict[str, Any] = {}  # what a resumed run changed of its saved configuration
+        if payload is not None:  # the saved configuration, but for the options given to change it
+            changed = RESUME_OVERRIDES if overrides is None else tuple(overrides)
+            refused = [name for name in changed if name not in RESUME_OVERRIDES]
+            if refused:
+                raise TrainingError(f"--{refused[0].replace('_', '-')} cannot change when resuming (the run keeps its "
+                                    f"own); a resumed run may change {', '.join(RESUME_OVERRIDES)}")
+            saved = TrainConfig.from_dict(payload["train_config"])
+            self.overridden = {k: getattr(config, k) for k in changed if getattr(config, k) != getattr(saved, k)}
+            config = dataclasses.replace(saved, **{k: getattr(config, k) for k in changed})
         if config.lr_schedule not in LR_SCHEDULES:
             raise TrainingError(f"unknown learning-rate schedule {config.lr_schedule!r}; one of {', '.join(LR_SCHEDULES)}")
         self.config = config
@@ -358,10 +367,15 @@ class TrainingRun:
 
 
 def train(config: Optional[TrainConfig] = None, model_config: Optional[CaptionModelConfig] = None,
-          resume: Optional[str | os.PathLike] = None, log=log_to_stderr) -> TrainResult:
-    """Trains (or resumes, from ``resume``'s ``last.pt``) and returns where the run was written."""
+          resume: Optional[str | os.PathLike] = None, log=log_to_stderr,
+          overrides: Optional[Sequence[str]] = None) -> TrainResult:
+    """Trains (or resumes, from ``resume``'s ``last.pt``) and returns where the run was written.
+
+    Resuming keeps the run's saved configuration, but for the fields named in ``overrides`` (taken
+    from ``config``; each must be one of RESUME_OVERRIDES). None: all of RESUME_OVERRIDES, as a
+    library caller's ``config`` gives them; the CLI passes only the options the user typed."""
     config = config or TrainConfig()
-    run = TrainingRun(config, model_config, Path(resume) if resume is not None else None, log)
+    run = TrainingRun(config, model_config, Path(resume) if resume is not None else None, log, overrides)
     config = run.config
     try:
         if run.dist.master:
@@ -373,7 +387,8 @@ def train(config: Optional[TrainConfig] = None, model_config: Optional[CaptionMo
             run.log(f"run {run.run_dir}: {run.model_config.encoder} + {run.model_config.layers}-layer "
                     f"{run.model_config.decoder}, {n_params / 1e6:.1f}M parameters, vocabulary {len(run.vocab)}, "
                     f"{len(run.splits['train'])} train / {len(run.splits['val'])} val images, device {run.device}"
-                    + (f", resuming after epoch {run.epoch}" if resume is not None else ""))
+                    + (f", resuming after epoch {run.epoch}" if resume is not None else "")
+                    + (f" ({', '.join(f'{k} {v}' for k, v in run.overridden.items())} as given)" if run.overridden else ""))
         stopped, stale = "completed", 0
         try:
             while run.epoch < config.epochs:
@@ -407,6 +422,7 @@ def train(config: Optional[TrainConfig] = None, model_config: Optional[CaptionMo
             run.log(f"interrupted: saved {run.run_dir / LAST}; continue with `capkit train --resume {run.run_dir}`")
         if run.skipped:
             run.log(f"skipped {len(run.skipped)} unreadable image(s); first: {next(iter(run.skipped.values()))}")
-        return TrainResult(run.run_dir, run.epoch, run.best_val_loss, run.history, len(run.skipped), stopped)
+        return TrainResult(run.run_dir, run.epoch, run.best_val_loss, run.history, len(run.skipped), stopped,
+                           run.overridden)
     finally:
         run.dist.teardown()

@@ -1,5 +1,8 @@
 """`capkit eval`: a thin command over :func:`capkit.training.evaluate.evaluate` (BLEU-1..4, CIDEr).
 
+With several references an image, a last row (``ceiling`` in ``--json``) scores the references
+themselves, each against the others, so a weak model can be told from a hard dataset.
+
 The table (or ``--json``) goes to stdout, progress to stderr. A bundle (``--model``) or a
 checkpoint (``--checkpoint``, the default: runs/latest) is evaluated through the same Captioner
 and decoding options as ``capkit caption``.
@@ -75,7 +78,8 @@ def eval_command(model: Optional[str], checkpoint: Optional[str], data: Optional
                            batch_size=batch_size, **decoding)
     status(f"{results[0].images} {split} images of {source}")
     if as_json:
-        echo_json({"split": split, "data": source, "results": [r.to_dict() for r in results]})
+        echo_json({"split": split, "data": source, "results": [r.to_dict() for r in results],
+                   "ceiling": results.ceiling})
     else:
         click.echo(format_table(results))
 

@@ -87,7 +87,7 @@ def train(resume: Optional[str], as_json: bool, **options: Any) -> None:
                               overrides=typed if resume is not None else None)
     summary = {"run": str(result.run_dir), "epochs": result.epochs, "best_val_loss": result.best_val_loss,
                "stopped": result.stopped, "skipped_images": result.skipped_images, "history": result.history,
-               "overridden": result.overridden}
+               "overridden": result.overridden, "warnings": result.warnings}
     echo_json(summary) if as_json else click.echo(str(result.run_dir))
 
 

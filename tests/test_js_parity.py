@@ -3,7 +3,8 @@
 Python exports the bundles (export_kit), writes the images (the awkward ones of test_preprocess.py and
 a few synthetic photos) and captions them; Node captions them with clients/js; the two must agree:
 greedy and beam-3 tokens on every image, seeded sampling on at least 95% of image-seed pairs, input
-tensors within one 8-bit level (PNG; JPEG, decoded by jpeg-js in Node, within 4). Skipped (not failed) where node or clients/js/node_modules is missing.
+tensors within one 8-bit level, PNG and JPEG alike (Node decodes JPEG with sharp, i.e. libvips with
+libjpeg-turbo, Pillow's decoder). Skipped (not failed) where node or clients/js/node_modules is missing.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def test_node_fixtures_are_what_numpy_and_pillow_give() -> None:
 
 def write_images(folder: Path) -> list[str]:
     """The awkward images of test_preprocess.py and some synthetic photos (PNG, and JPEG below the
-    reduced-decoding threshold, 4:4:4 so that no chroma upsampling is involved)."""
+    reduced-decoding threshold: 4:4:4, 4:2:0, progressive, greyscale, CMYK, and one with an ICC profile
+    that neither runtime applies)."""
     from capkit.export.checks import synthetic_images
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,9 +103,29 @@ def write_images(folder: Path) -> list[str]:
             save(Image.fromarray(pixels), f"photo{i}.jpg", format="JPEG", quality=95, subsampling=0)
         else:
             save(Image.fromarray(pixels), f"photo{i}.png")
+    photo = synthetic_images(1, seed=17)[0][:60]  # JPEG variants jpeg-js decodes differently from libjpeg
+    save(Image.fromarray(photo), "photo420.jpg", format="JPEG", quality=85, subsampling=2)
+    save(Image.fromarray(photo), "progressive.jpg", format="JPEG", quality=90, progressive=True)
+    save(Image.fromarray(photo).convert("L"), "grey.jpg", format="JPEG", quality=90)
+    save(Image.fromarray(photo).convert("CMYK"), "cmyk.jpg", format="JPEG", quality=90)
+    save(Image.fromarray(photo), "icc.jpg", format="JPEG", quality=90, icc_profile=gamma_one_profile())
     big = np.kron(synthetic_images(1, seed=9)[0], np.ones((4, 4, 1), np.uint8))  # a large photo: a strong downscale
     save(Image.fromarray(big), "large.png")
     return paths
+
+
+def gamma_one_profile() -> bytes:
+    """An RGB ICC profile that is not sRGB (lcms's sRGB with gamma 1 curves): applying it would change pixels."""
+    import struct
+
+    from PIL import ImageCms
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    for i in range(struct.unpack(">I", icc[128:132])[0]):
+        tag, offset, _ = struct.unpack(">4sII", icc[132 + 12 * i:144 + 12 * i])
+        if tag in (b"rTRC", b"gTRC", b"bTRC") and icc[offset:offset + 4] == b"para":
+            icc[offset + 12:offset + 16] = struct.pack(">i", 1 << 16)
+    return bytes(icc)
 
 
 def run_node(job: dict, folder: Path, timeout: float = 600) -> dict:
@@ -125,6 +147,7 @@ def test_js_runtime_matches_python(export_kit, tmp_path: Path) -> None:
     job = {"bundles": {kind: str(b.folder) for kind, b in bundles.items()}, "images": images,
            "seeds": list(SEEDS), "sampling": SAMPLING, "random": [[str(seed), 1000] for seed in RANDOM_SEEDS]}
     out = run_node(job, tmp_path)
+    assert out["jpegDecoder"] == "sharp", "sharp does not load in clients/js (npm ci there); jpeg-js is no match for libjpeg"
 
     for seed in RANDOM_SEEDS:  # numpy's default_rng stream, bit for bit
         assert out["random"][str(seed)] == numpy_stream(seed)
@@ -137,10 +160,9 @@ def test_js_runtime_matches_python(export_kit, tmp_path: Path) -> None:
         got = np.asarray(found["tensor"], np.float32).reshape(expected.shape)
         kind = "jpeg" if image.endswith(".jpg") else "png"
         worst[kind] = max(worst[kind], float(np.abs(got - expected).max()) / level)
-        # PNG pixels decode identically, so the resampling alone is compared: within one level. JPEG is
-        # decoded by jpeg-js in Node, whose IDCT and YCbCr conversion round differently from libjpeg's
-        # (3 levels at worst on these noisy photos): within 4 levels.
-        assert np.abs(got - expected).max() <= level * (1 if kind == "png" else 4) * (1 + 1e-6), (image, worst)
+        # PNG (pngjs) and JPEG (sharp: libjpeg-turbo, ISLOW IDCT, fancy upsampling, as in Pillow) pixels
+        # decode identically, so the resampling alone is compared: within one level
+        assert np.abs(got - expected).max() <= level * (1 + 1e-6), (image, worst)
     report = {"tensor_max_levels_png": round(worst["png"], 3), "tensor_max_levels_jpeg": round(worst["jpeg"], 3)}
 
     for kind, bundle in bundles.items():
@@ -152,11 +174,10 @@ def test_js_runtime_matches_python(export_kit, tmp_path: Path) -> None:
             texts.add(greedy.text)
             assert found["greedy"]["tokens"] == list(greedy.tokens), (kind, image)
             assert found["greedy"]["text"] == greedy.text
-            png = image.endswith(".png")  # JPEG pixels differ a little (jpeg-js), and so do their logprobs
-            assert not png or found["greedy"]["logprob"] == pytest.approx(greedy.logprob, rel=1e-5, abs=1e-6)
+            assert found["greedy"]["logprob"] == pytest.approx(greedy.logprob, rel=1e-5, abs=1e-6)
             beam = captioner.caption(image, beam=3)
             assert found["beam"]["tokens"] == list(beam.tokens), (kind, image)
-            assert not png or found["beam"]["logprob"] == pytest.approx(beam.logprob, rel=1e-5, abs=1e-6)
+            assert found["beam"]["logprob"] == pytest.approx(beam.logprob, rel=1e-5, abs=1e-6)
             for seed, tokens in zip(SEEDS, found["sampled"]):
                 total += 1
                 same += tokens == list(captioner.caption(image, seed=seed, **SAMPLING).tokens)

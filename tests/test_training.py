@@ -4,6 +4,7 @@ bad images, cached features, DDP with two processes, evaluation with pycocoevalc
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -23,7 +24,8 @@ from capkit.training.checkpoint import BEST, LAST, CheckpointError, load_checkpo
 from capkit.training.evaluate import evaluate, score_captions
 from capkit.training.synthetic import generate_synthetic
 from capkit.training.torch_inference import checkpoint_captioner
-from capkit.training.train import TrainConfig, TrainingError, train
+from capkit.training.train import (STALL_EPOCHS, TrainConfig, TrainingError, stall_warning, train,
+                                   unigram_baseline)
 
 IMAGE_SIZE = 32
 # conftest's one_torch_thread: small models train as fast on one thread, and two crawl when other
@@ -75,6 +77,9 @@ def test_the_seed_configurations_learn(seed_config, dataset, tmp_path):
     losses = [h["train_loss"] for h in result.history]
     assert len(losses) == 3 and losses[-1] < losses[0] - 0.2
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    if seed_config != "lstm-glove":  # 3 epochs take these below the unigram baseline (GloVe's stays at it): no warning
+        assert result.history[-1]["val_loss"] < result.unigram_baseline
+        assert result.warnings == [] and not any(m.startswith("training stalled") for m in messages)
     payload = load_checkpoint(result.run_dir / BEST)
     assert payload["model_config"]["decoder"] == mc.decoder and payload["model_config"]["layers"] == mc.layers
     assert payload["model_config"]["embed_dim"] == 300 and payload["model_config"]["hidden_dim"] == 512
@@ -97,6 +102,44 @@ def test_run_folder_contents_and_latest_link(dataset, tmp_path):
     assert payload["preprocess"]["crop"] == IMAGE_SIZE
     model, vocab, spec, _ = load_model(run)
     assert len(vocab) == model.config.vocab_size and spec.crop == IMAGE_SIZE
+
+
+def test_unigram_baseline_is_the_entropy_of_the_caption_tokens():
+    from capkit.runtime.vocab import Vocabulary
+
+    # <start> 5 6 <end>, <start> 5 <end> <pad> <pad>: tokens 5 5 6 <end> <end> (start and pad not counted)
+    assert unigram_baseline([[1, 5, 6, 2], [1, 5, 2, 0, 0]]) == pytest.approx(
+        -(2 * 0.4 * math.log(0.4) + 0.2 * math.log(0.2)))
+    captions = ["A dog.", "a cat", "a dog"]  # a x3, dog x2, cat x1, <end> x3: 9 tokens
+    vocab = Vocabulary.build(captions)
+    expected = -(2 * (3 / 9) * math.log(3 / 9) + (2 / 9) * math.log(2 / 9) + (1 / 9) * math.log(1 / 9))
+    assert unigram_baseline(vocab.encode(c) for c in captions) == pytest.approx(expected)
+    assert unigram_baseline([[1, 2]] * 4) == 0.0  # one token: nothing to learn
+    assert math.isnan(unigram_baseline([]))
+
+
+def test_stall_warning_rules():
+    def history(*losses):
+        return [{"epoch": i + 1, "val_loss": v} for i, v in enumerate(losses)]
+
+    assert stall_warning(history(3.0, 2.5, 2.0), baseline=2.8) is None
+    assert stall_warning([], baseline=2.8) is None
+    flat = stall_warning(history(3.0, 2.0, *[2.1] * STALL_EPOCHS), baseline=2.8)
+    assert flat and "not improved for 3 epochs" in flat and "epoch 2" in flat and "unigram" not in flat
+    assert stall_warning(history(3.0, 2.0, *[2.1] * (STALL_EPOCHS - 1)), baseline=2.8) is None
+    high = stall_warning(history(3.5, 3.2, 3.0), baseline=3.0)  # at the baseline counts
+    assert high and "unigram" in high and "not improved" not in high
+    assert len(high.splitlines()) == 1 and "--lr" in high and "--seed" in high and "epochs" in high
+
+
+@pytest.mark.slow
+def test_a_stalled_run_warns_once(dataset, tmp_path):
+    messages: list[str] = []
+    result = train(config(dataset, tmp_path, lr=0.0, epochs=3), model_config(hidden_dim=32, embed_dim=16),
+                   log=messages.append)
+    assert len(result.warnings) == 1 and result.warnings[0].startswith("training stalled")
+    assert [m for m in messages if m.startswith("training stalled")] == result.warnings == messages[-1:]
+    assert result.history[-1]["val_loss"] >= result.unigram_baseline
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):

@@ -45,6 +45,15 @@ class EvalResult:
         return asdict(self)
 
 
+class EvalReport(list):
+    """:func:`evaluate`'s answer: the list of :class:`EvalResult` (one per temperature), as before, and
+    ``ceiling``: the references' own scores (:func:`reference_ceiling`; None with one reference an image)."""
+
+    def __init__(self, results: Sequence[EvalResult] = (), ceiling: Optional[dict[str, float]] = None):
+        super().__init__(results)
+        self.ceiling = ceiling
+
+
 def score_captions(references: dict[str, Sequence[str]], hypotheses: dict[str, str]) -> dict[str, float]:
     """Corpus BLEU-1..4 and CIDEr of one hypothesis per image against its references."""
     from pycocoevalcap.bleu.bleu import Bleu
@@ -56,6 +65,25 @@ def score_captions(references: dict[str, Sequence[str]], hypotheses: dict[str, s
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         cider, _ = Cider().compute_score(gts, res)
     return {"bleu1": bleu[0], "bleu2": bleu[1], "bleu3": bleu[2], "bleu4": bleu[3], "cider": float(cider)}
+
+
+def reference_ceiling(records: Sequence[CaptionedImage]) -> Optional[dict[str, float]]:
+    """The references' own BLEU-1..4 and CIDEr, leave one out: for each k below the smallest number of
+    references an image has, every image's k-th reference is scored against its other references (the
+    same scorers as :func:`score_captions`); the scores are averaged over k. What a captioner that
+    writes like one more annotator would get: a weak model scores well under it, a hard or noisy
+    dataset has a low one. None when an image has fewer than 2 references (or there is no image)."""
+    records = list(records)
+    min_refs = min((len(r.captions) for r in records), default=0)
+    if min_refs < 2:
+        return None
+    totals: dict[str, float] = {}
+    for k in range(min_refs):
+        hypotheses = {r.image_id: r.captions[k] for r in records}
+        references = {r.image_id: [c for j, c in enumerate(r.captions) if j != k] for r in records}
+        for name, value in score_captions(references, hypotheses).items():
+            totals[name] = totals.get(name, 0.0) + value
+    return {name: value / min_refs for name, value in totals.items()}
 
 
 def generate_captions(captioner: Captioner, records: Sequence[CaptionedImage], temperatures: Sequence[Optional[float]],
@@ -89,13 +117,15 @@ def generate_captions(captioner: Captioner, records: Sequence[CaptionedImage], t
 def evaluate(captioner: Captioner, records: Sequence[CaptionedImage],
              temperatures: Sequence[Optional[float]] = DEFAULT_TEMPERATURES, *, limit: Optional[int] = None,
              progress: bool = True, warn: Callable[[str], None] = log_to_stderr, batch_size: int = 32,
-             **options: Any) -> list[EvalResult]:
-    """BLEU-1..4 and CIDEr of ``captioner``'s captions of ``records``, one result per temperature.
-    ``options``: the other decoding options (top_k, top_p, beam, max_length, seed), as ``captioner.options``."""
+             ceiling: bool = True, **options: Any) -> EvalReport:
+    """BLEU-1..4 and CIDEr of ``captioner``'s captions of ``records``, one result per temperature (an
+    :class:`EvalReport`, a list), with the references' own ceiling on the images scored (``ceiling``:
+    whether to compute it). ``options``: the other decoding options (top_k, top_p, beam, max_length,
+    seed), as ``captioner.options``."""
     records = list(records)[:limit] if limit else list(records)
     captions = generate_captions(captioner, records, temperatures, progress=progress, warn=warn,
                                  batch_size=batch_size, **options)
-    results = []
+    results = EvalReport()
     for t in temperatures:
         references = {r.image_id: r.captions for r in records if r.image_id in captions[t]}
         if not references:
@@ -103,13 +133,26 @@ def evaluate(captioner: Captioner, records: Sequence[CaptionedImage],
         scores = score_captions(references, captions[t])
         results.append(EvalResult(temperature=captioner.options(temperature=t, **options).temperature,
                                   images=len(references), **scores))
+    if ceiling:
+        scored = [r for r in records if r.image_id in captions[temperatures[0]]]
+        results.ceiling = reference_ceiling(scored)
     return results
 
 
-def format_table(results: Sequence[EvalResult]) -> str:
-    """The seed report's Table 2 layout: one row per temperature."""
-    lines = [f"{'Temperature':>11}  {'BLEU-1':>6}  {'BLEU-2':>6}  {'BLEU-3':>6}  {'BLEU-4':>6}  {'CIDEr':>6}"]
-    for r in results:
-        label = "0 (greedy)" if r.temperature == 0 else f"{r.temperature:g}"
-        lines.append(f"{label:>11}  {r.bleu1:6.3f}  {r.bleu2:6.3f}  {r.bleu3:6.3f}  {r.bleu4:6.3f}  {r.cider:6.3f}")
+CEILING_LABEL = "references (ceiling)"
+
+
+def format_table(results: Sequence[EvalResult], ceiling: Optional[dict[str, float]] = None) -> str:
+    """The seed report's Table 2 layout: one row per temperature, then the references' ceiling
+    (``ceiling``, default: ``results.ceiling`` of an :class:`EvalReport`) when there is one."""
+    if ceiling is None:
+        ceiling = getattr(results, "ceiling", None)
+    width = max(11, len(CEILING_LABEL)) if ceiling else 11
+    lines = [f"{'Temperature':>{width}}  {'BLEU-1':>6}  {'BLEU-2':>6}  {'BLEU-3':>6}  {'BLEU-4':>6}  {'CIDEr':>6}"]
+    rows = [("0 (greedy)" if r.temperature == 0 else f"{r.temperature:g}", asdict(r)) for r in results]
+    if ceiling:
+        rows.append((CEILING_LABEL, ceiling))
+    for label, s in rows:
+        lines.append(f"{label:>{width}}  {s['bleu1']:6.3f}  {s['bleu2']:6.3f}  {s['bleu3']:6.3f}  {s['bleu4']:6.3f}  "
+                     f"{s['cider']:6.3f}")
     return "\n".join(lines)

@@ -11,9 +11,10 @@ import os
 import random
 import time
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -24,14 +25,14 @@ from tqdm import tqdm
 
 from capkit.models import CaptionModel, CaptionModelConfig
 from capkit.runtime.errors import CapkitError
-from capkit.runtime.vocab import MIN_VOCAB_SIZE, SPECIAL_TOKENS, Vocabulary
+from capkit.runtime.vocab import MIN_VOCAB_SIZE, PAD_ID, SPECIAL_TOKENS, START_ID, Vocabulary
 from capkit.training import log_to_stderr
 from capkit.training.checkpoint import (BEST, LAST, load_checkpoint, model_from_payload, resolve_checkpoint,
                                         save_checkpoint)
 from capkit.training.config import LR_SCHEDULES, TrainConfig
 from capkit.training.torch_inference import resolve_torch_device
-from capkit.training.data import (Batch, CaptionedImages, collate, compute_features, resolve_dataset, spec_for_backbone,
-                                  synthetic_image_size)
+from capkit.training.data import (Batch, CaptionedImages, collate, compute_features, encode_caption, resolve_dataset,
+                                  spec_for_backbone, synthetic_image_size)
 
 
 class TrainingError(CapkitError):
@@ -47,6 +48,8 @@ class TrainResult:
     skipped_images: int = 0
     stopped: str = "completed"  # completed | early-stopping | max-steps | interrupted
     overridden: dict[str, Any] = field(default_factory=dict)  # a resumed run's options that differ from its saved ones
+    warnings: list[str] = field(default_factory=list)  # e.g. the stall warning (stall_warning), logged at the end
+    unigram_baseline: Optional[float] = None  # per-token cross-entropy of the training captions' unigram model
 
 
 @dataclass
@@ -101,6 +104,44 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> tupl
     """(summed cross-entropy over real tokens, number of real tokens); padding is ignored."""
     total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id, reduction="sum")  # ()
     return total, (targets != pad_id).sum()
+
+
+STALL_EPOCHS = 3  # epochs without a better validation loss that make a run "stalled"
+
+
+def unigram_baseline(captions: Iterable[Sequence[int]], pad_id: int = PAD_ID, start_id: int = START_ID) -> float:
+    """Per-token cross-entropy (nats) of a unigram model of ``captions`` (encoded, ``<start> .. <end>``)
+    on themselves: the entropy of their token distribution, ``<end>`` counted, ``<start>`` and
+    ``<pad>`` not (the tokens the validation loss scores). A model that ignores the image and the
+    words before does this well; nan without tokens."""
+    counts = Counter(int(t) for caption in captions for t in caption if int(t) not in (pad_id, start_id))
+    total = sum(counts.values())
+    if not total:
+        return math.nan
+    return -sum(n / total * math.log(n / total) for n in counts.values())
+
+
+def stall_warning(history: Sequence[dict[str, Any]], baseline: Optional[float],
+                  stall_epochs: Optional[int] = STALL_EPOCHS) -> Optional[str]:
+    """One line when the run stalled: its validation loss has not improved for ``stall_epochs`` epochs
+    (None: that rule is off), or its final validation loss is no better than ``baseline`` (the
+    unigram model's); else None."""
+    losses = [h["val_loss"] for h in history]
+    if not losses:
+        return None
+    best = min(range(len(losses)), key=losses.__getitem__)
+    stale, final = len(losses) - 1 - best, losses[-1]
+    reasons = []
+    if stall_epochs is not None and stale >= stall_epochs:
+        reasons.append(f"validation loss has not improved for {stale} epochs (best {losses[best]:.4f} at epoch "
+                       f"{history[best]['epoch']})")
+    if baseline is not None and math.isfinite(baseline) and not final < baseline:
+        reasons.append(f"final validation loss {final:.4f} is no better than a unigram model of the training "
+                       f"captions ({baseline:.4f}, which ignores the image)")
+    if not reasons:
+        return None
+    return ("training stalled: " + "; ".join(reasons) + ". Try more epochs, a lower learning rate "
+            "(--lr), another --seed, or check the data (captions matching their images).")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -422,7 +463,13 @@ def train(config: Optional[TrainConfig] = None, model_config: Optional[CaptionMo
             run.log(f"interrupted: saved {run.run_dir / LAST}; continue with `capkit train --resume {run.run_dir}`")
         if run.skipped:
             run.log(f"skipped {len(run.skipped)} unreadable image(s); first: {next(iter(run.skipped.values()))}")
+        baseline = unigram_baseline(encode_caption(run.vocab, c, config.max_length)
+                                    for r in run.splits["train"] for c in r.captions)
+        # an early stop already says the loss stopped improving: only the baseline rule is news then
+        stalled = stall_warning(run.history, baseline, None if stopped == "early-stopping" else STALL_EPOCHS)
+        if stalled:
+            run.log(stalled)
         return TrainResult(run.run_dir, run.epoch, run.best_val_loss, run.history, len(run.skipped), stopped,
-                           run.overridden)
+                           run.overridden, [stalled] if stalled else [], baseline)
     finally:
         run.dist.teardown()

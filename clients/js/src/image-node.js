@@ -1,20 +1,50 @@
-// Image files in Node: JPEG (jpeg-js) and PNG (pngjs), decoded at full size, with their EXIF
-// orientation, and alpha composited onto white where Pillow would (RGBA, LA, palette with tRNS).
+// Image files in Node: JPEG (sharp, i.e. libvips on libjpeg-turbo's mozjpeg fork, which decodes as the
+// libjpeg-turbo in Pillow does; jpeg-js where sharp cannot load) and PNG (pngjs), decoded at full size,
+// with their EXIF orientation, and alpha composited onto white where Pillow would (RGBA, LA, palette
+// with tRNS). sharp only decodes here: no resize, no rotation (orientation is applyOrientation's).
 
 import jpeg from 'jpeg-js';
 import { PNG } from 'pngjs';
 import { ImageError } from './errors.js';
 import { applyOrientation, checkImageSize, jpegOrientation, pngInfo, rgbaToRgb } from './preprocess.js';
 
-/** A JPEG's size from its SOF marker, or null. @param {Uint8Array} b */
-function jpegSize(b) {
+let sharpModule; // undefined: not tried yet; null: sharp cannot load here (no prebuilt binary for the platform)
+
+async function loadSharp() {
+  if (sharpModule === undefined) {
+    if (process.env.CAPKIT_JS_JPEG_DECODER === 'jpeg-js') {
+      sharpModule = null;
+    } else {
+      try {
+        sharpModule = (await import('sharp')).default;
+      } catch {
+        sharpModule = null;
+      }
+    }
+  }
+  return sharpModule;
+}
+
+/**
+ * Which decoder reads JPEG files here: 'sharp' (libjpeg-turbo's ISLOW IDCT and fancy upsampling, as in
+ * Pillow: the same pixels) or 'jpeg-js' (the fallback where sharp cannot load, or where the environment
+ * sets CAPKIT_JS_JPEG_DECODER=jpeg-js; its IDCT rounds differently, and it upsamples 4:2:0 chroma without
+ * smoothing, so pixels differ from Pillow's).
+ * @returns {Promise<'sharp' | 'jpeg-js'>}
+ */
+export async function jpegDecoder() {
+  return (await loadSharp()) ? 'sharp' : 'jpeg-js';
+}
+
+/** A JPEG's size and number of components from its SOF marker, or null. @param {Uint8Array} b */
+function jpegFrame(b) {
   let i = 2;
   while (i + 9 < b.length && b[i] === 0xff) {
     const marker = b[i + 1];
     if (marker === 0xd8 || (marker >= 0xd0 && marker <= 0xd7) || marker === 0x01) { i += 2; continue; }
     const length = (b[i + 2] << 8) | b[i + 3];
     if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
-      return [(b[i + 7] << 8) | b[i + 8], (b[i + 5] << 8) | b[i + 6]];
+      return { width: (b[i + 7] << 8) | b[i + 8], height: (b[i + 5] << 8) | b[i + 6], components: b[i + 9] };
     }
     if (marker === 0xda) break;
     i += 2 + length;
@@ -25,16 +55,59 @@ function jpegSize(b) {
 const oneLine = (e) => String((e && e.message) || e).split(/\s+/).join(' ').trim() || 'unknown error';
 
 /**
+ * A JPEG with sharp -> RGB pixels as stored (no rotation, no resize), as Pillow's ``convert("RGB")``
+ * gives them: the embedded ICC profile ignored (Pillow does not apply it), greyscale repeated into three
+ * channels, CMYK (Adobe-inverted as libjpeg reads it) turned to RGB with Pillow's cmyk2rgb.
+ * @param {Function} sharp @param {Uint8Array} b @param {{components: number}} frame @param {string} name @param {object} limits
+ */
+async function sharpJpeg(sharp, b, frame, name, limits) {
+  const cmyk = frame.components === 4;
+  let out;
+  try {
+    let pipeline = sharp(b, { failOn: 'error', ignoreIcc: true, autoOrient: false, limitInputPixels: limits.max_image_pixels || false });
+    if (cmyk) pipeline = pipeline.pipelineColourspace('cmyk').toColourspace('cmyk'); // else libvips converts CMYK with a profile
+    out = await pipeline.raw().toBuffer({ resolveWithObject: true });
+  } catch (e) {
+    throw new ImageError(`${name}: corrupt or unreadable image (${oneLine(e)})`);
+  }
+  const { data, info } = out;
+  const n = info.width * info.height;
+  if (info.depth !== 'uchar' || data.length !== n * info.channels || (cmyk ? info.channels !== 4 : info.channels !== 1 && info.channels !== 3)) {
+    throw new ImageError(`${name}: corrupt or unreadable image (${info.channels} channels of ${info.depth} from the JPEG decoder)`);
+  }
+  if (info.channels === 3) return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
+  const rgb = new Uint8Array(n * 3);
+  if (info.channels === 1) {
+    for (let i = 0; i < n; i++) rgb[i * 3] = rgb[i * 3 + 1] = rgb[i * 3 + 2] = data[i];
+  } else {
+    for (let i = 0; i < n; i++) { // Pillow's cmyk2rgb: nk - MULDIV255(c, nk)
+      const nk = 255 - data[i * 4 + 3];
+      for (let c = 0; c < 3; c++) {
+        const t = data[i * 4 + c] * nk + 128;
+        rgb[i * 3 + c] = nk - ((t + (t >> 8)) >> 8);
+      }
+    }
+  }
+  return { width: info.width, height: info.height, data: rgb };
+}
+
+/**
  * Encoded bytes -> RGB pixels, EXIF orientation applied.
  * @param {Uint8Array} bytes @param {string} name @param {object} limits
- * @returns {import('./preprocess.js').RgbImage}
+ * @returns {Promise<import('./preprocess.js').RgbImage>}
  */
-export function decodeImageBytes(bytes, name, limits) {
+export async function decodeImageBytes(bytes, name, limits) {
   const b = bytes;
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) {
-    const size = jpegSize(b);
-    if (!size) throw new ImageError(`${name}: corrupt or unreadable image (no JPEG frame header)`);
-    checkImageSize(name, size[0], size[1], limits);
+    const frame = jpegFrame(b);
+    if (!frame) throw new ImageError(`${name}: corrupt or unreadable image (no JPEG frame header)`);
+    checkImageSize(name, frame.width, frame.height, limits);
+    const sharp = await loadSharp();
+    if (sharp) {
+      const rgb = applyOrientation(await sharpJpeg(sharp, b, frame, name, limits), jpegOrientation(b), 3);
+      checkImageSize(name, rgb.width, rgb.height, limits);
+      return rgb;
+    }
     let decoded;
     try {
       decoded = jpeg.decode(b, { useTArray: true, formatAsRGBA: true, tolerantDecoding: false, maxMemoryUsageInMB: 2048,

@@ -83,7 +83,7 @@ export class Captioner extends Core {
         } else {
           throw new ImageError(`unsupported image source of type ${source === null ? 'null' : typeof source}`);
         }
-        return { image: decodeImageBytes(bytes, name, lims), name };
+        return { image: await decodeImageBytes(bytes, name, lims), name };
       },
     };
     const sessionOptions = threads ? { intraOpNumThreads: threads, interOpNumThreads: 1 } : { interOpNumThreads: 1 };

@@ -60,13 +60,37 @@ test('a graph whose sha256 differs from the manifest is refused before it is loa
   await assert.rejects(Captioner.create(join(folder, 'none')), /no such bundle folder/);
 });
 
-test('corrupt and unknown image bytes give one ImageError line', () => {
+test('corrupt and unknown image bytes give one ImageError line', async () => {
   const cases = [
     [Uint8Array.from([0xff, 0xd8, 0xff, 0xe0, 0, 4, 0, 0, 0, 0]), '<bytes>: corrupt or unreadable image'],
     [Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 13, 10, 26, 10, 0, 0]), '<bytes>: corrupt or unreadable image'],
     [new TextEncoder().encode('hello'), '<bytes>: not an image file'],
   ];
   for (const [bytes, message] of cases) {
-    assert.throws(() => decodeImageBytes(bytes, '<bytes>', DEFAULT_LIMITS), (e) => e instanceof ImageError && e.message.startsWith(message) && !e.message.includes('\n'));
+    await assert.rejects(decodeImageBytes(bytes, '<bytes>', DEFAULT_LIMITS), (e) => e instanceof ImageError && e.message.startsWith(message) && !e.message.includes('\n'));
   }
+});
+
+test('a JPEG decodes at full size, EXIF orientation applied once (sharp never rotates), with sharp where it loads', async () => {
+  const { default: jpeg } = await import('jpeg-js');
+  const { jpegDecoder } = await import('../src/image-node.js');
+  let sharpLoads = true;
+  try { await import('sharp'); } catch { sharpLoads = false; }
+  assert.equal(await jpegDecoder(), sharpLoads && process.env.CAPKIT_JS_JPEG_DECODER !== 'jpeg-js' ? 'sharp' : 'jpeg-js');
+  const [w, h] = [32, 16]; // left half red, right half blue
+  const rgba = new Uint8Array(w * h * 4);
+  for (let i = 0; i < w * h; i++) rgba.set(i % w < w / 2 ? [255, 0, 0, 255] : [0, 0, 255, 255], i * 4);
+  const encoded = jpeg.encode({ width: w, height: h, data: rgba }, 95).data;
+  // an APP1 Exif block (big-endian TIFF, one IFD entry: Orientation = 6, turn 90 degrees clockwise) after SOI
+  const tiff = [0x4d, 0x4d, 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0];
+  const app1 = [0xff, 0xe1, 0, 2 + 6 + tiff.length, 0x45, 0x78, 0x69, 0x66, 0, 0, ...tiff];
+  const rotated = Uint8Array.from([...encoded.subarray(0, 2), ...app1, ...encoded.subarray(2)]);
+  const pixel = (img, x, y) => Array.from(img.data.subarray((y * img.width + x) * 3, (y * img.width + x) * 3 + 3));
+  const near = (got, want) => got.every((v, c) => Math.abs(v - want[c]) <= 8);
+  const plain = await decodeImageBytes(encoded, '<bytes>', DEFAULT_LIMITS);
+  assert.deepEqual([plain.width, plain.height, plain.data.length], [w, h, w * h * 3]);
+  assert.ok(near(pixel(plain, 2, 8), [255, 0, 0]) && near(pixel(plain, w - 3, 8), [0, 0, 255]), 'colours');
+  const turned = await decodeImageBytes(rotated, '<bytes>', DEFAULT_LIMITS);
+  assert.deepEqual([turned.width, turned.height], [h, w]); // turned clockwise: red on top, blue below
+  assert.ok(near(pixel(turned, 8, 2), [255, 0, 0]) && near(pixel(turned, 8, w - 3), [0, 0, 255]), 'orientation');
 });

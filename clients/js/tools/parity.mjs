@@ -4,9 +4,10 @@
 //   node tools/parity.mjs job.json out.json
 import { readFileSync, writeFileSync } from 'node:fs';
 import { Captioner, CapkitError, defaultRng } from '../src/node.js';
+import { jpegDecoder } from '../src/image-node.js';
 
 const job = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-const out = { bundles: {}, random: {}, errors: {} };
+const out = { bundles: {}, random: {}, errors: {}, jpegDecoder: await jpegDecoder() };
 
 for (const [seed, n] of job.random || []) {
   const g = defaultRng(BigInt(seed));

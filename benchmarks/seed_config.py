@@ -23,38 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-REPO = Path(__file__).resolve().parents[1]
+from capkit.benchmarks.common import (README, REPO, capkit, display, export_bundles, first_line, greedy_scores,
+                                      random_checkpoint, replace_section, run_json, say)
+
 WORK = REPO / "benchmarks" / ".cache" / "seed-config"
-README = REPO / "README.md"
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 SECTION_TITLE = "## Performance"
 SEED_MODEL = {"encoder": "resnet50", "decoder": "lstm", "layers": 1, "embed_dim": 300, "hidden_dim": 512}
 VOCAB_SIZE, MAX_LENGTH, RESIZE, CROP = 10_000, 20, 256, 224
 BATCH_SIZES = "1,8,16,32"
 BLEU_TOLERANCE = 0.01
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def capkit(*args: str) -> list[str]:
-    script = Path(sys.executable).with_name("capkit")
-    return [str(script) if script.is_file() else sys.executable, *([] if script.is_file() else ["-m", "capkit"]), *args]
-
-
-def display(command: list[str]) -> str:
-    """A command as a reader would type it: `capkit ...`, paths relative to the repository."""
-    words = ["capkit" if i == 0 and w.endswith("capkit") else w for i, w in enumerate(command)]
-    return " ".join(shlex.quote(os.path.relpath(w, REPO) if os.path.isabs(w) and w.startswith(str(REPO)) else w)
-                    for w in words)
 
 
 # -- the model ----------------------------------------------------------------------------------------------------
@@ -67,9 +49,8 @@ def is_seed_size(payload: dict[str, Any]) -> bool:
 def seed_checkpoint(candidate: Optional[str]) -> tuple[Path, str]:
     """(checkpoint, "trained" | "random weights"): ``candidate`` when it is a trained model of the seed's
     size, else a random-weight one (built once, then reused)."""
-    import torch
-
-    from capkit.training.checkpoint import checkpoint_payload, load_checkpoint, resolve_checkpoint, save_checkpoint
+    from capkit.runtime.preprocess import PreprocessSpec
+    from capkit.training.checkpoint import load_checkpoint, resolve_checkpoint
 
     if candidate is not None:
         try:
@@ -78,42 +59,11 @@ def seed_checkpoint(candidate: Optional[str]) -> tuple[Path, str]:
                 return path, "trained"
             say(f"{path}: not the seed's size; using random weights")
         except Exception as e:  # no such run: random weights
-            say(f"{candidate}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; using random weights")
-    path = WORK / "random" / "best.pt"
-    if path.is_file() and is_seed_size(load_checkpoint(path)):
-        try:
-            from capkit.training.checkpoint import load_model
-
-            load_model(path)  # still loadable by this version of the model code
-            return path, "random weights"
-        except Exception as e:
-            say(f"{path}: rebuilding ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
-    from capkit.models import CaptionModel, CaptionModelConfig
-    from capkit.runtime.preprocess import PreprocessSpec
-    from capkit.runtime.vocab import SPECIAL_TOKENS, Vocabulary
-
-    say("building the seed-size model with random weights (seed 0)")
-    torch.manual_seed(0)
-    vocab = Vocabulary(SPECIAL_TOKENS + tuple(f"word{i}" for i in range(VOCAB_SIZE - len(SPECIAL_TOKENS))))
-    model = CaptionModel(CaptionModelConfig(vocab_size=VOCAB_SIZE, **SEED_MODEL)).eval()
-    save_checkpoint(checkpoint_payload(model, vocab, PreprocessSpec(resize=RESIZE, crop=CROP), MAX_LENGTH,
-                                       run_name="seed-config-random", epoch=0, step=0), path)
+            say(f"{candidate}: {first_line(e)}; using random weights")
+    path = random_checkpoint(WORK / "random" / "best.pt", SEED_MODEL, PreprocessSpec(resize=RESIZE, crop=CROP),
+                             vocab_size=VOCAB_SIZE, max_length=MAX_LENGTH, run_name="seed-config-random",
+                             fits=is_seed_size, what="the seed-size model")
     return path, "random weights"
-
-
-def export_bundles(checkpoint: Path, out: Path) -> tuple[Path, Path]:
-    """fp32 and int8 bundles of ``checkpoint`` in ``out`` and ``out``-int8 (parity check included)."""
-    command = capkit("export", "--checkpoint", str(checkpoint), "--out", str(out), "--quantize", "int8", "--json")
-    say(f"$ {display(command)}")
-    proc = subprocess.run(command, capture_output=True, text=True)
-    try:
-        report = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        raise SystemExit(f"export failed:\n{proc.stderr[-2000:]}") from None
-    # exit status 1 with a report: the bundles are written but parity failed (a random model's near-ties can
-    # flip an argmax); the benchmark still measures them, and says so
-    say(f"exported in {report['seconds']:.0f}s; parity {'passed' if report['passed'] else 'FAILED'}")
-    return out, out.with_name(out.name + "-int8")
 
 
 # -- measurements -----------------------------------------------------------------------------------------------------
@@ -123,11 +73,7 @@ def run_bench(fp32: Path, int8: Path, checkpoint: Path, args: argparse.Namespace
                      "--cold-runs", str(args.cold_runs), "--json")
     if args.threads is not None:
         command[-1:-1] = ["--threads", str(args.threads)]
-    say(f"$ {display(command)}")
-    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # progress goes straight to stderr
-    if proc.returncode != 0:
-        raise SystemExit("capkit bench failed")
-    return json.loads(proc.stdout), command
+    return run_json(command, "capkit bench"), command
 
 
 def default_device_cold_start(bundle: Path, runs: int) -> dict[str, Any]:
@@ -159,15 +105,10 @@ def bleu_check(trained: Optional[str]) -> dict[str, Any]:
         command = capkit("eval", "--model", str(bundle), "--data", str(data), "--json", "--no-progress", "--device",
                          "cpu")
         commands.append(display(command))
-        say(f"$ {commands[-1]}")
-        proc = subprocess.run(command, capture_output=True, text=True)
-        if proc.returncode != 0:
-            return {"status": "pending", "reason": f"capkit eval failed on {name}: "
-                                                   f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
-        result = json.loads(proc.stdout)
-        greedy = next(r for r in result["results"] if r["temperature"] == 0)
-        scores[name] = {"bleu4": greedy["bleu4"], "cider": greedy["cider"], "images": greedy["images"],
-                        "data": result["data"], "split": result["split"]}
+        try:
+            scores[name] = greedy_scores(command)
+        except RuntimeError as e:
+            return {"status": "pending", "reason": f"capkit eval failed on {name}: {e}"}
     return {"status": "measured", "checkpoint": str(checkpoint), "scores": scores, "commands": commands,
             "delta": scores["int8"]["bleu4"] - scores["fp32"]["bleu4"]}
 
@@ -298,13 +239,8 @@ def render(report: dict[str, Any], rows: list[dict[str, Any]], command: list[str
 
 def write_readme(section: str) -> None:
     text = README.read_text()
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        _, tail = rest.split(MARK_END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION_TITLE}\n\n{section}\n"
-    README.write_text(text)
+    replaced = replace_section(text, MARK_START, MARK_END, section)
+    README.write_text(replaced if replaced is not None else text.rstrip("\n") + f"\n\n{SECTION_TITLE}\n\n{section}\n")
 
 
 def main() -> None:

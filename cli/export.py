@@ -24,8 +24,9 @@ from capkit.cli.options import checkpoint_option, echo_json, images_option, json
 @click.option("--opset", type=click.IntRange(11), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Check the graphs and their parity with PyTorch (greedy and seeded sampling).")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Also write an int8 bundle to <out>-int8 (static encoder, dynamic decoder).")
+@click.option("--quantize", type=click.Choice(["int8", "none"]), default=None,
+              help="Also write an int8 bundle to <out>-int8 (static encoder, dynamic decoder) [default: the run's "
+                   "preset's: int8 for --preset edge, else none].")
 @click.option("--fp16", is_flag=True, help="Also write an fp16 bundle to <out>-fp16.")
 @click.option("--format", "graph_format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="ort: also write the graphs in ONNX Runtime's ORT format, for ONNX Runtime Mobile and minimal "

@@ -15,6 +15,7 @@ from click.core import ParameterSource
 
 from capkit.cli.options import config_option, device_option, echo_json, json_option, status, user_errors
 from capkit.models.config import DECODER_KINDS, CaptionModelConfig
+from capkit.models.presets import PRESETS
 from capkit.runtime.vocab import MIN_VOCAB_SIZE
 from capkit.training.config import LR_SCHEDULES, TrainConfig
 
@@ -30,6 +31,9 @@ def typed_on_command_line(name: str) -> bool:
 @click.command("train")
 @config_option(TrainConfig, "data", help="Dataset: a COCO/Karpathy/Flickr/JSONL/CSV source [default: synthetic].")
 @config_option(TrainConfig, "image_dir", help="Image folder, for sources that need one.")
+@config_option(TrainConfig, "preset", type=click.Choice(list(PRESETS)),
+               help="Model sizes by name: " + "; ".join(f"{k}: {v.summary}" for k, v in PRESETS.items())
+               + ". Model options typed beside it win [default: default].")
 @config_option(CaptionModelConfig, "encoder", help="torchvision backbone (the seed report's: resnet50).")
 @config_option(CaptionModelConfig, "pretrained", is_flag=True,
                help="Start from torchvision's ImageNet weights (downloads them; offline: --encoder-weights FILE).")
@@ -54,8 +58,11 @@ def typed_on_command_line(name: str) -> bool:
 @config_option(TrainConfig, "lr", type=float)
 @config_option(TrainConfig, "weight_decay", type=float, help="L2 penalty.")
 @config_option(TrainConfig, "lr_schedule", type=click.Choice(LR_SCHEDULES))
+@config_option(TrainConfig, "warmup_epochs", type=click.FloatRange(0), help="Linear learning-rate warm-up, in epochs.")
 @config_option(TrainConfig, "min_count", type=click.IntRange(1), help="Vocabulary threshold.")
 @config_option(TrainConfig, "max_length", type=click.IntRange(2))
+@config_option(TrainConfig, "bleu_images", type=click.IntRange(0),
+               help="Validation images captioned after each epoch for a greedy BLEU-4 (0: off).")
 @config_option(TrainConfig, "patience", type=click.IntRange(1), help="Early-stopping patience in epochs.")
 @config_option(TrainConfig, "image_size", type=click.IntRange(16),
                help="Input side [default: the backbone's; 64 on synthetic].")
@@ -73,7 +80,7 @@ def train(resume: Optional[str], as_json: bool, **options: Any) -> None:
     """Train a captioning model (no arguments: a small model on the synthetic dataset).
 
     With --resume, the run keeps the configuration it was started with; only the options typed on
-    this command line change it (epochs, patience, max-steps, device, progress, workers)."""
+    this command line change it (epochs, patience, max-steps, device, progress, workers, bleu-images)."""
     model_options = {name: options.pop(name) for name in MODEL_FIELDS & options.keys()}
     typed = [name for name in [*options, *model_options] if typed_on_command_line(name)]
     with user_errors():
@@ -82,6 +89,8 @@ def train(resume: Optional[str], as_json: bool, **options: Any) -> None:
         if resume is not None and set(typed) & MODEL_FIELDS:
             name = sorted(set(typed) & MODEL_FIELDS)[0]
             raise click.UsageError(f"--{name.replace('_', '-')} cannot change when resuming (the model is the run's)")
+        preset = PRESETS[options["preset"] or "default"]
+        model_options.update({k: v for k, v in preset.model.items() if k not in typed})  # typed options win
         model_config = CaptionModelConfig(vocab_size=MIN_VOCAB_SIZE, **model_options)  # train() sets the vocabulary's
         result = run_training(TrainConfig(**options), model_config, resume=resume, log=status,
                               overrides=typed if resume is not None else None)

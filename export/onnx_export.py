@@ -318,6 +318,15 @@ def default_bundle_dir(checkpoint: Path) -> Path:
     return checkpoint.resolve().parent / Path(DEFAULT_BUNDLE).name
 
 
+def preset_quantization(payload: dict[str, Any]) -> Optional[str]:
+    """The export default of the preset a checkpoint was trained with (None without one, or an unknown name)."""
+    from capkit.models.presets import PRESETS
+
+    train_config = payload.get("train_config")
+    name = train_config.get("preset") if isinstance(train_config, dict) else None
+    return PRESETS[name].quantize if isinstance(name, str) and name in PRESETS else None
+
+
 def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out_dir: Optional[str | os.PathLike] = None,
                       *, opset: int = DEFAULT_OPSET, check: bool = True, quantize: Optional[str] = None,
                       fp16: bool = False, parity_images: Sequence[str | os.PathLike] = (),
@@ -325,7 +334,8 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
     """A checkpoint (a ``.pt`` file, a run folder, or None for ``runs/latest``) -> an fp32 bundle in
     ``out_dir`` (None: ``<run folder>/bundle``, i.e. ``runs/latest/bundle`` for the newest run), its
     parity check against PyTorch, and with ``quantize="int8"`` / ``fp16=True`` the variants
-    ``<out_dir>-int8`` / ``<out_dir>-fp16``. ``parity_images``: image files or folders, topped up with
+    ``<out_dir>-int8`` / ``<out_dir>-fp16``; ``quantize=None`` takes the run's preset's default (the edge
+    preset's is int8), ``"none"`` writes no int8 bundle. ``parity_images``: image files or folders, topped up with
     synthetic images to 32; they also calibrate int8. ``graph_format="ort"``: also the ORT-format
     bundles ``<out_dir>-ort`` (and ``<out_dir>-int8-ort`` with int8), checked against their ONNX
     source unless ``check`` is False (:mod:`capkit.export.ort_format`). Each folder is written as
@@ -334,13 +344,16 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
     from capkit.export.quantize import write_variant
     from capkit.training.checkpoint import load_model, resolve_checkpoint
 
-    if quantize not in (None, "int8"):
-        raise ExportError(f"unknown quantization {quantize!r}; int8 is the one there is")
+    if quantize not in (None, "int8", "none"):
+        raise ExportError(f"unknown quantization {quantize!r}; int8 (or none) is the one there is")
     if graph_format not in ("onnx", "ort"):
         raise ExportError(f"unknown graph format {graph_format!r}; onnx or ort")
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     model, vocab, spec, payload = load_model(checkpoint)
+    if quantize is None:  # the run's preset says (edge: int8); "none" turns it off
+        quantize = preset_quantization(payload)
+    quantize = None if quantize == "none" else quantize
     out = Path(out_dir) if out_dir is not None else default_bundle_dir(checkpoint)
     bundle = export_model(model, vocab, spec, int(payload["max_length"]), out, opset=opset,
                           provenance=checkpoint_provenance(payload), dynamo=dynamo, force=force)

@@ -133,12 +133,28 @@ def build_backbone(name: str, pretrained: bool = False, weights_file: Optional[s
     return backbone, width
 
 
+FRESH_BN_MOMENTUM = 0.1  # PyTorch's default; the ResNets use it already
+
+
+def fresh_batch_norm_momentum(backbone: nn.Module) -> None:
+    """Batch norm of a backbone trained from scratch follows its batches at FRESH_BN_MOMENTUM at least.
+    torchvision builds MobileNetV3 and EfficientNet with momentum 0.01, tuned for ImageNet's long runs:
+    over a few thousand steps the running statistics that eval mode uses then stay near their
+    initial 0 and 1, and a model that trains well scores badly in eval mode (validation loss far above
+    training loss)."""
+    for module in backbone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.momentum is not None:
+            module.momentum = max(module.momentum, FRESH_BN_MOMENTUM)
+
+
 class ImageEncoder(nn.Module):
     """CNN backbone (classifier removed) -> Linear to the embedding width (-> BatchNorm1d)."""
 
     def __init__(self, config: CaptionModelConfig, weights_file: Optional[str | Path] = None):
         super().__init__()
         self.backbone, self.feature_dim = build_backbone(config.encoder, config.pretrained, weights_file)
+        if not (config.pretrained or weights_file):
+            fresh_batch_norm_momentum(self.backbone)
         projection = [nn.Linear(self.feature_dim, config.embed_dim)]
         if config.project_norm:
             projection.append(nn.BatchNorm1d(config.embed_dim))

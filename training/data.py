@@ -31,8 +31,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "capkit")
 
 
-def synthetic_dir(count: int, seed: int, image_size: int) -> Path:
-    return cache_dir() / f"synthetic-n{count}-s{seed}-px{image_size}"
+def synthetic_dir(count: int, seed: int, image_size: int, tag: str = "") -> Path:
+    """The cache folder of a synthetic set; ``tag``: its family's ``cache_tag`` ("" for the demo family)."""
+    return cache_dir() / f"synthetic{'-' + tag if tag else ''}-n{count}-s{seed}-px{image_size}"
 
 
 def resolve_dataset(data: Optional[str], images: Optional[str] = None, *, synthetic_count: int = DEFAULT_COUNT,

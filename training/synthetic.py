@@ -18,6 +18,11 @@ reads like any other::
 Generation is a pure function of its arguments: each image draws from its own
 ``numpy.random.default_rng`` child of ``SeedSequence(seed)``, so the same arguments give the same
 bytes, and image i does not depend on ``count``.
+
+This module also holds what every synthetic family shares (:class:`Family`: the folder writing,
+splits, completion marker and clean-up); this demo set is the family "shapes", and
+:mod:`capkit.training.synthetic_objects` is a second one ("objects") for checking that a training
+recipe tuned here also works on data it was not tuned on.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -105,7 +110,8 @@ class Scene:
     position: str | None  # key of POSITIONS for a single shape; None for two
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """The indefinite article for ``word`` (shared by every family's captions)."""
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -114,11 +120,11 @@ def captions_for(scene: Scene) -> list[str]:
     if len(scene.shapes) == 1:
         (sh,) = scene.shapes
         values = {"s": sh.size, "c": sh.colour, "h": sh.kind, "b": scene.background,
-                  "p": POSITION_WORDS[scene.position or "middle"], "a": _article(sh.colour)}
+                  "p": POSITION_WORDS[scene.position or "middle"], "a": article(sh.colour)}
         return [t.format(**values) for t in SINGLE_TEMPLATES]
     left, right = scene.shapes
-    values = {"s1": left.size, "c1": left.colour, "h1": left.kind, "a1": _article(left.colour),
-              "s2": right.size, "c2": right.colour, "h2": right.kind, "a2": _article(right.colour),
+    values = {"s1": left.size, "c1": left.colour, "h1": left.kind, "a1": article(left.colour),
+              "s2": right.size, "c2": right.colour, "h2": right.kind, "a2": article(right.colour),
               "b": scene.background}
     return [t.format(**values) for t in PAIR_TEMPLATES]
 
@@ -173,7 +179,8 @@ def _polygon(kind: str, cx: float, cy: float, side: float) -> list[tuple[float, 
     raise ValueError(f"no polygon for {kind!r}")
 
 
-def _jittered(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
+def jittered(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
+    """``rgb`` moved by up to COLOUR_JITTER per channel, so that a colour word is not one RGB value."""
     delta = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3)
     return tuple(int(v) for v in np.clip(np.asarray(rgb) + delta, 0, 255))
 
@@ -181,10 +188,10 @@ def _jittered(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int,
 def render_scene(scene: Scene, image_size: int, rng: np.random.Generator) -> Image.Image:
     """The scene as an RGB image, drawn at SUPERSAMPLE x and downsampled (anti-aliased edges)."""
     k = SUPERSAMPLE
-    img = Image.new("RGB", (image_size * k, image_size * k), _jittered(BACKGROUNDS[scene.background], rng))
+    img = Image.new("RGB", (image_size * k, image_size * k), jittered(BACKGROUNDS[scene.background], rng))
     draw = ImageDraw.Draw(img)
     for sh in scene.shapes:
-        fill = _jittered(COLOURS[sh.colour], rng)
+        fill = jittered(COLOURS[sh.colour], rng)
         cx, cy, side = sh.cx * k, sh.cy * k, sh.side * k
         r = side / 2
         if sh.kind == "circle":
@@ -204,9 +211,16 @@ def _scene_record(scene: Scene) -> dict[str, Any]:
                        for s in scene.shapes]}
 
 
-def _params(count: int, seed: int, image_size: int, splits: Sequence[float]) -> dict[str, Any]:
-    return {"generator": "capkit.training.synthetic", "version": SYNTHETIC_VERSION, "count": count, "seed": seed,
-            "image_size": image_size, "splits": [float(s) for s in splits]}
+def _draw_shapes(rng: np.random.Generator, image_size: int) -> tuple[Image.Image, list[str], dict[str, Any]]:
+    """One demo image: (image, its five captions in template order, its scene record)."""
+    scene = sample_scene(rng, image_size)
+    return render_scene(scene, image_size, rng), captions_for(scene), _scene_record(scene)
+
+
+# ------------------------------------------------------------------------ the writer all families share
+
+DEFAULT_SPLITS = (0.8, 0.1, 0.1)
+_IMAGE_FILE = re.compile(r"\d{6,}\.[a-z]{3,4}")  # a generated image of any family: the stale-file cleanup
 
 
 def split_sizes(count: int, splits: Sequence[float]) -> tuple[int, int, int]:
@@ -232,92 +246,145 @@ def _check(count: int, seed: int, image_size: int, splits: Sequence[float]) -> N
         raise SyntheticError(f"splits must be three fractions (train, val, test) summing to 1, got {tuple(splits)}")
 
 
-def is_complete(out_dir: str | os.PathLike, count: int = DEFAULT_COUNT, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
-                splits: Sequence[float] = (0.8, 0.1, 0.1)) -> bool:
-    """True when ``out_dir`` holds a finished dataset generated with exactly these parameters."""
-    out = Path(out_dir)
-    try:
-        meta = json.loads((out / META_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(meta, dict) or meta.get("params") != _params(count, seed, image_size, splits):
-        return False
-    names = sorted(meta.get("files", []))
-    if len(names) != count:
-        return False
-    if not all((out / "annotations" / f"captions_{s}.json").is_file() for s in SPLITS):
-        return False
-    return all((out / "images" / name).is_file() for name in names)
-
-
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def generate_synthetic(out_dir: str | os.PathLike, count: int = DEFAULT_COUNT, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
-                       splits: Sequence[float] = (0.8, 0.1, 0.1), progress: bool = True) -> Path:
-    """Writes the synthetic dataset into ``out_dir`` (see the module docstring) and returns its path.
+# (image, captions, scene record) of one image, drawn from that image's own generator at a given side.
+Draw = Callable[[np.random.Generator, int], tuple[Image.Image, list[str], dict[str, Any]]]
 
-    Does nothing when ``out_dir`` already holds a complete dataset with the same parameters.
-    ``meta.json`` is removed first and written last, so an interrupted run is never taken as complete.
-    """
-    _check(count, seed, image_size, splits)
-    out = Path(out_dir)
-    if is_complete(out, count, seed, image_size, splits):
+
+@dataclass(frozen=True)
+class Family:
+    """One kind of synthetic dataset. The folder layout, the splits, the completion marker and the
+    clean-up are the same for every family; a family only says how to draw one image and its captions."""
+
+    name: str  # `capkit data synthetic --family NAME`
+    generator: str  # meta.json's params["generator"]: what a reader checks to recognise the family
+    version: int  # bump when the images or captions change, so that cached copies are regenerated
+    description: str  # the COCO files' info.description
+    draw: Draw
+    extension: str  # image file suffix, without the dot
+    save_options: dict[str, Any]  # Pillow's save() keywords, format included
+    default_count: int
+    default_image_size: int
+    templates: dict[str, tuple[str, ...]]  # recorded in meta.json: which wordings the captions come from
+    cache_tag: str  # cache folder tag (training.data.synthetic_dir); "" keeps the demo's old folder names
+
+    def params(self, count: int, seed: int, image_size: int, splits: Sequence[float]) -> dict[str, Any]:
+        return {"generator": self.generator, "version": self.version, "count": count, "seed": seed,
+                "image_size": image_size, "splits": [float(s) for s in splits]}
+
+    def is_complete(self, out_dir: str | os.PathLike, count: int | None = None, seed: int = 0,
+                    image_size: int | None = None, splits: Sequence[float] = DEFAULT_SPLITS) -> bool:
+        """True when ``out_dir`` holds a finished dataset of this family generated with exactly these parameters."""
+        count = self.default_count if count is None else count
+        image_size = self.default_image_size if image_size is None else image_size
+        out = Path(out_dir)
+        try:
+            meta = json.loads((out / META_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(meta, dict) or meta.get("params") != self.params(count, seed, image_size, splits):
+            return False
+        names = sorted(meta.get("files", []))
+        if len(names) != count:
+            return False
+        if not all((out / "annotations" / f"captions_{s}.json").is_file() for s in SPLITS):
+            return False
+        return all((out / "images" / name).is_file() for name in names)
+
+    def generate(self, out_dir: str | os.PathLike, count: int | None = None, seed: int = 0,
+                 image_size: int | None = None, splits: Sequence[float] = DEFAULT_SPLITS,
+                 progress: bool = True) -> Path:
+        """Writes the dataset into ``out_dir`` (layout: the module docstring) and returns its path.
+
+        Does nothing when ``out_dir`` already holds a complete dataset with the same parameters.
+        ``meta.json`` is removed first and written last, so an interrupted run is never taken as complete.
+        """
+        count = self.default_count if count is None else count
+        image_size = self.default_image_size if image_size is None else image_size
+        _check(count, seed, image_size, splits)
+        out = Path(out_dir)
+        if self.is_complete(out, count, seed, image_size, splits):
+            return out
+        image_dir, ann_dir = out / "images", out / "annotations"
+        try:
+            (out / META_FILE).unlink(missing_ok=True)
+            image_dir.mkdir(parents=True, exist_ok=True)
+            ann_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SyntheticError(f"{out}: cannot write the synthetic dataset there ({e.strerror or e})") from None
+
+        width = max(6, len(str(count - 1)))
+        children = np.random.SeedSequence(seed).spawn(count)
+        images, annotations = [], []
+        from tqdm import tqdm  # here: `capkit caption` imports this module's constants and starts faster without it
+
+        for i in tqdm(range(count), desc=f"synthetic {self.name}", unit="img", disable=not progress, leave=False):
+            rng = np.random.default_rng(children[i])
+            image, captions, record = self.draw(rng, image_size)
+            name = f"{i:0{width}d}.{self.extension}"
+            image.save(image_dir / name, **self.save_options)
+            order = rng.permutation(len(captions))  # references in no fixed template order, as in COCO
+            images.append({"id": i, "file_name": name, "width": image_size, "height": image_size, "scene": record})
+            annotations.append([captions[j] for j in order])
+
+        # Files of an earlier, larger (or other family's) generation in the same folder would only confuse a reader.
+        keep = {im["file_name"] for im in images}
+        for stale in image_dir.iterdir():
+            if _IMAGE_FILE.fullmatch(stale.name) and stale.name not in keep:
+                stale.unlink()
+
+        sizes = split_sizes(count, splits)
+        order = np.random.default_rng(seed).permutation(count)
+        bounds = np.cumsum((0,) + sizes)
+        info = {"description": self.description, "version": self.version, "seed": seed, "count": count,
+                "image_size": image_size}
+        ann_id = 0
+        for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
+            members = sorted(int(i) for i in order[lo:hi])
+            anns = []
+            for i in members:
+                for caption in annotations[i]:
+                    anns.append({"id": ann_id, "image_id": i, "caption": caption})
+                    ann_id += 1
+            coco = {"info": {**info, "split": split}, "images": [images[i] for i in members], "annotations": anns,
+                    "licenses": []}
+            _write_text(ann_dir / f"captions_{split}.json", json.dumps(coco, indent=1) + "\n")
+
+        meta = {"params": self.params(count, seed, image_size, splits), "splits": dict(zip(SPLITS, sizes)),
+                "captions_per_image": CAPTIONS_PER_IMAGE, "templates": {k: list(v) for k, v in self.templates.items()},
+                "files": [im["file_name"] for im in images]}
+        _write_text(out / META_FILE, json.dumps(meta, indent=1) + "\n")
         return out
-    image_dir, ann_dir = out / "images", out / "annotations"
-    try:
-        (out / META_FILE).unlink(missing_ok=True)
-        image_dir.mkdir(parents=True, exist_ok=True)
-        ann_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SyntheticError(f"{out}: cannot write the synthetic dataset there ({e.strerror or e})") from None
 
-    width = max(6, len(str(count - 1)))
-    children = np.random.SeedSequence(seed).spawn(count)
-    images, annotations = [], []
-    from tqdm import tqdm  # here: `capkit caption` imports this module's constants and starts faster without it
 
-    for i in tqdm(range(count), desc="synthetic images", unit="img", disable=not progress, leave=False):
-        rng = np.random.default_rng(children[i])
-        scene = sample_scene(rng, image_size)
-        name = f"{i:0{width}d}.png"
-        render_scene(scene, image_size, rng).save(image_dir / name, format="PNG", compress_level=6)
-        captions = captions_for(scene)
-        order = rng.permutation(len(captions))  # references in no fixed template order, as in COCO
-        images.append({"id": i, "file_name": name, "width": image_size, "height": image_size,
-                       "scene": _scene_record(scene)})
-        annotations.append([captions[j] for j in order])
+SHAPES_FAMILY = Family(
+    name="shapes", generator="capkit.training.synthetic", version=SYNTHETIC_VERSION,
+    description="capkit synthetic shapes captioning dataset", draw=_draw_shapes, extension="png",
+    save_options={"format": "PNG", "compress_level": 6}, default_count=DEFAULT_COUNT,
+    default_image_size=DEFAULT_IMAGE_SIZE, templates={"one shape": SINGLE_TEMPLATES, "two shapes": PAIR_TEMPLATES},
+    cache_tag="")
 
-    # Files of an earlier, larger generation in the same folder would only confuse a reader.
-    pattern = re.compile(r"\d{6,}\.png")
-    keep = {im["file_name"] for im in images}
-    for stale in image_dir.iterdir():
-        if pattern.fullmatch(stale.name) and stale.name not in keep:
-            stale.unlink()
 
-    sizes = split_sizes(count, splits)
-    order = np.random.default_rng(seed).permutation(count)
-    bounds = np.cumsum((0,) + sizes)
-    info = {"description": "capkit synthetic shapes captioning dataset", "version": SYNTHETIC_VERSION,
-            "seed": seed, "count": count, "image_size": image_size}
-    ann_id = 0
-    for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
-        members = sorted(int(i) for i in order[lo:hi])
-        anns = []
-        for i in members:
-            for caption in annotations[i]:
-                anns.append({"id": ann_id, "image_id": i, "caption": caption})
-                ann_id += 1
-        coco = {"info": {**info, "split": split}, "images": [images[i] for i in members], "annotations": anns,
-                "licenses": []}
-        _write_text(ann_dir / f"captions_{split}.json", json.dumps(coco, indent=1) + "\n")
+def families() -> dict[str, Family]:
+    """Every synthetic family by its CLI name, the demo's first."""
+    from capkit.training.synthetic_objects import OBJECTS_FAMILY  # here: that module builds on this one
 
-    meta = {"params": _params(count, seed, image_size, splits), "splits": dict(zip(SPLITS, sizes)),
-            "captions_per_image": CAPTIONS_PER_IMAGE, "templates": {"one shape": list(SINGLE_TEMPLATES),
-                                                                    "two shapes": list(PAIR_TEMPLATES)},
-            "files": [im["file_name"] for im in images]}
-    _write_text(out / META_FILE, json.dumps(meta, indent=1) + "\n")
-    return out
+    return {f.name: f for f in (SHAPES_FAMILY, OBJECTS_FAMILY)}
+
+
+def is_complete(out_dir: str | os.PathLike, count: int = DEFAULT_COUNT, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
+                splits: Sequence[float] = DEFAULT_SPLITS) -> bool:
+    """True when ``out_dir`` holds a finished demo dataset generated with exactly these parameters."""
+    return SHAPES_FAMILY.is_complete(out_dir, count, seed, image_size, splits)
+
+
+def generate_synthetic(out_dir: str | os.PathLike, count: int = DEFAULT_COUNT, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
+                       splits: Sequence[float] = DEFAULT_SPLITS, progress: bool = True) -> Path:
+    """Writes the demo dataset into ``out_dir`` (see the module docstring) and returns its path; see
+    :meth:`Family.generate`."""
+    return SHAPES_FAMILY.generate(out_dir, count, seed, image_size, splits, progress)

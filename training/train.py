@@ -14,7 +14,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from capkit.models import CaptionModel, CaptionModelConfig
+from capkit.models import CaptionModel, CaptionModelConfig, presets
 from capkit.runtime.errors import CapkitError
 from capkit.runtime.vocab import MIN_VOCAB_SIZE, PAD_ID, SPECIAL_TOKENS, START_ID, Vocabulary
 from capkit.training import log_to_stderr
@@ -144,6 +144,18 @@ def stall_warning(history: Sequence[dict[str, Any]], baseline: Optional[float],
             "(--lr), another --seed, or check the data (captions matching their images).")
 
 
+def learning_rate(step: int, peak: float, schedule: str, total: int, warmup: int = 0) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total``: a linear warm-up from
+    peak/warmup to ``peak`` over the first ``warmup`` steps, then ``peak`` (constant) or a cosine decay
+    from ``peak`` to 0 at ``total`` (cosine)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if schedule == "constant":
+        return peak
+    progress = min((step - warmup) / max(1, total - warmup), 1.0)
+    return 0.5 * peak * (1.0 + math.cos(math.pi * progress))
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -167,14 +179,17 @@ def _link_latest(run_dir: Path) -> None:
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Train and validation loss per epoch (the seed's Figures 2-4)."""
+    """Train and validation loss per epoch (the seed's Figures 2-4), and beside them the greedy
+    BLEU-4 of the validation subset when the history has it (``val_bleu4``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    scored = [(h["epoch"], h["val_bleu4"]) for h in history if h.get("val_bleu4") is not None]
+    fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(11 if scored else 6, 4), dpi=100, squeeze=False)
+    ax = axes[0][0]
     ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
     ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
     ax.set_xlabel("epoch")
@@ -182,6 +197,14 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    if scored:
+        bleu = axes[0][1]
+        bleu.plot([e for e, _ in scored], [b for _, b in scored], marker="o", color="tab:green")
+        bleu.set_xlabel("epoch")
+        bleu.set_ylabel("greedy BLEU-4")
+        bleu.set_ylim(0, 1)
+        bleu.set_title(f"validation subset ({history[-1].get('val_bleu_images', '?')} images)")
+        bleu.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)
@@ -207,7 +230,7 @@ def _build_model(config: TrainConfig, model_config: CaptionModelConfig, vocab: V
     return model
 
 
-RESUME_OVERRIDES = ("epochs", "patience", "max_steps", "device", "progress", "num_workers")  # what --resume may change
+RESUME_OVERRIDES = ("epochs", "patience", "max_steps", "device", "progress", "num_workers", "bleu_images")  # what --resume may change
 
 
 class TrainingRun:
@@ -239,7 +262,11 @@ class TrainingRun:
         self.source, self.splits = self._load_data()
         self.epoch, self.step, self.best_val_loss, self.history = 0, 0, math.inf, []
         if payload is None:
-            self._start_fresh(model_config or CaptionModelConfig(vocab_size=MIN_VOCAB_SIZE))
+            try:
+                preset = presets.preset(config.preset)
+            except ValueError as e:
+                raise TrainingError(str(e)) from None
+            self._start_fresh(model_config or CaptionModelConfig(vocab_size=MIN_VOCAB_SIZE, **preset.model))
         else:
             self._restore(payload, resume)
         if config.cache_features and not self.model_config.freeze_encoder:
@@ -360,10 +387,9 @@ class TrainingRun:
 
     def _set_lr(self) -> None:
         """The learning rate of this step, from the step count alone (so a resumed run continues it)."""
-        if self.config.lr_schedule == "constant":
-            return
-        total = max(1, self.config.epochs * len(self.loaders["train"]))
-        lr = 0.5 * self.config.lr * (1.0 + math.cos(math.pi * min(self.step / total, 1.0)))
+        per_epoch = len(self.loaders["train"])
+        lr = learning_rate(self.step, self.config.lr, self.config.lr_schedule, self.config.epochs * per_epoch,
+                           round(self.config.warmup_epochs * per_epoch))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -380,6 +406,25 @@ class TrainingRun:
             totals += torch.stack([loss_sum, tokens.to(totals.dtype)])
         totals = self.dist.all_sum(totals)
         return (totals[0] / totals[1].clamp(min=1)).item()
+
+    def greedy_bleu4(self) -> Optional[float]:
+        """Greedy BLEU-4 of the first ``bleu_images`` validation images (the same ones every epoch),
+        through the runtime's own decoding loop over the PyTorch model; None when off or nothing is
+        readable."""
+        from capkit.runtime.captioner import Captioner
+        from capkit.training.evaluate import EvaluationError, evaluate
+        from capkit.training.torch_inference import TorchInference
+
+        records = self.splits["val"][:self.config.bleu_images]
+        if not records:
+            return None
+        captioner = Captioner.from_inference(TorchInference(self.model, self.device), self.vocab, self.spec,
+                                             self.config.max_length)
+        try:
+            report = evaluate(captioner, records, (0.0,), progress=False, warn=lambda _: None, ceiling=False)
+        except EvaluationError:
+            return None
+        return report[0].bleu4
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -409,8 +454,11 @@ class TrainingRun:
 
 def train(config: Optional[TrainConfig] = None, model_config: Optional[CaptionModelConfig] = None,
           resume: Optional[str | os.PathLike] = None, log=log_to_stderr,
-          overrides: Optional[Sequence[str]] = None) -> TrainResult:
+          overrides: Optional[Sequence[str]] = None,
+          on_epoch: Optional[Callable[[TrainingRun, dict[str, Any]], None]] = None) -> TrainResult:
     """Trains (or resumes, from ``resume``'s ``last.pt``) and returns where the run was written.
+    ``on_epoch(run, entry)`` is called on rank 0 after each epoch's history entry is made, before
+    the checkpoint is saved (a benchmark's probe; it may add keys to ``entry``).
 
     Resuming keeps the run's saved configuration, but for the fields named in ``overrides`` (taken
     from ``config``; each must be one of RESUME_OVERRIDES). None: all of RESUME_OVERRIDES, as a
@@ -439,6 +487,11 @@ def train(config: Optional[TrainConfig] = None, model_config: Optional[CaptionMo
                 run.epoch += 1
                 entry = {"epoch": run.epoch, "step": run.step, "train_loss": train_loss, "val_loss": val_loss,
                          "val_perplexity": math.exp(min(val_loss, 50.0)), "seconds": round(time.time() - started, 2)}
+                if run.dist.master and config.bleu_images:
+                    entry["val_bleu4"] = run.greedy_bleu4()  # greedy, on a fixed validation subset
+                    entry["val_bleu_images"] = min(config.bleu_images, len(run.splits["val"]))
+                if run.dist.master and on_epoch is not None:
+                    on_epoch(run, entry)
                 run.history.append(entry)
                 improved = val_loss < run.best_val_loss
                 if improved:
@@ -448,7 +501,9 @@ def train(config: Optional[TrainConfig] = None, model_config: Optional[CaptionMo
                     _write_json(run.run_dir / "history.json", run.history)
                     plot_history(run.history, run.run_dir / "loss.png", f"{run.name}")
                 run.log(f"epoch {run.epoch}/{config.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                        f"val perplexity {entry['val_perplexity']:.2f} ({entry['seconds']:.0f}s)" + (" *best" if improved else ""))
+                        f"val perplexity {entry['val_perplexity']:.2f}"
+                        + (f", val BLEU-4 {entry['val_bleu4']:.3f}" if entry.get("val_bleu4") is not None else "")
+                        + f" ({entry['seconds']:.0f}s)" + (" *best" if improved else ""))
                 stale = 0 if improved else stale + 1
                 if reached:
                     stopped = "max-steps"

@@ -1,0 +1,119 @@
+"""What the benchmark scripts share: running capkit commands as subprocesses and showing them as typed,
+random-weight checkpoints of a given size, exporting fp32 + int8 bundles, greedy scores from
+``capkit eval --json``, and replacing a marked section of README.md.
+
+Importable as ``capkit.benchmarks.common`` (benchmarks/ is a namespace folder of the package), so a
+script works both when run as a file and when a test imports it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def capkit(*args: str) -> list[str]:
+    script = Path(sys.executable).with_name("capkit")
+    return [str(script) if script.is_file() else sys.executable, *([] if script.is_file() else ["-m", "capkit"]), *args]
+
+
+def display(command: list[str]) -> str:
+    """A command as a reader would type it: `capkit ...`, paths relative to the repository."""
+    words = ["capkit" if i == 0 and w.endswith("capkit") else w for i, w in enumerate(command)]
+    return " ".join(shlex.quote(os.path.relpath(w, REPO) if os.path.isabs(w) and w.startswith(str(REPO)) else w)
+                    for w in words)
+
+
+def first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+# -- models and bundles ---------------------------------------------------------------------------------------------
+def random_checkpoint(path: Path, model_fields: dict[str, Any], spec: Any, *, vocab_size: int, max_length: int,
+                      run_name: str, fits: Callable[[dict[str, Any]], bool], what: str) -> Path:
+    """A checkpoint of random weights (torch seed 0) at ``path``: the one already there when ``fits`` its
+    payload and this version of the model code still loads it, else built and saved (``what`` names the
+    model in the log). ``spec``: its PreprocessSpec; ``model_fields``: CaptionModelConfig fields."""
+    import torch
+
+    from capkit.training.checkpoint import checkpoint_payload, load_checkpoint, load_model, save_checkpoint
+
+    if path.is_file() and fits(load_checkpoint(path)):
+        try:
+            load_model(path)  # still loadable by this version of the model code
+            return path
+        except Exception as e:
+            say(f"{path}: rebuilding ({first_line(e)})")
+    from capkit.models import CaptionModel, CaptionModelConfig
+    from capkit.runtime.vocab import SPECIAL_TOKENS, Vocabulary
+
+    say(f"building {what} with random weights (seed 0)")
+    torch.manual_seed(0)
+    vocab = Vocabulary(SPECIAL_TOKENS + tuple(f"word{i}" for i in range(vocab_size - len(SPECIAL_TOKENS))))
+    model = CaptionModel(CaptionModelConfig(vocab_size=vocab_size, **model_fields)).eval()
+    save_checkpoint(checkpoint_payload(model, vocab, spec, max_length, run_name=run_name, epoch=0, step=0), path)
+    return path
+
+
+def export_bundles(checkpoint: Path, out: Path) -> tuple[Path, Path]:
+    """fp32 and int8 bundles of ``checkpoint`` in ``out`` and ``out``-int8 (parity check included)."""
+    command = capkit("export", "--checkpoint", str(checkpoint), "--out", str(out), "--quantize", "int8", "--json")
+    say(f"$ {display(command)}")
+    proc = subprocess.run(command, capture_output=True, text=True)
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise SystemExit(f"export failed:\n{proc.stderr[-2000:]}") from None
+    # exit status 1 with a report: the bundles are written but parity failed (a random model's near-ties can
+    # flip an argmax); the benchmark still measures them, and says so
+    say(f"exported in {report['seconds']:.0f}s; parity {'passed' if report['passed'] else 'FAILED'}")
+    return out, out.with_name(out.name + "-int8")
+
+
+# -- measurements ---------------------------------------------------------------------------------------------------
+def run_json(command: list[str], what: str) -> dict[str, Any]:
+    """The JSON document ``command`` prints; its progress goes straight to stderr. SystemExit when it fails."""
+    say(f"$ {display(command)}")
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed")
+    return json.loads(proc.stdout)
+
+
+def greedy_scores(command: list[str]) -> dict[str, Any]:
+    """Runs a ``capkit eval ... --json`` command; its greedy (temperature 0) BLEU-4 and CIDEr, the
+    number of images, the dataset and the split. RuntimeError (the eval's last stderr line) when it fails."""
+    say(f"$ {display(command)}")
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["?"])[-1])
+    result = json.loads(proc.stdout)
+    greedy = next(r for r in result["results"] if r["temperature"] == 0)
+    return {"bleu4": greedy["bleu4"], "cider": greedy["cider"], "images": greedy["images"],
+            "data": result["data"], "split": result["split"]}
+
+
+# -- README sections ------------------------------------------------------------------------------------------------
+def replace_section(text: str, start: str, end: str, section: str) -> Optional[str]:
+    """``text`` with everything from marker ``start`` to marker ``end`` replaced by ``section`` (which
+    carries both markers); None when ``text`` lacks either marker."""
+    if start not in text or end not in text:
+        return None
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + section + tail
+
+
+__all__ = ["README", "REPO", "capkit", "display", "export_bundles", "first_line", "greedy_scores", "random_checkpoint",
+           "replace_section", "run_json", "say"]

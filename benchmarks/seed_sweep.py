@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""Does the default recipe land for any seed? The default `capkit train` for several seeds, side by side.
+
+    .venv/bin/python benchmarks/seed_sweep.py                    # seeds 0-9 on the demo data; updates README.md
+    .venv/bin/python benchmarks/seed_sweep.py --seeds 1 --epochs 4 --no-readme   # a shorter probe
+    .venv/bin/python benchmarks/seed_sweep.py --family objects   # the second synthetic family (not tuned on)
+
+Each seed draws its own synthetic set and its own initial weights (``capkit train --seed N``), trains
+with every other option at its default, and is then scored on its test split: greedy BLEU-4 with
+pycocoevalcap's scorer, beside the references' own leave-one-out ceiling (``capkit eval``'s).
+After every epoch a probe captions the first validation images greedily and counts how many name
+exactly the colours of their references: the first epoch where that reaches COLOURS_LEARNED is the
+table's "colours learned" column (the failure the README reported: a run that learns shapes and
+layout but confuses colours).
+
+Seeds run as separate processes (``--jobs``, each with its share of the cores' threads); each
+seed's result is saved under benchmarks/.cache/sweep/ as soon as it is done and reused by the next
+call with the same settings, so a sweep can be stopped and continued. The README's table (between
+``<!-- sweep:start -->`` and ``<!-- sweep:end -->``, one block per family) is rewritten from the
+saved results of the full default run only; a probe with other settings prints its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a file: the repository's parent makes `capkit` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from capkit.benchmarks.common import README, REPO, replace_section, say  # noqa: E402
+
+WORK = REPO / "benchmarks" / ".cache" / "sweep"
+MARK_START, MARK_END = "<!-- sweep:start -->", "<!-- sweep:end -->"
+LANDED_BLEU4 = 0.80  # a seed "lands" on the demo data at this greedy BLEU-4 (test split)
+LANDED_CEILING = 0.85  # ... and on another family at this fraction of its references' ceiling
+COLOURS_LEARNED = 0.9  # fraction of probed validation images whose caption names exactly their colours
+PROBE_IMAGES = 96  # validation images the per-epoch colour probe captions
+FAMILY_IMAGE_SIZE = {"shapes": None, "objects": 64}  # --image-size each family trains at (None: the set's own)
+
+
+# -- the datasets ---------------------------------------------------------------------------------------------------
+def family_colours(family: str) -> tuple[str, ...]:
+    """The colour words of a synthetic family's captions."""
+    if family == "shapes":
+        from capkit.training.synthetic import COLOURS
+    else:
+        from capkit.training.synthetic_objects import COLOURS
+    return tuple(COLOURS)
+
+
+def family_data(family: str, seed: int, progress: bool) -> Optional[str]:
+    """The --data folder of a family's set for ``seed`` at the family's default size (None: `capkit
+    train`'s own synthetic default, the demo's)."""
+    if family == "shapes":
+        return None
+    from capkit.training.data import synthetic_dir
+    from capkit.training.synthetic import families
+
+    chosen = families()[family]
+    folder = synthetic_dir(chosen.default_count, seed, chosen.default_image_size, chosen.cache_tag)
+    return str(chosen.generate(folder, seed=seed, progress=progress))
+
+
+def colour_words(text: str, colours: Sequence[str]) -> list[str]:
+    from capkit.runtime.vocab import tokenize
+
+    return sorted(w for w in tokenize(text) if w in colours)
+
+
+def colour_accuracy(captions: dict[Any, str], references: dict[Any, Sequence[str]], colours: Sequence[str]) -> float:
+    """Fraction of images whose caption names the same colours (as a multiset) as one of its references."""
+    hits = sum(any(colour_words(captions[k], colours) == colour_words(r, colours) for r in refs)
+               for k, refs in references.items() if k in captions)
+    return hits / max(1, len(references))
+
+
+# -- one seed (a worker process) --------------------------------------------------------------------------------------
+def run_seed(family: str, seed: int, epochs: Optional[int], out: Path, threads: int) -> dict[str, Any]:
+    """Trains one seed with the default recipe, probes its colours per epoch, scores its test split."""
+    import torch
+
+    from capkit.runtime.captioner import Captioner
+    from capkit.training.config import TrainConfig
+    from capkit.training.evaluate import evaluate, generate_captions
+    from capkit.training.torch_inference import TorchInference, checkpoint_captioner
+    from capkit.training.train import train
+
+    torch.set_num_threads(threads)
+    colours = family_colours(family)
+    config = TrainConfig(data=family_data(family, seed, progress=False), image_size=FAMILY_IMAGE_SIZE[family],
+                         seed=seed, out=str(out), name=f"seed-{seed}", progress=False, device="cpu",
+                         **({"epochs": epochs} if epochs else {}))
+    probe: dict[str, Any] = {}
+
+    def on_epoch(run, entry: dict[str, Any]) -> None:
+        records = probe.setdefault("records", run.splits["val"][:PROBE_IMAGES])
+        captioner = Captioner.from_inference(TorchInference(run.model, run.device), run.vocab, run.spec,
+                                             run.config.max_length)
+        captions = generate_captions(captioner, records, (0.0,), progress=False)[0.0]
+        entry["val_colour_accuracy"] = colour_accuracy(captions, {r.image_id: r.captions for r in records}, colours)
+
+    started = time.perf_counter()
+    result = train(config, log=lambda message: say(f"[seed {seed}] {message}"), on_epoch=on_epoch)
+    minutes = (time.perf_counter() - started) / 60
+    from capkit.training.data import resolve_dataset
+
+    _, splits = resolve_dataset(config.data, None, synthetic_seed=seed, progress=False)
+    report = evaluate(checkpoint_captioner(result.run_dir / "best.pt", device="cpu"), splits["test"], (0.0,),
+                      progress=False)
+    learned = next((h["epoch"] for h in result.history if h["val_colour_accuracy"] >= COLOURS_LEARNED), None)
+    return {"family": family, "seed": seed, "epochs": result.epochs, "train_minutes": round(minutes, 2),
+            "final_val_loss": result.history[-1]["val_loss"], "best_val_loss": result.best_val_loss,
+            "bleu4": report[0].bleu4, "ceiling_bleu4": report.ceiling["bleu4"] if report.ceiling else None,
+            "colours_learned_epoch": learned,
+            "colour_accuracy": [round(h["val_colour_accuracy"], 3) for h in result.history],
+            "val_bleu4": [round(h["val_bleu4"], 3) for h in result.history if h.get("val_bleu4") is not None],
+            "warnings": result.warnings, "run": str(result.run_dir)}
+
+
+# -- the sweep ------------------------------------------------------------------------------------------------------
+def label(family: str, epochs: Optional[int]) -> str:
+    return family + (f"-e{epochs}" if epochs else "")
+
+
+def sweep(family: str, seeds: Sequence[int], epochs: Optional[int], jobs: int, threads: int) -> list[dict[str, Any]]:
+    """Each seed's result, from the cache when there, else from a worker process (``jobs`` at once)."""
+    folder = WORK / label(family, epochs)
+    folder.mkdir(parents=True, exist_ok=True)
+    pending = [s for s in seeds if not (folder / f"seed-{s}.json").is_file()]
+    running: list[tuple[int, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            seed = pending.pop(0)
+            command = [sys.executable, __file__, "--worker", str(seed), "--family", family, "--threads", str(threads),
+                       *(["--epochs", str(epochs)] if epochs else [])]
+            say(f"seed {seed}: training ({' '.join(command[1:])})")
+            running.append((seed, subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)})))
+        time.sleep(2)
+        for seed, process in list(running):
+            if process.poll() is not None:
+                running.remove((seed, process))
+                if process.returncode:
+                    say(f"seed {seed}: the worker failed (exit {process.returncode}); rerun to retry it")
+    return [json.loads((folder / f"seed-{s}.json").read_text()) for s in seeds if (folder / f"seed-{s}.json").is_file()]
+
+
+def landed(row: dict[str, Any]) -> bool:
+    if row["family"] == "shapes":
+        return row["bleu4"] >= LANDED_BLEU4
+    return bool(row["ceiling_bleu4"]) and row["bleu4"] >= LANDED_CEILING * row["ceiling_bleu4"]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    family = rows[0]["family"]
+    goal = (f"greedy BLEU-4 >= {LANDED_BLEU4}" if family == "shapes"
+            else f"greedy BLEU-4 >= {LANDED_CEILING} of the references' ceiling")
+    lines = ["| seed | final val loss | greedy BLEU-4 | ceiling BLEU-4 | of ceiling | colours learned (epoch) | "
+             "train min | landed |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ceiling = r["ceiling_bleu4"]
+        share = f"{r['bleu4'] / ceiling:.2f}" if ceiling else ""
+        lines.append(f"| {r['seed']} | {r['final_val_loss']:.3f} | {r['bleu4']:.3f} | "
+                     f"{'' if ceiling is None else format(ceiling, '.3f')} | {share} | "
+                     f"{r['colours_learned_epoch'] or 'never'} | {r['train_minutes']:.1f} | "
+                     f"{'yes' if landed(r) else '**no**'} |")
+    count = sum(landed(r) for r in rows)
+    lines.append("")
+    lines.append(f"{count} of {len(rows)} seeds landed ({goal}).")
+    return "\n".join(lines)
+
+
+def command_for(family: str, seeds: Sequence[int], epochs: Optional[int] = None) -> str:
+    words = [".venv/bin/python", "benchmarks/seed_sweep.py", "--family", family,
+             "--seeds", ",".join(str(s) for s in seeds), *(["--epochs", str(epochs)] if epochs else [])]
+    return " ".join(words)
+
+
+def write_readme(family: str, block: str) -> None:
+    """Rewrites this family's block inside the sweep section (other families' blocks are kept)."""
+    text = README.read_text()
+    start, end = f"<!-- sweep:{family}:start -->", f"<!-- sweep:{family}:end -->"
+    inner = f"{start}\n{block}\n{end}"
+    if MARK_START not in text:
+        text = text.rstrip("\n") + f"\n\n{MARK_START}\n{MARK_END}\n"
+    replaced = replace_section(text, start, end, inner)
+    if replaced is None:
+        replaced = text.replace(MARK_END, f"{inner}\n{MARK_END}", 1)
+    README.write_text(replaced)
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return seeds
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=sorted(FAMILY_IMAGE_SIZE), default="shapes")
+    parser.add_argument("--seeds", type=parse_seeds, default=list(range(10)), help="e.g. 0-9 or 1,3")
+    parser.add_argument("--epochs", type=int, default=None, help="a shorter probe [default: the recipe's]")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per seed [default: cores / jobs]")
+    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    if args.worker is not None:
+        folder = WORK / label(args.family, args.epochs)
+        row = run_seed(args.family, args.worker, args.epochs, folder / "runs", threads)
+        tmp = folder / f".seed-{args.worker}.json.tmp"
+        tmp.write_text(json.dumps(row, indent=1) + "\n")
+        os.replace(tmp, folder / f"seed-{args.worker}.json")
+        return
+    rows = sweep(args.family, args.seeds, args.epochs, args.jobs, threads)
+    if not rows:
+        raise SystemExit("no seed finished")
+    block = f"```\n{command_for(args.family, args.seeds, args.epochs)}\n```\n\n{table(rows)}"
+    print(block)
+    if not args.no_readme and args.epochs is None:
+        write_readme(args.family, block)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Model presets: `capkit train --preset edge` builds the edge model (typed options win), the run
+remembers its preset, export writes the preset's int8 bundle unless told not to, and backbones
+trained from scratch get batch-norm statistics that keep up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from capkit.cli import main
+from capkit.models import CaptionModel, CaptionModelConfig
+from capkit.models.presets import PRESETS, preset
+from capkit.training.checkpoint import LAST, load_checkpoint
+from capkit.training.synthetic import generate_synthetic
+from capkit.training.train import TrainConfig, TrainingError, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return generate_synthetic(tmp_path_factory.mktemp("data") / "synthetic", count=24, seed=2, image_size=SIZE,
+                              progress=False)
+
+
+def cli_train(dataset: Path, out: Path, *extra: str) -> dict:
+    result = CliRunner().invoke(main, ["train", "--data", str(dataset), "--image-size", str(SIZE), "--epochs", "1",
+                                       "--max-steps", "1", "--batch-size", "8", "--bleu-images", "0", "--no-progress",
+                                       "--device", "cpu", "--out", str(out), "--name", "run", *extra])
+    assert result.exit_code == 0, result.output
+    return load_checkpoint(out / "run" / LAST)
+
+
+def test_preset_lookup_and_unknown_names():
+    assert preset(None) is PRESETS["default"] and preset("edge").quantize == "int8"
+    with pytest.raises(ValueError, match="unknown preset 'tiny'; one of default, seed, edge"):
+        preset("tiny")
+
+
+@pytest.mark.slow
+def test_edge_preset_builds_the_edge_model_and_is_saved(dataset, tmp_path):
+    payload = cli_train(dataset, tmp_path, "--preset", "edge")
+    model = payload["model_config"]
+    assert {k: model[k] for k in PRESETS["edge"].model} == PRESETS["edge"].model
+    assert payload["train_config"]["preset"] == "edge"
+
+
+@pytest.mark.slow
+def test_typed_model_options_win_over_the_preset(dataset, tmp_path):
+    model = cli_train(dataset, tmp_path, "--preset", "edge", "--hidden-dim", "64")["model_config"]
+    assert model["hidden_dim"] == 64 and model["encoder"] == "mobilenet_v3_small" and model["embed_dim"] == 128
+
+
+def test_library_preset_without_a_model_config_and_a_bad_name(dataset, tmp_path):
+    base = dict(data=str(dataset), image_size=SIZE, epochs=1, max_steps=1, batch_size=8, bleu_images=0,
+                progress=False, device="cpu", out=str(tmp_path), name="lib")
+    with pytest.raises(TrainingError, match="unknown preset 'huge'"):
+        train(TrainConfig(preset="huge", **base), log=lambda *_: None)
+    result = train(TrainConfig(preset="edge", **base), log=lambda *_: None)
+    assert load_checkpoint(result.run_dir / LAST)["model_config"]["encoder"] == "mobilenet_v3_small"
+
+
+def test_unknown_preset_is_a_one_line_usage_error(dataset, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--preset", "huge", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "'huge' is not one of" in result.output
+
+
+def test_backbones_from_scratch_follow_their_batches():
+    """torchvision builds MobileNetV3 with batch-norm momentum 0.01: from scratch it becomes 0.1."""
+    import torch
+
+    fresh = CaptionModel(CaptionModelConfig(vocab_size=5, encoder="mobilenet_v3_small", embed_dim=8, hidden_dim=8))
+    momenta = {m.momentum for m in fresh.encoder.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.1}
+
+
+def test_backbones_with_given_weights_keep_their_momentum(tmp_path):
+    import torch
+    import torchvision
+
+    weights = tmp_path / "mnv3.pt"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), weights)
+    model = CaptionModel(CaptionModelConfig(vocab_size=5, encoder="mobilenet_v3_small", embed_dim=8, hidden_dim=8),
+                         encoder_weights=weights)
+    momenta = {m.momentum for m in model.encoder.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.01}
+
+
+@pytest.mark.slow
+def test_export_writes_the_edge_presets_int8_bundle_unless_told_not_to(dataset, tmp_path):
+    cli_train(dataset, tmp_path, "--preset", "edge")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(run), "--no-check", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [v["precision"] for v in report["variants"]] == ["int8"]
+    assert json.loads((run / "bundle-int8" / "capkit.json").read_text())["graphs"]
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(run), "--out", str(tmp_path / "plain"),
+                                       "--quantize", "none", "--no-check", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["variants"] == [] and not (tmp_path / "plain-int8").exists()

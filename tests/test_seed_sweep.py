@@ -1,0 +1,52 @@
+"""The seed sweep's own logic (benchmarks/seed_sweep.py): the colour probe, what counts as landed,
+the table, and the README blocks of each family. The sweep itself is a benchmark, not a test."""
+
+from __future__ import annotations
+
+import pytest
+
+from capkit.benchmarks import seed_sweep
+
+COLOURS = ("red", "blue", "green")
+
+
+def test_colour_accuracy_compares_the_colours_named_as_a_multiset():
+    references = {1: ["a red circle and a blue star", "two shapes"], 2: ["a green square"], 3: ["a red square"]}
+    captions = {1: "a blue star and a red circle", 2: "a red square", 3: "a red red square"}
+    assert seed_sweep.colour_accuracy(captions, references, COLOURS) == pytest.approx(1 / 3)
+    assert seed_sweep.colour_accuracy({}, references, COLOURS) == 0.0
+
+
+def row(**kw):
+    base = {"family": "shapes", "seed": 0, "final_val_loss": 0.27, "bleu4": 0.876, "ceiling_bleu4": 0.9,
+            "colours_learned_epoch": 4, "train_minutes": 6.2}
+    return {**base, **kw}
+
+
+def test_landed_uses_bleu4_on_the_demo_family_and_the_ceiling_on_others():
+    assert seed_sweep.landed(row(bleu4=0.80)) and not seed_sweep.landed(row(bleu4=0.7999))
+    assert seed_sweep.landed(row(family="objects", bleu4=0.51, ceiling_bleu4=0.6))  # 0.85 x 0.6 = 0.51
+    assert not seed_sweep.landed(row(family="objects", bleu4=0.50, ceiling_bleu4=0.6))
+    assert not seed_sweep.landed(row(family="objects", bleu4=0.5, ceiling_bleu4=None))
+
+
+def test_table_counts_the_seeds_that_landed():
+    text = seed_sweep.table([row(), row(seed=1, bleu4=0.626, colours_learned_epoch=None)])
+    assert "| 1 | 0.270 | 0.626 | 0.900 | 0.70 | never | 6.2 | **no** |" in text
+    assert text.endswith("1 of 2 seeds landed (greedy BLEU-4 >= 0.8).")
+
+
+def test_parse_seeds():
+    assert seed_sweep.parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
+
+
+def test_each_family_has_its_own_readme_block(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nbefore\n")
+    monkeypatch.setattr(seed_sweep, "README", readme)
+    seed_sweep.write_readme("shapes", "shapes one")
+    seed_sweep.write_readme("objects", "objects one")
+    seed_sweep.write_readme("shapes", "shapes two")
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n") and "shapes one" not in text
+    assert text.index("shapes two") < text.index("objects one") < text.index(seed_sweep.MARK_END)

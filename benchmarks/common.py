@@ -7,6 +7,7 @@ script works both when run as a file and when a test imports it."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -105,6 +106,14 @@ def greedy_scores(command: list[str]) -> dict[str, Any]:
 
 
 # -- README sections ------------------------------------------------------------------------------------------------
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every script that writes a README section: --no-readme, --json FILE, --from-json FILE."""
+    parser.add_argument("--no-readme", action="store_true", help="print the section instead of writing README.md")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="measure nothing: render the section from a --json file written before")
+
+
 def replace_section(text: str, start: str, end: str, section: str) -> Optional[str]:
     """``text`` with everything from marker ``start`` to marker ``end`` replaced by ``section`` (which
     carries both markers); None when ``text`` lacks either marker."""
@@ -115,5 +124,5 @@ def replace_section(text: str, start: str, end: str, section: str) -> Optional[s
     return head + section + tail
 
 
-__all__ = ["README", "REPO", "capkit", "display", "export_bundles", "first_line", "greedy_scores", "random_checkpoint",
+__all__ = ["README", "REPO", "add_report_arguments", "capkit", "display", "export_bundles", "first_line", "greedy_scores", "random_checkpoint",
            "replace_section", "run_json", "say"]

@@ -20,10 +20,10 @@ same test split (``capkit eval --checkpoint RUN --temps 0``; pending without ``-
 ``--default-run``). The seed preset's int8 bundle is the reference (the issue: about 31 ms on one
 core). The markdown goes between ``<!-- edge:start -->`` and ``<!-- edge:end -->`` in README.md.
 
-``--edge-resize 240`` measures the edge preset with a 240 resize before its 224 crop instead of
-MobileNetV3's 256: the encoder's input is the same size, but a 640x480 JPEG (shorter side 480, twice
-240) is then decoded at half scale by libjpeg and needs no resize after it, which takes about half
-of the preprocessing (the largest part of the edge caption) off.
+The edge preset resizes photos to 240 (not MobileNetV3's 256) before its 224 crop: a 640x480 JPEG
+(shorter side 480, twice 240) is then decoded at half scale by libjpeg and needs no resize after it,
+which takes about half of the preprocessing (the largest part of the edge caption) off.
+``--edge-resize N`` measures another resize.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from capkit.benchmarks.common import (README, REPO, capkit, display, export_bundles, first_line, greedy_scores,
-                                      random_checkpoint, replace_section, run_json, say)
+from capkit.benchmarks.common import (README, REPO, add_report_arguments, capkit, display, export_bundles,
+                                      first_line, greedy_scores, random_checkpoint, replace_section, run_json, say)
 from capkit.benchmarks.seed_config import MARK_END as SEED_MARK_END
 from capkit.benchmarks.seed_config import MAX_LENGTH, SECTION_TITLE, VOCAB_SIZE
 from capkit.models.presets import PRESETS
@@ -59,15 +59,13 @@ def key(preset: str, precision: str) -> str:
 
 # -- the models -------------------------------------------------------------------------------------------------------
 def preset_spec(name: str, resize: Optional[int] = None) -> Any:
-    """The preset's preprocessing as training would choose it on photos: its backbone's own, with
-    ``resize`` (the shorter side before the centre crop) instead of the backbone's when given."""
-    from dataclasses import replace
-
+    """The preset's preprocessing as training chooses it on photos (its backbone's crop, the preset's
+    resize), with ``resize`` (the shorter side before the centre crop) instead when given."""
     from capkit.models import CaptionModelConfig
     from capkit.training.data import spec_for_backbone
 
-    spec = spec_for_backbone(CaptionModelConfig(vocab_size=VOCAB_SIZE, **PRESETS[name].model).encoder)
-    return spec if resize is None else replace(spec, resize=resize)
+    encoder = CaptionModelConfig(vocab_size=VOCAB_SIZE, **PRESETS[name].model).encoder
+    return spec_for_backbone(encoder, resize=resize or PRESETS[name].resize)
 
 
 def preset_folder(name: str, resize: Optional[int] = None) -> Path:
@@ -269,13 +267,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--edge-resize", type=int, default=None,
-                        help="the edge preset's resize (shorter side before its 224 crop) instead of its backbone's 256: "
-                             "240 lets a 640x480 JPEG be decoded at half scale with no resize after it")
+                        help="another resize for the edge preset (shorter side before its 224 crop) than its own 240")
     parser.add_argument("--rebuild", action="store_true", help="export the bundles again even when cached")
-    parser.add_argument("--no-readme", action="store_true", help="print the section instead of writing README.md")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
-    parser.add_argument("--from-json", type=Path, default=None,
-                        help="measure nothing: render the section from a --json file written before")
+    add_report_arguments(parser)
     args = parser.parse_args()
 
     started = time.perf_counter()

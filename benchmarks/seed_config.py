@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from capkit.benchmarks.common import (README, REPO, capkit, display, export_bundles, first_line, greedy_scores,
-                                      random_checkpoint, replace_section, run_json, say)
+from capkit.benchmarks.common import (README, REPO, add_report_arguments, capkit, display, export_bundles,
+                                      first_line, greedy_scores, random_checkpoint, replace_section, run_json, say)
 
 WORK = REPO / "benchmarks" / ".cache" / "seed-config"
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -251,10 +251,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--no-readme", action="store_true", help="print the section instead of writing README.md")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
-    parser.add_argument("--from-json", type=Path, default=None,
-                        help="measure nothing: render the section from a --json file written before")
+    add_report_arguments(parser)
     args = parser.parse_args()
 
     started = time.perf_counter()

@@ -40,7 +40,8 @@ WORK = REPO / "benchmarks" / ".cache" / "sweep"
 MARK_START, MARK_END = "<!-- sweep:start -->", "<!-- sweep:end -->"
 LANDED_BLEU4 = 0.80  # a seed "lands" on the demo data at this greedy BLEU-4 (test split)
 LANDED_CEILING = 0.85  # ... and on another family at this fraction of its references' ceiling
-COLOURS_LEARNED = 0.9  # fraction of probed validation images whose caption names exactly their colours
+COLOURS_LEARNED = 0.75  # fraction of probed validation images whose caption names exactly their colours (chance:
+# 1 in 7 with one shape, 1 in 42 with two)
 PROBE_IMAGES = 96  # validation images the per-epoch colour probe captions
 FAMILY_IMAGE_SIZE = {"shapes": None, "objects": 64}  # --image-size each family trains at (None: the set's own)
 
@@ -114,11 +115,9 @@ def run_seed(family: str, seed: int, epochs: Optional[int], out: Path, threads: 
     _, splits = resolve_dataset(config.data, None, synthetic_seed=seed, progress=False)
     report = evaluate(checkpoint_captioner(result.run_dir / "best.pt", device="cpu"), splits["test"], (0.0,),
                       progress=False)
-    learned = next((h["epoch"] for h in result.history if h["val_colour_accuracy"] >= COLOURS_LEARNED), None)
     return {"family": family, "seed": seed, "epochs": result.epochs, "train_minutes": round(minutes, 2),
             "final_val_loss": result.history[-1]["val_loss"], "best_val_loss": result.best_val_loss,
             "bleu4": report[0].bleu4, "ceiling_bleu4": report.ceiling["bleu4"] if report.ceiling else None,
-            "colours_learned_epoch": learned,
             "colour_accuracy": [round(h["val_colour_accuracy"], 3) for h in result.history],
             "val_bleu4": [round(h["val_bleu4"], 3) for h in result.history if h.get("val_bleu4") is not None],
             "warnings": result.warnings, "run": str(result.run_dir)}
@@ -151,6 +150,11 @@ def sweep(family: str, seeds: Sequence[int], epochs: Optional[int], jobs: int, t
     return [json.loads((folder / f"seed-{s}.json").read_text()) for s in seeds if (folder / f"seed-{s}.json").is_file()]
 
 
+def colours_learned(row: dict[str, Any]) -> Optional[int]:
+    """The first epoch whose colour probe reached COLOURS_LEARNED (None: none did)."""
+    return next((epoch for epoch, share in enumerate(row["colour_accuracy"], 1) if share >= COLOURS_LEARNED), None)
+
+
 def landed(row: dict[str, Any]) -> bool:
     if row["family"] == "shapes":
         return row["bleu4"] >= LANDED_BLEU4
@@ -162,13 +166,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     goal = (f"greedy BLEU-4 >= {LANDED_BLEU4}" if family == "shapes"
             else f"greedy BLEU-4 >= {LANDED_CEILING} of the references' ceiling")
     lines = ["| seed | final val loss | greedy BLEU-4 | ceiling BLEU-4 | of ceiling | colours learned (epoch) | "
-             "train min | landed |", "|---|---|---|---|---|---|---|---|"]
+             "colours right, last epoch | train min | landed |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ceiling = r["ceiling_bleu4"]
         share = f"{r['bleu4'] / ceiling:.2f}" if ceiling else ""
         lines.append(f"| {r['seed']} | {r['final_val_loss']:.3f} | {r['bleu4']:.3f} | "
                      f"{'' if ceiling is None else format(ceiling, '.3f')} | {share} | "
-                     f"{r['colours_learned_epoch'] or 'never'} | {r['train_minutes']:.1f} | "
+                     f"{colours_learned(r) or 'never'} | {r['colour_accuracy'][-1]:.0%} | {r['train_minutes']:.1f} | "
                      f"{'yes' if landed(r) else '**no**'} |")
     count = sum(landed(r) for r in rows)
     lines.append("")

@@ -12,6 +12,7 @@ from typing import Any, Optional
 class Preset:
     model: dict[str, Any] = field(default_factory=dict)  # CaptionModelConfig fields it sets
     quantize: Optional[str] = None  # what `capkit export` writes besides fp32 when not told (--quantize)
+    resize: Optional[int] = None  # photos' shorter side before the centre crop (None: the backbone's own preset)
     summary: str = ""  # one line for --help
 
 
@@ -25,7 +26,10 @@ PRESETS: dict[str, Preset] = {
     # 224 px) and a decoder whose vocabulary-sized tables dominate the bundle: at 10,000 words, the
     # embedding (E) and the output layer (H) take 10,000 x (E + H) weights, 3.8 MB at int8 for 128 + 256
     "edge": Preset({"encoder": "mobilenet_v3_small", "decoder": "lstm", "layers": 1, "embed_dim": 128,
-                    "hidden_dim": 256}, quantize="int8", summary="MobileNetV3-Small + LSTM 128/256, exported int8 too"),
+                    "hidden_dim": 256}, quantize="int8", summary="MobileNetV3-Small + LSTM 128/256, exported int8 too",
+                   # 240 rather than MobileNetV3's 256 before the same 224 crop: a 640x480 photo's shorter side is
+                   # then twice it, so libjpeg decodes it at half scale and no resize follows (preprocess.FAST_DECODE)
+                   resize=240),
 }
 
 

@@ -50,6 +50,23 @@ def test_edge_preset_builds_the_edge_model_and_is_saved(dataset, tmp_path):
 
 
 @pytest.mark.slow
+def test_edge_preset_resizes_photos_to_240_before_its_224_crop(tmp_path):
+    """On photos (a foreign COCO folder, no --image-size) the edge preset's resize replaces the
+    backbone's 256; synthetic sets keep being used whole."""
+    from capkit.training.synthetic import families
+
+    photos = families()["objects"].generate(tmp_path / "objects", count=12, seed=0, image_size=64, progress=False)
+    payload = cli_train(photos, tmp_path / "runs", "--preset", "edge", "--image-size", "64")
+    assert payload["preprocess"]["resize"] == 64
+    result = CliRunner().invoke(main, ["train", "--data", str(photos), "--preset", "edge", "--epochs", "1",
+                                       "--max-steps", "1", "--batch-size", "4", "--bleu-images", "0", "--no-progress",
+                                       "--device", "cpu", "--out", str(tmp_path / "runs"), "--name", "photos"])
+    assert result.exit_code == 0, result.output
+    spec = load_checkpoint(tmp_path / "runs" / "photos" / LAST)["preprocess"]
+    assert (spec["resize"], spec["crop"]) == (PRESETS["edge"].resize, 224) == (240, 224)
+
+
+@pytest.mark.slow
 def test_typed_model_options_win_over_the_preset(dataset, tmp_path):
     model = cli_train(dataset, tmp_path, "--preset", "edge", "--hidden-dim", "64")["model_config"]
     assert model["hidden_dim"] == 64 and model["encoder"] == "mobilenet_v3_small" and model["embed_dim"] == 128

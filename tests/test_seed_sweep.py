@@ -19,7 +19,7 @@ def test_colour_accuracy_compares_the_colours_named_as_a_multiset():
 
 def row(**kw):
     base = {"family": "shapes", "seed": 0, "final_val_loss": 0.27, "bleu4": 0.876, "ceiling_bleu4": 0.9,
-            "colours_learned_epoch": 4, "train_minutes": 6.2}
+            "colour_accuracy": [0.2, 0.5, 0.7, 0.8], "train_minutes": 6.2}
     return {**base, **kw}
 
 
@@ -31,9 +31,14 @@ def test_landed_uses_bleu4_on_the_demo_family_and_the_ceiling_on_others():
 
 
 def test_table_counts_the_seeds_that_landed():
-    text = seed_sweep.table([row(), row(seed=1, bleu4=0.626, colours_learned_epoch=None)])
-    assert "| 1 | 0.270 | 0.626 | 0.900 | 0.70 | never | 6.2 | **no** |" in text
+    text = seed_sweep.table([row(), row(seed=1, bleu4=0.626, colour_accuracy=[0.2, 0.3])])
+    assert "| 1 | 0.270 | 0.626 | 0.900 | 0.70 | never | 30% | 6.2 | **no** |" in text
     assert text.endswith("1 of 2 seeds landed (greedy BLEU-4 >= 0.8).")
+
+
+def test_colours_are_learned_at_the_first_epoch_over_the_threshold():
+    assert seed_sweep.colours_learned(row(colour_accuracy=[0.1, 0.75, 0.6, 0.9])) == 2
+    assert seed_sweep.colours_learned(row(colour_accuracy=[0.1, 0.74])) is None
 
 
 def test_parse_seeds():

@@ -326,7 +326,7 @@ def test_resume_keeps_the_saved_configuration(dataset, tmp_path):
     first = runner.invoke(main, [*_train_args(dataset, tmp_path, 2), "--json"])
     assert first.exit_code == 0, first.output
     run = tmp_path / "run"
-    plain = runner.invoke(main, ["train", "--resume", str(run), "--json"])  # defaults say epochs 10
+    plain = runner.invoke(main, ["train", "--resume", str(run), "--json"])  # the defaults say epochs 6
     assert plain.exit_code == 0, plain.output
     summary = json.loads(plain.stdout)
     assert summary["epochs"] == 2 and summary["overridden"] == {}

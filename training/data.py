@@ -58,13 +58,14 @@ def synthetic_image_size(source: str) -> Optional[int]:
         return None
 
 
-def spec_for_backbone(encoder: str, image_size: Optional[int] = None) -> PreprocessSpec:
+def spec_for_backbone(encoder: str, image_size: Optional[int] = None, resize: Optional[int] = None) -> PreprocessSpec:
     """The backbone's own transforms from torchvision's weights API; ``image_size`` overrides the sizes
-    (no resize margin: small synthetic images are used whole)."""
+    (no resize margin: small synthetic images are used whole); else ``resize`` (a model preset's)
+    replaces the backbone's resize before the same crop."""
     if image_size is not None:
         return PreprocessSpec(resize=image_size, crop=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     preset = torchvision.models.get_model_weights(encoder).DEFAULT.transforms()
-    return PreprocessSpec(resize=int(preset.resize_size[0]), crop=int(preset.crop_size[0]), mean=tuple(preset.mean),
+    return PreprocessSpec(resize=resize or int(preset.resize_size[0]), crop=int(preset.crop_size[0]), mean=tuple(preset.mean),
                           std=tuple(preset.std), interpolation=preset.interpolation.value)
 
 

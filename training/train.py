@@ -292,7 +292,7 @@ class TrainingRun:
         self.vocab = Vocabulary.build((c for r in self.splits["train"] for c in r.captions), self.config.min_count)
         self.model_config = dataclasses.replace(model_config, vocab_size=len(self.vocab))
         image_size = self.config.image_size or synthetic_image_size(self.source)  # synthetic images are used whole
-        self.spec = spec_for_backbone(self.model_config.encoder, image_size)
+        self.spec = spec_for_backbone(self.model_config.encoder, image_size, presets.preset(self.config.preset).resize)
         self.model = _build_model(self.config, self.model_config, self.vocab, self.log)
         self.name = self.config.name or time.strftime(
             f"{self.model_config.encoder}-{self.model_config.decoder}-%Y%m%d-%H%M%S")

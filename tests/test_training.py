@@ -210,7 +210,7 @@ def test_cached_features_with_a_frozen_encoder(dataset, tmp_path):
 
 def _default_sigint() -> None:
     # A child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt handler: an
-    # earlier test in the same pytest process (Ray's set-up) leaves SIGINT ignored, and the Ctrl-C
+    # earlier test in the same pytest process leaves SIGINT ignored (not yet traced), and the Ctrl-C
     # test's run went on to its 40th epoch. The child starts as a terminal's would.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 

@@ -29,11 +29,12 @@ from typing import Any, Optional
 
 from capkit.benchmarks.common import (README, REPO, add_report_arguments, capkit, display, export_bundles,
                                       first_line, greedy_scores, random_checkpoint, replace_section, run_json, say)
+from capkit.models.presets import PRESETS
 
 WORK = REPO / "benchmarks" / ".cache" / "seed-config"
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 SECTION_TITLE = "## Performance"
-SEED_MODEL = {"encoder": "resnet50", "decoder": "lstm", "layers": 1, "embed_dim": 300, "hidden_dim": 512}
+SEED_MODEL = PRESETS["seed"].model  # the report's ResNet-50 + LSTM 300/512 (`capkit train --preset seed`)
 VOCAB_SIZE, MAX_LENGTH, RESIZE, CROP = 10_000, 20, 256, 224
 BATCH_SIZES = "1,8,16,32"
 BLEU_TOLERANCE = 0.01

@@ -55,3 +55,11 @@ def test_each_family_has_its_own_readme_block(tmp_path, monkeypatch):
     text = readme.read_text()
     assert text.startswith("# x\n\nbefore\n") and "shapes one" not in text
     assert text.index("shapes two") < text.index("objects one") < text.index(seed_sweep.MARK_END)
+
+
+def test_table_shows_the_facts_column_only_when_rows_have_facts():
+    facts = {"objects": 0.627, "colours": 1.0, "backdrop": 0.213}
+    text = seed_sweep.table([row(family="objects", bleu4=0.622, ceiling_bleu4=0.587, facts=facts)])
+    assert "| 63% / 100% / 21% | 6.2 | yes |" in text and "objects / colours / backdrop" in text
+    assert "backdrop" not in seed_sweep.table([row()])
+    assert seed_sweep.facts_right("shapes", 0, None) is None

@@ -169,6 +169,29 @@ def captions_for(scene: ObjectScene, rng: np.random.Generator) -> list[str]:
     return [templates[int(j)].format(**values) for j in chosen]
 
 
+FACTS = ("objects", "colours", "backdrop")  # what a caption of this family states, checked by caption_facts
+
+
+def caption_facts(text: str) -> dict[str, frozenset[str]]:
+    """The objects (singular), colours and backdrop (adjective) a caption names, each as a set: what
+    BLEU cannot tell apart from wording ("a gold ring" scores nearly as well as "a gold hexagon")."""
+    from capkit.runtime.vocab import tokenize
+
+    singular = {plural: kind for kind, plural in OBJECTS.items()}
+    adjective = {noun: name for name, noun in BACKDROPS.items()}
+    words = tokenize(text)
+    return {"objects": frozenset(singular.get(w, w) for w in words if w in OBJECTS or w in singular),
+            "colours": frozenset(w for w in words if w in COLOURS),
+            "backdrop": frozenset(adjective.get(w, w) for w in words if w in BACKDROPS or w in adjective)}
+
+
+def scene_facts(record: dict[str, Any]) -> dict[str, frozenset[str]]:
+    """The same facts from a scene as the annotations record it (``images[i]["scene"]``)."""
+    return {"objects": frozenset(o["kind"] for o in record["objects"]),
+            "colours": frozenset(o["colour"] for o in record["objects"]),
+            "backdrop": frozenset([record["backdrop"]])}
+
+
 # ------------------------------------------------------------------------------------------- drawing
 
 

@@ -209,9 +209,10 @@ def test_cached_features_with_a_frozen_encoder(dataset, tmp_path):
 
 
 def _default_sigint() -> None:
-    # A child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt handler: an
-    # earlier test in the same pytest process leaves SIGINT ignored (not yet traced), and the Ctrl-C
-    # test's run went on to its 40th epoch. The child starts as a terminal's would.
+    # A child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt handler. A
+    # shell without job control starts its background jobs with SIGINT ignored (`bash -c 'cmd &'`),
+    # so a test suite started that way passed the ignore on, and the Ctrl-C test's run went on to its
+    # 40th epoch. The child starts as a terminal's would.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 

@@ -262,6 +262,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per seed [default: cores / jobs]")
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--facts", metavar="CHECKPOINT", default=None,
+                        help="only print which facts CHECKPOINT's greedy test captions get right (objects family, "
+                             "the first of --seeds)")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
@@ -269,6 +272,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         folder = WORK / label(args.family, args.epochs)
         row = run_seed(args.family, args.worker, args.epochs, folder / "runs", threads)
         save_row(folder / f"seed-{args.worker}.json", row)
+        return
+    if args.facts is not None:
+        if args.family != "objects":
+            parser.error("--facts needs --family objects (the demo family's scenes are not checked)")
+        print(json.dumps(facts_right(args.family, args.seeds[0], Path(args.facts))))
         return
     rows = sweep(args.family, args.seeds, args.epochs, args.jobs, threads)
     if not rows:

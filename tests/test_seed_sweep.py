@@ -63,3 +63,9 @@ def test_table_shows_the_facts_column_only_when_rows_have_facts():
     assert "| 63% / 100% / 21% | 6.2 | yes |" in text and "objects / colours / backdrop" in text
     assert "backdrop" not in seed_sweep.table([row()])
     assert seed_sweep.facts_right("shapes", 0, None) is None
+
+
+def test_facts_option_is_for_the_objects_family_only(capsys):
+    with pytest.raises(SystemExit) as stop:
+        seed_sweep.main(["--family", "shapes", "--facts", "no-such.pt"])
+    assert stop.value.code == 2 and "--facts needs --family objects" in capsys.readouterr().err

@@ -281,7 +281,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows = sweep(args.family, args.seeds, args.epochs, args.jobs, threads)
     if not rows:
         raise SystemExit("no seed finished")
-    block = f"```\n{command_for(args.family, args.seeds, args.epochs)}\n```\n\n{table(rows)}"
+    block = f"```\n{command_for(args.family, [r['seed'] for r in rows], args.epochs)}\n```\n\n{table(rows)}"
     print(block)
     if not args.no_readme and args.epochs is None:
         write_readme(args.family, block)

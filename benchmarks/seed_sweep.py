@@ -94,15 +94,17 @@ def facts_right(family: str, seed: int, checkpoint: Path) -> Optional[dict[str, 
         return None
     from capkit.training.data import resolve_dataset
     from capkit.training.evaluate import generate_captions
+    from capkit.training.synthetic import annotations_file
     from capkit.training.synthetic_objects import FACTS, caption_facts, scene_facts
     from capkit.training.torch_inference import checkpoint_captioner
 
-    folder = Path(family_data(family, seed, progress=False))
-    coco = json.loads((folder / "annotations" / "captions_test.json").read_text())
+    captioner = checkpoint_captioner(checkpoint, device="cpu")  # a bad checkpoint fails before any data is read
+    folder = family_data(family, seed, progress=False)
+    coco = json.loads(annotations_file(folder, "test").read_text())
     scenes = {str(image["id"]): image["scene"] for image in coco["images"]}
-    _, splits = resolve_dataset(str(folder), None, progress=False)
+    _, splits = resolve_dataset(folder, None, progress=False)
     records = splits["test"]
-    captions = generate_captions(checkpoint_captioner(checkpoint, device="cpu"), records, (0.0,), progress=False)[0.0]
+    captions = generate_captions(captioner, records, (0.0,), progress=False)[0.0]
     right = dict.fromkeys(FACTS, 0)
     for record in records:
         said, truth = caption_facts(captions[record.image_id]), scene_facts(scenes[str(record.image_id)])
@@ -276,7 +278,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.facts is not None:
         if args.family != "objects":
             parser.error("--facts needs --family objects (the demo family's scenes are not checked)")
-        print(json.dumps(facts_right(args.family, args.seeds[0], Path(args.facts))))
+        from capkit.runtime.errors import CapkitError
+
+        try:
+            print(json.dumps(facts_right(args.family, args.seeds[0], Path(args.facts))))
+        except CapkitError as e:  # no such checkpoint, not a checkpoint: one line, exit 1
+            parser.exit(1, f"seed_sweep.py: {e}\n")
         return
     rows = sweep(args.family, args.seeds, args.epochs, args.jobs, threads)
     if not rows:

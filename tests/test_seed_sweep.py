@@ -69,3 +69,16 @@ def test_facts_option_is_for_the_objects_family_only(capsys):
     with pytest.raises(SystemExit) as stop:
         seed_sweep.main(["--family", "shapes", "--facts", "no-such.pt"])
     assert stop.value.code == 2 and "--facts needs --family objects" in capsys.readouterr().err
+
+
+def test_facts_with_a_bad_checkpoint_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "objects"
+    (folder / "annotations").mkdir(parents=True)
+    (folder / "annotations" / "captions_test.json").write_text('{"images": [], "annotations": []}')
+    monkeypatch.setattr(seed_sweep, "family_data", lambda family, seed, progress: str(folder))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for checkpoint in (tmp_path / "missing.pt", tmp_path / "junk.pt"):
+        with pytest.raises(SystemExit) as stop:
+            seed_sweep.main(["--family", "objects", "--seeds", "0", "--facts", str(checkpoint)])
+        err = capsys.readouterr().err
+        assert stop.value.code == 1 and str(checkpoint) in err and len(err.strip().splitlines()) == 1

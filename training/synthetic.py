@@ -246,6 +246,11 @@ def _check(count: int, seed: int, image_size: int, splits: Sequence[float]) -> N
         raise SyntheticError(f"splits must be three fractions (train, val, test) summing to 1, got {tuple(splits)}")
 
 
+def annotations_file(folder: str | os.PathLike, split: str) -> Path:
+    """Where a family's folder keeps a split's COCO captions file (the scenes ride in its ``images``)."""
+    return Path(folder) / "annotations" / f"captions_{split}.json"
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -292,7 +297,7 @@ class Family:
         names = sorted(meta.get("files", []))
         if len(names) != count:
             return False
-        if not all((out / "annotations" / f"captions_{s}.json").is_file() for s in SPLITS):
+        if not all(annotations_file(out, s).is_file() for s in SPLITS):
             return False
         return all((out / "images" / name).is_file() for name in names)
 
@@ -310,7 +315,7 @@ class Family:
         out = Path(out_dir)
         if self.is_complete(out, count, seed, image_size, splits):
             return out
-        image_dir, ann_dir = out / "images", out / "annotations"
+        image_dir, ann_dir = out / "images", annotations_file(out, SPLITS[0]).parent
         try:
             (out / META_FILE).unlink(missing_ok=True)
             image_dir.mkdir(parents=True, exist_ok=True)
@@ -353,7 +358,7 @@ class Family:
                     ann_id += 1
             coco = {"info": {**info, "split": split}, "images": [images[i] for i in members], "annotations": anns,
                     "licenses": []}
-            _write_text(ann_dir / f"captions_{split}.json", json.dumps(coco, indent=1) + "\n")
+            _write_text(annotations_file(out, split), json.dumps(coco, indent=1) + "\n")
 
         meta = {"params": self.params(count, seed, image_size, splits), "splits": dict(zip(SPLITS, sizes)),
                 "captions_per_image": CAPTIONS_PER_IMAGE, "templates": {k: list(v) for k, v in self.templates.items()},

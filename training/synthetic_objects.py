@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from capkit.runtime.vocab import tokenize
 from capkit.training.synthetic import CAPTIONS_PER_IMAGE, Family, article, jittered
 
 OBJECTS_VERSION = 1  # bump when the images or captions change, so that cached copies are regenerated
@@ -175,8 +176,6 @@ FACTS = ("objects", "colours", "backdrop")  # what a caption of this family stat
 def caption_facts(text: str) -> dict[str, frozenset[str]]:
     """The objects (singular), colours and backdrop (adjective) a caption names, each as a set: what
     BLEU cannot tell apart from wording ("a gold ring" scores nearly as well as "a gold hexagon")."""
-    from capkit.runtime.vocab import tokenize
-
     singular = {plural: kind for kind, plural in OBJECTS.items()}
     adjective = {noun: name for name, noun in BACKDROPS.items()}
     words = tokenize(text)

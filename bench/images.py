@@ -1,5 +1,5 @@
 """The benchmark's images: files named by the user (through the runtime's one image lister,
-:func:`capkit.runtime.inputs.expand_inputs`), or synthetic photos of a typical photo's size, so
+:func:`capkit.bulk.listing.expand_inputs`), or synthetic photos of a typical photo's size, so
 that reading and resizing cost what they do in use; and phone-size photos (12-megapixel JPEGs of
 about 2 MB, :data:`PHONE_PHOTO_SIZE`), timed apart from the others."""
 
@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from capkit.bench.stats import BenchError
-from capkit.runtime.inputs import expand_inputs
+from capkit.bulk.listing import expand_inputs
 
 SYNTHETIC_PHOTO_SIZE = (640, 480)  # (width, height): a typical photo
 DEFAULT_SYNTHETIC_COUNT = 8

@@ -170,7 +170,7 @@ class CaptionerTimer:
     def _loop_seconds(self, timed: TimedInference) -> float:
         timed.steps = 0
         started = time.perf_counter()
-        decode(timed, self.pixels, self.options, start_id=self.vocab.start_id, end_id=self.vocab.end_id)
+        decode(timed, self.pixels, self.options, self.vocab)
         elapsed = time.perf_counter() - started - timed.encode_seconds
         self.steps.append(timed.steps)
         return elapsed

@@ -185,8 +185,7 @@ def bleu(model: Optional[str], checkpoint: Optional[str], data: Path, side: int,
             pixels = np.stack([preprocess(source(r), spec, fast_decode=fast) for r in chunk])  # (B, 3, H, W)
             seconds += time.perf_counter() - started
             rows.append(pixels)
-            for r, result in zip(chunk, decode(captioner.inference, pixels, options, start_id=vocab.start_id,
-                                               end_id=vocab.end_id)):
+            for r, result in zip(chunk, decode(captioner.inference, pixels, options, vocab)):
                 out[r.image_id] = vocab.decode(result.tokens)
         return out, np.concatenate(rows), seconds
 

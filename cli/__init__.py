@@ -18,7 +18,7 @@ from capkit.cli.caption import caption
 from capkit.cli.data import data
 from capkit.cli.eval import eval_command
 from capkit.cli.export import export
-from capkit.cli.options import first_line
+from capkit.runtime.errors import first_line
 from capkit.cli.train import train
 from capkit.cli.serve_web import serve_web  # the on-device captioning page (clients/web)
 

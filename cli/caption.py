@@ -14,10 +14,11 @@ import click
 from capkit.cli.options import (batch_size_option, checkpoint_option, decoding_option_group, device_option,
                                 echo_json, json_option, model_option, open_captioner, pop_decoding, status,
                                 threads_option, user_errors)
-from capkit.runtime.bulk import SKIP_BY, run_bulk
+from capkit.bulk.listing import ImageInput, expand_inputs
+from capkit.bulk.local import SKIP_BY, error_caption, run_bulk
 from capkit.runtime.captioner import DEFAULT_BATCH_SIZE, Caption
 from capkit.runtime.decoding import check_given_options
-from capkit.runtime.inputs import ImageInput, expand_inputs, printable
+from capkit.runtime.errors import one_line, printable
 
 
 def in_input_order(inputs: list[ImageInput], captions: Iterator[Caption]) -> Iterator[Caption]:
@@ -26,7 +27,7 @@ def in_input_order(inputs: list[ImageInput], captions: Iterator[Caption]) -> Ite
         if item.error is None:
             yield next(captions)
         else:
-            yield Caption(text="", tokens=(), logprob=None, image=item.label, error=item.error, finished=False)
+            yield error_caption(item)
 
 
 def emit(result: Caption, as_json: bool, prefixed: bool) -> None:
@@ -39,7 +40,7 @@ def emit(result: Caption, as_json: bool, prefixed: bool) -> None:
     elif result.ok:
         click.echo(f"{printable(result.image or '')}: {result.text}" if prefixed else result.text)
     if not result.ok:
-        click.echo(f"Error: {printable(' '.join((result.error or '').split()))}", err=True)
+        click.echo(f"Error: {printable(one_line(result.error or ''))}", err=True)
 
 
 @click.command("caption")
@@ -108,7 +109,7 @@ def caption(images: tuple[str, ...], model: Optional[str], checkpoint: Optional[
 def bulk(sources: tuple[str, ...], out: str, *, model: Optional[str], checkpoint: Optional[str], device: str,
          batch_size: int, threads: Optional[int], readers: int, skip_by: str, ray_address: Optional[str],
          workers: Optional[int], decoding: dict) -> None:
-    """``--out``: the bulk run (runtime/bulk.py), or on Ray (ray_data.py); a one-line summary on stderr, exit 1
+    """``--out``: the bulk run (capkit.bulk.local), or on Ray (capkit.bulk.ray); a one-line summary on stderr, exit 1
     when an image failed, 130 when interrupted."""
     with user_errors():
         check_given_options(**decoding)
@@ -117,7 +118,7 @@ def bulk(sources: tuple[str, ...], out: str, *, model: Optional[str], checkpoint
                 raise click.UsageError("--ray captions with a bundle (--model), not --checkpoint")
             if skip_by != "path":
                 raise click.UsageError("--ray resumes by path only (--skip-by hash is for runs on one machine)")
-            from capkit.ray_data import run_on_ray
+            from capkit.bulk.ray import run_on_ray
 
             summary = run_on_ray(sources, out, model, address=ray_address, workers=workers or 2,
                                  batch_size=batch_size, threads=threads, status=status, **decoding)

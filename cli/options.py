@@ -17,16 +17,13 @@ from typing import Any, Callable, Iterator, Optional
 import click
 
 from capkit.runtime.bundle import DEFAULT_BUNDLE, MODEL_ENV
-from capkit.runtime.errors import CapkitError
+from capkit.runtime.decoding import OPTION_NAMES, DecodingOptions
+from capkit.runtime.errors import CapkitError, first_line
 from capkit.runtime.limits import DEFAULT_LIMITS
 
 # Errors that mean "bad input": shown as one line, exit status 1, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (CapkitError, FileNotFoundError, PermissionError, IsADirectoryError,
                                                 NotADirectoryError)
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 @contextlib.contextmanager
@@ -86,24 +83,23 @@ def images_option(help: str) -> Callable[[Callable], Callable]:
     return click.option("--images", "images", multiple=True, metavar="PATH", help=help)
 
 
-decoding_option_group = _options(
-    click.option("--temp", "temperature", type=float, default=None,
-                 help="0 = greedy (argmax); > 0 samples from softmax(logits / T) [default: the bundle's, 0]."),
-    click.option("--top-k", type=int, default=None, help="Sample among the K most likely words."),
-    click.option("--top-p", type=float, default=None, help="Sample from the smallest set of words of mass P."),
-    click.option("--beam", type=int, default=None, help="Beam width; 1 = no beam search [default: the bundle's, 1]."),
-    click.option("--max-length", type=int, default=None, help="Longest caption in tokens [default: the model's]."),
-    click.option("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same caption."),
-)
-"""The decoding options; each defaults to None, meaning the bundle's (or model's) own. Values are
-checked once, by the runtime's ``verify_options``, so the ranges live in one place."""
+def _decoding_option(f: dataclasses.Field) -> Callable[[Callable], Callable]:
+    """The CLI option of one DecodingOptions field: its flag, type and help from the field; default None,
+    meaning the bundle's (or model's) own."""
+    spec = f.metadata
+    default = "the bundle's" + (f", {f.default:g}" if f.default is not None else ", none")
+    return click.option(spec["flag"], f.name, type=spec["kind"], default=None, help=f"{spec['help']} [default: {default}].")
 
-DECODING_OPTION_NAMES = ("temperature", "top_k", "top_p", "beam", "max_length", "seed")
+
+decoding_option_group = _options(*(_decoding_option(f) for f in dataclasses.fields(DecodingOptions)))
+"""The decoding options, one per field of :class:`~capkit.runtime.decoding.DecodingOptions`; each defaults
+to None, meaning the bundle's (or model's) own. Values are checked once, by the runtime's ``verify_options``,
+so the ranges live in one place."""
 
 
 def pop_decoding(options: dict[str, Any]) -> dict[str, Optional[Any]]:
     """The decoding group's values out of a command's keyword arguments (those the user left out are None)."""
-    return {name: options.pop(name) for name in DECODING_OPTION_NAMES}
+    return {name: options.pop(name) for name in OPTION_NAMES}
 
 
 # -- options whose defaults come from a configuration dataclass (never restated here) ----------------------------
@@ -128,10 +124,10 @@ def config_option(cls: type, name: str, *flags: str, **kwargs: Any) -> Callable[
     return click.option(*flags, name, default=default, **kwargs)
 
 
-__all__ = ["DECODING_OPTION_NAMES", "USER_ERRORS", "batch_size_option", "checkpoint_option", "config_option",
+__all__ = ["USER_ERRORS", "batch_size_option", "checkpoint_option", "config_option",
            "decoding_option_group", "field_default",
            "open_captioner",
-           "device_option", "echo_json", "first_line", "images_option", "json_option", "model_option",
+           "device_option", "echo_json", "images_option", "json_option", "model_option",
            "pop_decoding", "progress_option", "status", "threads_option", "user_errors"]
 
 

@@ -25,7 +25,7 @@ import torch
 from capkit.models import CaptionModel
 from capkit.runtime.bundle import Bundle
 from capkit.runtime.decoding import DecodingOptions, DecodingResult, decode
-from capkit.runtime.inputs import expand_inputs
+from capkit.bulk.listing import expand_inputs
 from capkit.runtime.preprocess import ImageError, ImageSource, PreprocessSpec, preprocess_batch
 from capkit.training.torch_inference import TorchInference
 
@@ -152,12 +152,12 @@ def check_bundle(model: CaptionModel, bundle: Bundle, images: Optional[np.ndarra
         ref_logits, ref_state = torch_inf.step(tokens[rows], tuple(torch.from_numpy(s).to(torch_inf.device) for s in state))
         step_err[label] = max(_max_abs([logits], [ref_logits]), _max_abs(next_state, _numpy(ref_state)))
 
-    ids = {"start_id": manifest.vocab.start_id, "end_id": manifest.vocab.end_id}
+    ids = manifest.vocab
     greedy = DecodingOptions(max_length=manifest.max_length)
     sampled = DecodingOptions(max_length=manifest.max_length, temperature=temperature, seed=seed)
-    onnx_greedy = decode(onnx_inf, images, greedy, **ids)
-    greedy_equal, greedy_lp = _same(onnx_greedy, decode(torch_inf, images, greedy, **ids))
-    sampled_equal, sampled_lp = _same(decode(onnx_inf, images, sampled, **ids), decode(torch_inf, images, sampled, **ids))
+    onnx_greedy = decode(onnx_inf, images, greedy, ids)
+    greedy_equal, greedy_lp = _same(onnx_greedy, decode(torch_inf, images, greedy, ids))
+    sampled_equal, sampled_lp = _same(decode(onnx_inf, images, sampled, ids), decode(torch_inf, images, sampled, ids))
     return ParityReport(
         images=len(images), tolerance=tolerance, encoder_max_abs=encoder_err, step_max_abs=step_err,
         greedy_equal=greedy_equal, greedy_distinct=len({r.tokens for r in onnx_greedy}), sampled_equal=sampled_equal,
@@ -224,18 +224,18 @@ def check_ort_bundle(reference: Bundle, ort_bundle: Bundle, images: Optional[np.
     if unset:
         failed.problems.append(f"{ort_bundle.folder}: the {', '.join(unset)} session was not created ORT-format-only")
         return failed
-    ids = {"start_id": manifest.vocab.start_id, "end_id": manifest.vocab.end_id}
+    ids = manifest.vocab
     greedy = DecodingOptions(max_length=manifest.max_length)
     sampled = DecodingOptions(max_length=manifest.max_length, temperature=temperature, seed=seed)
-    onnx_greedy = decode(onnx_inf, images, greedy, **ids)
-    greedy_equal, greedy_lp = _same(decode(ort_inf, images, greedy, **ids), onnx_greedy)
-    sampled_equal, sampled_lp = _same(decode(ort_inf, images, sampled, **ids), decode(onnx_inf, images, sampled, **ids))
+    onnx_greedy = decode(onnx_inf, images, greedy, ids)
+    greedy_equal, greedy_lp = _same(decode(ort_inf, images, greedy, ids), onnx_greedy)
+    sampled_equal, sampled_lp = _same(decode(ort_inf, images, sampled, ids), decode(onnx_inf, images, sampled, ids))
     return OrtCheckReport(len(images), greedy_equal, len({r.tokens for r in onnx_greedy}), sampled_equal, temperature,
                           seed, max(greedy_lp, sampled_lp))
 
 
 def image_files(arguments: Sequence[str | os.PathLike]) -> list[str]:
-    """The image files named by ``arguments`` (files, folders, patterns: :func:`~capkit.runtime.inputs.expand_inputs`);
+    """The image files named by ``arguments`` (files, folders, patterns: :func:`~capkit.bulk.listing.expand_inputs`);
     an argument that names none is an error."""
     inputs = expand_inputs(arguments)
     for item in inputs:

@@ -170,7 +170,7 @@ def compare_variant(reference: Bundle, variant: Bundle, images: np.ndarray) -> V
 
     vocab = reference.manifest.vocab
     options = DecodingOptions(max_length=reference.manifest.max_length)
-    captions = [decode(OnnxInference(b, device="cpu"), images, options, start_id=vocab.start_id, end_id=vocab.end_id)
+    captions = [decode(OnnxInference(b, device="cpu"), images, options, vocab)
                 for b in (reference, variant)]
     equal = sum(a.tokens == b.tokens for a, b in zip(*captions))
     return VariantReport(variant.manifest.precision, str(variant.folder), variant.size_bytes(), reference.size_bytes(),

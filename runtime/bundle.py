@@ -461,26 +461,31 @@ class Bundle:
     def decoder_path(self) -> Path:
         return _inside(self.folder, self.manifest.decoder.file)
 
-    def graph_files(self) -> list[Path]:
-        """Every file the graphs need: both graphs and the external-data files they name, if any."""
-        files = []
-        for path in (self.encoder_path, self.decoder_path):
-            files += [path, *(_inside(self.folder, name) for name in _external_data_files(path))]
-        return files
-
-    def files(self) -> list[Path]:
-        """The bundle's own files besides the manifest: :meth:`graph_files` and, in an ORT-format
-        bundle, its operator config (:data:`OPERATOR_CONFIG_FILE`, an input of reduced ONNX Runtime
-        builds, not needed at run time) where it is a file inside the folder."""
-        files = self.graph_files()
+    def named_files(self) -> dict[str, Path]:
+        """The bundle's own files besides the manifest, by the names the manifest (and the graphs' external-data
+        references) give them, each with its resolved path inside the folder: both graphs, their external-data
+        files, and in an ORT-format bundle its operator config (:data:`OPERATOR_CONFIG_FILE`, an input of
+        reduced ONNX Runtime builds, not needed at run time) where it is a file inside the folder."""
+        files: dict[str, Path] = {}
+        for name in (self.manifest.encoder.file, self.manifest.decoder.file):
+            path = files[name] = _inside(self.folder, name)
+            files.update((extra, _inside(self.folder, extra)) for extra in _external_data_files(path))
         if self.manifest.graph_format == "ort":
             try:
                 config = _inside(self.folder, OPERATOR_CONFIG_FILE)
             except BundleError:  # a link leading outside: not the bundle's
                 config = None
             if config is not None and config.is_file():
-                files.append(config)
+                files[OPERATOR_CONFIG_FILE] = config
         return files
+
+    def graph_files(self) -> list[Path]:
+        """Every file the graphs need: both graphs and the external-data files they name, if any."""
+        return [path for name, path in self.named_files().items() if name != OPERATOR_CONFIG_FILE]
+
+    def files(self) -> list[Path]:
+        """:meth:`named_files`' paths."""
+        return list(self.named_files().values())
 
     def size_bytes(self) -> int:
         """Bytes of :meth:`graph_files`: what an app ships (the manifest aside)."""

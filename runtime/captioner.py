@@ -26,9 +26,8 @@ from PIL import Image
 
 from capkit.runtime.bundle import Bundle, Manifest, load_bundle
 from capkit.runtime.decoding import (DecodingOptions, DecodingOptionsError, DecodingResult, Inference, decode,
-                                     verify_options)
-from capkit.runtime.errors import CapkitError
-from capkit.runtime.inputs import printable
+                                     verify_options, with_overrides)
+from capkit.runtime.errors import CapkitError, check_int, one_line, printable
 from capkit.runtime.limits import DEFAULT_LIMITS, Limits
 from capkit.runtime.preprocess import ImageSource, PreprocessSpec, preprocess
 from capkit.runtime.vocab import Vocabulary
@@ -70,17 +69,19 @@ def image_label(source: Any) -> Optional[str]:
 
 
 def check_batch_size(batch_size: int, limits: Limits = DEFAULT_LIMITS) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise DecodingOptionsError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch size", error=DecodingOptionsError)
     limits.check("max_batch_size", batch_size, "batch size")
-    return int(batch_size)
+    return batch_size
 
 
-def failed_caption(label: Optional[str], error: BaseException) -> Caption:
-    """The error Caption of an image that could not be read: one line, naming the image where it has a label."""
-    message = " ".join(str(error).split())
-    if not isinstance(error, CapkitError):  # an unexpected failure: say what kind
-        message = f"{type(error).__name__}: {message}" if message else type(error).__name__
+def failed_caption(label: Optional[str], error: BaseException, what: str = "") -> Caption:
+    """The error Caption of an image that could not be read (or, ``what``, be captioned): one line, naming the
+    image where it has a label."""
+    message = one_line(error)
+    if not isinstance(error, CapkitError) and message != type(error).__name__:  # unexpected: say what kind
+        message = f"{type(error).__name__}: {message}"
+    if what:
+        message = f"{what}: {message}"
     name = printable(label) if label else None
     if name and not message.startswith(f"{name}:"):  # preprocessing's messages already start with the name
         message = f"{name}: {message}"
@@ -162,55 +163,47 @@ class Captioner:
         where = self.bundle.folder if self.bundle is not None else type(self.inference).__name__
         return f"Captioner({str(where)!r}, device={self.device!r})"
 
-    def options(self, temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                beam: Optional[int] = None, max_length: Optional[int] = None, seed: Optional[int] = None) -> DecodingOptions:
-        """Checked decoding options: each one given, else the default's (:attr:`defaults`). A given
-        temperature, top-k or top-p replaces the default sampling as a whole, so that ``temperature=0.7``
-        on a bundle whose default is beam search samples instead of failing."""
-        given = {name: value for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
-                                                 ("beam", beam), ("max_length", max_length), ("seed", seed))
-                 if value is not None}
-        base = self.defaults
-        if given.keys() & {"temperature", "top_k", "top_p"} and "beam" not in given:
-            base = dataclasses.replace(base, beam=1)
-        return verify_options(dataclasses.replace(base, **given), self.limits)
+    def options(self, options: Optional[DecodingOptions] = None, /, **overrides: Any) -> DecodingOptions:
+        """Checked decoding options: ``options`` (default :attr:`defaults`) with each keyword override that
+        is not None (the fields of :class:`DecodingOptions`: temperature, top_k, top_p, beam, max_length,
+        seed). A sampling option given without ``beam`` replaces a default beam search as a whole, so that
+        ``temperature=0.7`` on a bundle whose default is beam search samples instead of failing. An unknown
+        keyword raises TypeError; a bad value DecodingOptionsError (or LimitError), one line naming it."""
+        return verify_options(with_overrides(self.defaults if options is None else options, overrides), self.limits)
 
-    def caption(self, image: ImageSource, temperature: Optional[float] = None, top_k: Optional[int] = None,
-                top_p: Optional[float] = None, beam: Optional[int] = None, max_length: Optional[int] = None,
-                seed: Optional[int] = None) -> Caption:
-        """One image (a path, bytes, a Pillow image or an HxWx3 uint8 array) -> its Caption.
+    def caption(self, image: ImageSource, options: Optional[DecodingOptions] = None, /, **overrides: Any) -> Caption:
+        """One image (a path, bytes, a Pillow image or an HxWx3 uint8 array) -> its Caption, decoded with
+        :meth:`options` (``options`` and keyword overrides, e.g. ``temperature=0.7, seed=1``).
 
         Raises DecodingOptionsError for bad options and ImageError for an unreadable image
         (:class:`~capkit.runtime.preprocess.ImageLimitError`, also a LimitError, for one over ``limits``).
         """
-        options = self.options(temperature, top_k, top_p, beam, max_length, seed)
+        options = self.options(options, **overrides)
         pixels = self.preprocess(image)[None]  # (1, 3, H, W)
-        return self._captions(pixels, [image_label(image)], options)[0]
+        decoded = decode(self.inference, pixels, options, self.vocab, limits=self.limits)
+        return self._caption(decoded[0], image_label(image))
 
-    def caption_batch(self, images: Iterable[ImageSource], temperature: Optional[float] = None,
-                      top_k: Optional[int] = None, top_p: Optional[float] = None, beam: Optional[int] = None,
-                      max_length: Optional[int] = None,
-                      seed: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Caption]:
+    def caption_batch(self, images: Iterable[ImageSource], options: Optional[DecodingOptions] = None, /, *,
+                      batch_size: int = DEFAULT_BATCH_SIZE, **overrides: Any) -> list[Caption]:
         """Several images -> one Caption each, in input order. An item that cannot be read or
         preprocessed, whatever it is (a missing or corrupt file, an image over ``limits``, None, a
         number, an empty array ...), gives a Caption with ``error`` set (one line, naming the image
-        where it has a label); the others are still captioned. Each image's caption equals
+        where it has a label); so does an image whose decoding fails (the batch is split until the
+        failing image is alone); the others are still captioned. Each image's caption equals
         :meth:`caption`'s (seeded sampling gives every image its own generator). If ``images``
         itself raises while being iterated (a failing generator), the images already read are
         captioned first, then its exception is raised: nothing read is lost, and the caller's own
         error is not disguised as an image's."""
-        return list(self.iter_captions(images, temperature, top_k, top_p, beam, max_length, seed, batch_size))
+        return list(self.iter_captions(images, options, batch_size=batch_size, **overrides))
 
-    def iter_captions(self, images: Iterable[ImageSource], temperature: Optional[float] = None,
-                      top_k: Optional[int] = None, top_p: Optional[float] = None, beam: Optional[int] = None,
-                      max_length: Optional[int] = None,
-                      seed: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Caption]:
+    def iter_captions(self, images: Iterable[ImageSource], options: Optional[DecodingOptions] = None, /, *,
+                      batch_size: int = DEFAULT_BATCH_SIZE, **overrides: Any) -> Iterator[Caption]:
         """:meth:`caption_batch` as a generator: yields each batch's captions as soon as they are decoded.
 
         Options are checked before the first image is read, even though the generator is lazy.
         When ``images`` raises midway, the captions of the images it gave before (those of the batch
         being read included) are yielded first, then its exception is raised from this generator."""
-        options = self.options(temperature, top_k, top_p, beam, max_length, seed)
+        options = self.options(options, **overrides)
         batch_size = check_batch_size(batch_size, self.limits)
         if isinstance(images, (str, bytes, bytearray, os.PathLike, Image.Image)):
             raise CapkitError(f"caption_batch and iter_captions take several images (a list or an iterable), "
@@ -268,8 +261,17 @@ class Captioner:
         return self._captions(pixels, list(labels), options)
 
     def _captions(self, pixels: np.ndarray, labels: list[Optional[str]], options: DecodingOptions) -> list[Caption]:
-        decoded = decode(self.inference, pixels, options, start_id=self.vocab.start_id, end_id=self.vocab.end_id,
-                         limits=self.limits)
+        """Decodes rows (B, 3, crop, crop); when decoding fails (ONNX Runtime refusing an input, running out
+        of memory ...), the batch is split in halves and each decoded again, so that only the image that
+        fails gets an error Caption. Bad options are not an image's fault: they are checked before."""
+        try:
+            decoded = decode(self.inference, pixels, options, self.vocab, limits=self.limits)
+        except Exception as e:
+            if len(pixels) == 1:
+                return [failed_caption(labels[0], e, "cannot be captioned")]
+            half = len(pixels) // 2
+            return (self._captions(pixels[:half], labels[:half], options)
+                    + self._captions(pixels[half:], labels[half:], options))
         return [self._caption(result, label) for result, label in zip(decoded, labels)]
 
     def _caption(self, result: DecodingResult, label: Optional[str]) -> Caption:

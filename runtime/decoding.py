@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
-from capkit.runtime.errors import CapkitError
+from capkit.runtime.errors import CapkitError, is_int
 from capkit.runtime.limits import DEFAULT_LIMITS, Limits
+from capkit.runtime.logits import (LogitFilter, TopK, TopP, chosen_log_softmax, greedy_from_logits, log_softmax,
+                                   sample_from_scores)
 
 InferenceState = Any  # whatever an Inference keeps between steps (numpy arrays, OrtValues, torch tensors)
 
@@ -49,14 +51,45 @@ class GreedyInference(Inference, Protocol):
         the CPU reuses two sets): copy what is kept longer, as the loop does."""
 
 
+def option(default: Any, *, flag: str, kind: type, help: str, minimum: Optional[float] = None,
+           above: Optional[float] = None, maximum: Optional[float] = None, limit: Optional[str] = None) -> Any:
+    """A :class:`DecodingOptions` field: its default and everything derived from it elsewhere: the CLI
+    flag and help (``cli/options.py``), the manifest's ``decoding`` block (``runtime/manifest``), the
+    Python API's keyword overrides (``Captioner``), the check (:func:`verify_options`: ``kind``, the range
+    ``minimum <= v`` or ``above < v <= maximum``, and the :class:`Limits` field ``limit``) and the
+    JavaScript runtime's constants (generated from these fields). A default of None: the option may be
+    left unset."""
+    return field(default=default, metadata={"flag": flag, "kind": kind, "help": help, "minimum": minimum,
+                                            "above": above, "maximum": maximum, "limit": limit})
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
-    temperature: float = 0.0  # 0: greedy argmax; > 0: sample from softmax(logits / T)
-    top_k: Optional[int] = None  # sample among the k most likely tokens only
-    top_p: Optional[float] = None  # sample from the smallest set of tokens whose probability reaches p
-    beam: int = 1  # beam width; > 1: beam search (deterministic; temperature must be 0)
-    max_length: int = 20  # most tokens generated per caption, <end> included
-    seed: Optional[int] = None  # seeds every image's own generator; None: fresh entropy
+    """How a caption is chosen. Adding an option: a field here (with :func:`option`), and its use in a
+    TokenDecoder or LogitFilter (and in clients/js/src/decoding.js); everything else derives from the field."""
+
+    temperature: float = option(0.0, flag="--temp", kind=float, minimum=0.0,
+                                help="0 = greedy (argmax); > 0 samples from softmax(logits / T).")
+    top_k: Optional[int] = option(None, flag="--top-k", kind=int, minimum=1,
+                                  help="Sample among the K most likely words only.")
+    top_p: Optional[float] = option(None, flag="--top-p", kind=float, above=0.0, maximum=1.0,
+                                    help="Sample from the smallest set of words whose probability reaches P.")
+    beam: int = option(1, flag="--beam", kind=int, minimum=1, limit="max_beam",
+                       help="Beam width; > 1: beam search (deterministic: temperature 0, no top-k/top-p).")
+    max_length: int = option(20, flag="--max-length", kind=int, minimum=1, limit="max_length",
+                             help="Most tokens generated per caption, <end> included.")
+    seed: Optional[int] = option(None, flag="--seed", kind=int, minimum=0,
+                                 help="Seeds every image's own generator: the same seed gives the same caption.")
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the choice is argmax(logits): temperature 0, or top-k 1 (whose only candidate is the
+        argmax, ties aside), and no beam search."""
+        return self.beam == 1 and (self.temperature == 0 or self.top_k == 1)
+
+
+OPTION_NAMES = tuple(f.name for f in fields(DecodingOptions))
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")  # given without beam, they replace a default beam search
 
 
 @dataclass(frozen=True)
@@ -66,137 +99,104 @@ class DecodingResult:
     finished: bool  # True when <end> was produced within max_length
 
 
+class SpecialIds(Protocol):
+    """The token ids the loop needs: a :class:`~capkit.runtime.vocab.Vocabulary` is one."""
+
+    start_id: int
+    end_id: int
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Special ids without a vocabulary (tests, tools)."""
+
+    start_id: int
+    end_id: int
+
+
 class DecodingOptionsError(CapkitError):
     """An option outside its range; the message names it."""
-
-
-REQUIRED_OPTIONS = ("temperature", "beam", "max_length")  # the others may be None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
+def _checked(name: str, value: Any, spec: dict[str, Any]) -> Any:
+    """One option's value checked against its field's ``kind`` and range; as a plain Python number."""
+    label = name.replace("_", "-")
+    if spec["kind"] is int:
+        if not is_int(value):
+            raise DecodingOptionsError(f"{label} must be an integer, got {value!r}")
+        if spec["minimum"] is not None and value < spec["minimum"]:
+            raise DecodingOptionsError(f"{label} must be an integer >= {spec['minimum']:g}, got {value}")
+        return int(value)
+    if not _is_number(value):
+        raise DecodingOptionsError(f"{label} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float (10**400)
+        raise DecodingOptionsError(f"{label} must be a finite number, got an integer of {len(str(value))} "
+                                   f"digits") from None
+    if spec["minimum"] is not None and not (math.isfinite(number) and number >= spec["minimum"]):
+        raise DecodingOptionsError(f"{label} must be a finite number >= {spec['minimum']:g}, got {value}")
+    if spec["maximum"] is not None and not (spec["above"] < number <= spec["maximum"]):
+        raise DecodingOptionsError(f"{label} must be in ({spec['above']:g}, {spec['maximum']:g}], got {value}")
+    return number
+
+
 def verify_options(options: DecodingOptions, limits: Limits = DEFAULT_LIMITS) -> DecodingOptions:
-    """Checks every option once, before any work: types, ranges and ``limits`` (max_length, beam).
-    Returns them with plain Python numbers (numpy scalars converted); raises DecodingOptionsError
-    or LimitError with one line naming the option."""
-    for name in ("top_k", "beam", "max_length", "seed"):
-        value = getattr(options, name)
-        if not _is_int(value) and (value is not None or name in REQUIRED_OPTIONS):
-            raise DecodingOptionsError(f"{name.replace('_', '-')} must be an integer, got {value!r}")
-    for name in ("temperature", "top_p"):
-        value = getattr(options, name)
-        if not _is_number(value) and (value is not None or name in REQUIRED_OPTIONS):
-            raise DecodingOptionsError(f"{name.replace('_', '-')} must be a number, got {value!r}")
-        try:
-            float(value) if value is not None else None
-        except OverflowError:  # an int too large for a float (10**400)
-            raise DecodingOptionsError(f"{name.replace('_', '-')} must be a finite number, got an integer of "
-                                       f"{len(str(value))} digits") from None
-    t = float(options.temperature)
-    if not math.isfinite(t) or t < 0:
-        raise DecodingOptionsError(f"temperature must be a finite number >= 0, got {options.temperature}")
-    if options.top_k is not None and options.top_k < 1:
-        raise DecodingOptionsError(f"top-k must be an integer >= 1, got {options.top_k}")
-    if options.top_p is not None and not (0.0 < float(options.top_p) <= 1.0):
-        raise DecodingOptionsError(f"top-p must be in (0, 1], got {options.top_p}")
-    if options.beam < 1:
-        raise DecodingOptionsError(f"beam must be an integer >= 1, got {options.beam}")
-    if options.beam > 1 and (t > 0 or options.top_k or options.top_p):
+    """Checks every option once, before any work: types, ranges and ``limits`` (max_length, beam), as each
+    field of :class:`DecodingOptions` declares them. Returns them with plain Python numbers (numpy scalars
+    converted); raises DecodingOptionsError or LimitError with one line naming the option."""
+    values = {}
+    for f in fields(DecodingOptions):
+        value = getattr(options, f.name)
+        values[f.name] = None if value is None and f.default is None else _checked(f.name, value, f.metadata)
+        if f.metadata["limit"] is not None:
+            limits.check(f.metadata["limit"], values[f.name], f.name.replace("_", "-"))
+    checked = DecodingOptions(**values)
+    if checked.beam > 1 and (checked.temperature > 0 or checked.top_k or checked.top_p):
         raise DecodingOptionsError("beam search is deterministic: use it with temperature 0 and no top-k/top-p")
-    if options.max_length < 1:
-        raise DecodingOptionsError(f"max-length must be an integer >= 1, got {options.max_length}")
-    if options.seed is not None and options.seed < 0:
-        raise DecodingOptionsError(f"seed must be >= 0, got {options.seed}")
-    limits.check("max_length", options.max_length, "max-length")
-    limits.check("max_beam", options.beam, "beam")
-    return DecodingOptions(temperature=t, top_k=None if options.top_k is None else int(options.top_k),
-                           top_p=None if options.top_p is None else float(options.top_p), beam=int(options.beam),
-                           max_length=int(options.max_length), seed=None if options.seed is None else int(options.seed))
+    return checked
+
+
+def with_overrides(base: DecodingOptions, overrides: dict[str, Any]) -> DecodingOptions:
+    """``base`` with each override that is not None; a sampling option given without ``beam`` replaces a
+    beam-search base as a whole (``temperature=0.7`` on a bundle whose default is beam search samples).
+    Unknown names raise TypeError, as a wrong keyword argument does. Not checked: see :func:`verify_options`."""
+    unknown = sorted(set(overrides) - set(OPTION_NAMES))
+    if unknown:
+        raise TypeError(f"unknown decoding option {unknown[0]!r} (known: {', '.join(OPTION_NAMES)})")
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if given.keys() & set(SAMPLING_OPTIONS) and "beam" not in given:
+        base = dataclasses.replace(base, beam=1)
+    return dataclasses.replace(base, **given)
 
 
 def check_given_options(limits: Limits = DEFAULT_LIMITS, **given: Any) -> None:
     """The options a caller gave (None: left to a model's defaults), checked on their own, so that a bad
     one is reported before a model is loaded; the combination with the defaults is checked again
     once they are known (``Captioner.options``)."""
-    verify_options(dataclasses.replace(DecodingOptions(), **{k: v for k, v in given.items() if v is not None}), limits)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)  # (B, V)
-    x = x - x.max(axis=-1, keepdims=True)  # (B, V)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))  # (B, V)
-
-
-def chosen_log_softmax(logits: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-    """``log_softmax(logits)[rows, chosen]`` (float64 (B,)) without building the (B, V) result."""
-    x = logits.astype(np.float64)  # (B, V)
-    best = x.max(axis=-1, keepdims=True)  # (B, 1)
-    picked = x[np.arange(len(x)), chosen] - best[:, 0]  # (B,)
-    np.subtract(x, best, out=x)
-    return picked - np.log(np.exp(x, out=x).sum(axis=-1))  # (B,)
-
-
-def greedy_from_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """logits (B, V) -> argmax int64 (B,) (the first maximum) and its log-softmax float64 (B,)."""
-    chosen = logits.argmax(axis=-1).astype(np.int64)  # (B,)
-    return chosen, chosen_log_softmax(logits, chosen)
-
-
-class LogitFilter(Protocol):
-    def apply(self, scores: np.ndarray) -> None:
-        """Sets the scores (float64 (B, V), logits / T) of excluded tokens to -inf, in place."""
-
-
-@dataclass(frozen=True)
-class TopK:
-    k: int
-
-    def apply(self, scores: np.ndarray) -> None:
-        if self.k >= scores.shape[-1]:
-            return
-        kth = np.partition(scores, -self.k, axis=-1)[:, -self.k, None]  # (B, 1)
-        scores[scores < kth] = -np.inf
-
-
-@dataclass(frozen=True)
-class TopP:
-    p: float
-
-    def apply(self, scores: np.ndarray) -> None:
-        if self.p >= 1.0:
-            return
-        order = np.argsort(-scores, axis=-1, kind="stable")  # (B, V)
-        ranked = np.take_along_axis(scores, order, axis=-1)  # (B, V)
-        probs = np.exp(ranked - ranked[:, :1])  # (B, V)
-        cumulative = np.cumsum(probs, axis=-1) / probs.sum(axis=-1, keepdims=True)  # (B, V)
-        drop = (cumulative - probs / probs.sum(axis=-1, keepdims=True)) >= self.p  # mass before this token
-        np.put_along_axis(scores, order, np.where(drop, -np.inf, ranked), axis=-1)
-
-
-def sample_from_scores(scores: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    """Inverse CDF: scores float64 (B, V) and one uniform in [0, 1) per row -> int64 (B,) tokens."""
-    probs = np.exp(scores - scores.max(axis=-1, keepdims=True))  # (B, V)
-    cdf = np.cumsum(probs, axis=-1)  # (B, V)
-    targets = uniforms * cdf[:, -1]  # (B,)
-    tokens = (cdf <= targets[:, None]).sum(axis=-1)  # (B,) first index whose cdf exceeds the target
-    return np.minimum(tokens, scores.shape[-1] - 1).astype(np.int64)
+    verify_options(with_overrides(DecodingOptions(), given), limits)
 
 
 INITIAL_COLUMNS = 64  # SamplingDecoder's token columns at first: max_length costs memory only as it is used
 
 
 class TokenDecoder(Protocol):
+    greedy: bool  # True when the next token is argmax(logits): the loop may then feed advance() the
+    # inference's own greedy choice (GreedyInference.greedy_step) instead of calling update() with logits
+
     def start(self, batch: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """First tokens (B',) and the state rows to select for them (None: keep as encoded)."""
 
     def update(self, logits: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """Chooses the next tokens; returns them and the state rows that continue (None: all)."""
+        """Chooses the next tokens from logits (B', V); returns them and the state rows that continue (None: all)."""
+
+    def advance(self, chosen: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Records tokens already chosen (int64 (B',)) with their log-probabilities (float64 (B',)), as
+        update() does after choosing; only called when ``greedy``."""
 
     def finish(self) -> list[DecodingResult]:
         """One result per image, in input order."""
@@ -223,9 +223,9 @@ class SamplingDecoder:
 
     @property
     def greedy(self) -> bool:
-        """Whether the choice is argmax(logits): temperature 0, or top-k 1 (whose only candidate is the
-        argmax, ties aside), so that an inference's ``greedy_step`` can make it."""
-        return self.options.temperature == 0 or self.options.top_k == 1
+        """Whether the choice is argmax(logits) (:attr:`DecodingOptions.greedy`), so that an inference's
+        ``greedy_step`` can make it."""
+        return self.options.greedy
 
     def start(self, batch: int) -> tuple[np.ndarray, None]:
         self._active = np.arange(batch)
@@ -294,6 +294,7 @@ class BeamSearchDecoder:
     start_id: int
     end_id: int
     beam_size: int
+    greedy = False  # a beam's choice is not argmax(logits): the loop calls update()
     _images: np.ndarray = field(init=False)  # (G,) image index of each group still searching
     _scores: np.ndarray = field(init=False)  # (G * N,) summed log-probabilities of the live beams
     _sequences: list[list[int]] = field(init=False)  # (G * N) token lists of the live beams
@@ -348,6 +349,9 @@ class BeamSearchDecoder:
         self._sequences = sequences
         return np.asarray(tokens, dtype=np.int64), np.asarray(rows, dtype=np.int64)
 
+    def advance(self, chosen: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        raise NotImplementedError("beam search chooses from logits: the loop calls update()")
+
     def finish(self) -> list[DecodingResult]:
         n = self.beam_size
         for g, image in enumerate(self._images):  # max length reached: live beams count as unfinished
@@ -361,29 +365,29 @@ class BeamSearchDecoder:
         return results
 
 
-def build_decoder(options: DecodingOptions, start_id: int, end_id: int) -> TokenDecoder:
+def build_decoder(options: DecodingOptions, ids: SpecialIds) -> TokenDecoder:
     if options.beam > 1:
-        return BeamSearchDecoder(start_id, end_id, options.beam)
+        return BeamSearchDecoder(ids.start_id, ids.end_id, options.beam)
     filters: list[LogitFilter] = []
     if options.top_k is not None:
         filters.append(TopK(int(options.top_k)))
     if options.top_p is not None:
         filters.append(TopP(float(options.top_p)))
-    return SamplingDecoder(start_id, end_id, options, filters)
+    return SamplingDecoder(ids.start_id, ids.end_id, options, filters)
 
 
-def decode(inference: Inference, images: np.ndarray, options: DecodingOptions, *, start_id: int, end_id: int,
+def decode(inference: Inference, images: np.ndarray, options: DecodingOptions, ids: SpecialIds, *,
            decoder: Optional[TokenDecoder] = None, limits: Limits = DEFAULT_LIMITS) -> list[DecodingResult]:
     """Captions a batch of preprocessed images (float32 (B, 3, H, W)); one result per image, in order.
+    ``ids``: the start and end ids (a Vocabulary, or :class:`TokenIds`).
 
-    Greedy decoding (a :class:`SamplingDecoder` whose choice is the argmax) goes through the
-    inference's ``greedy_step`` when it has one: the greedy token and its log-probability come
-    from the inference (e.g. the step graph's ``next_token`` output), not from the logits.
+    When the decoder's choice is greedy and the inference has a ``greedy_step`` (:class:`GreedyInference`),
+    the greedy token and its log-probability come from the inference (e.g. the step graph's
+    ``next_token`` output), not from the logits.
     """
     options = verify_options(options, limits)
-    decoder = decoder or build_decoder(options, start_id, end_id)
-    greedy_step = getattr(inference, "greedy_step", None) if isinstance(decoder, SamplingDecoder) and decoder.greedy \
-        else None
+    decoder = decoder or build_decoder(options, ids)
+    greedy_step = getattr(inference, "greedy_step", None) if decoder.greedy else None
     state = inference.encode(images)
     tokens, rows = decoder.start(len(images))
     if rows is not None:
@@ -403,7 +407,8 @@ def decode(inference: Inference, images: np.ndarray, options: DecodingOptions, *
 
 
 __all__ = [
-    "BeamSearchDecoder", "DecodingOptions", "check_given_options", "DecodingOptionsError", "DecodingResult", "GreedyInference", "Inference",
-    "LogitFilter", "SamplingDecoder", "TokenDecoder", "TopK", "TopP", "build_decoder", "chosen_log_softmax", "decode",
-    "greedy_from_logits", "log_softmax", "sample_from_scores", "verify_options",
+    "OPTION_NAMES", "BeamSearchDecoder", "DecodingOptions", "DecodingOptionsError", "DecodingResult", "GreedyInference",
+    "Inference", "LogitFilter", "SamplingDecoder", "SpecialIds", "TokenDecoder", "TokenIds", "TopK", "TopP",
+    "build_decoder", "check_given_options", "chosen_log_softmax", "decode", "greedy_from_logits", "log_softmax",
+    "option", "sample_from_scores", "verify_options", "with_overrides",
 ]

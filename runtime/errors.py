@@ -6,6 +6,7 @@ An error's message is one line naming the problem; the CLI prints it and exits n
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Callable, Optional
 
 Status = Callable[[str], None]
@@ -14,8 +15,21 @@ that prints to stderr, an app its logger, a test a list's ``append``. Parameters
 ``status`` everywhere."""
 
 
+UNPRINTABLE = frozenset(("Cc", "Cs", "Zl", "Zp"))  # control characters, lone surrogates (undecodable bytes), line breaks
+
+
 class CapkitError(ValueError):
     pass
+
+
+def printable(name: str) -> str:
+    """``name`` with control characters, line and paragraph separators and undecodable bytes escaped
+    (``\\n``, ``\\t``, ``\\x1b``, ``\\udcff``), so that a file name cannot split a line of output
+    or fail to print; every other character, backslashes included, is kept as it is."""
+    if name.isprintable():
+        return name
+    return "".join(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   if unicodedata.category(ch) in UNPRINTABLE else ch for ch in name)
 
 
 def first_line(error: BaseException, limit: Optional[int] = None) -> str:
@@ -53,4 +67,4 @@ def check_int(value: Any, name: str, minimum: int = 1, maximum: Optional[int] = 
     return int(value)
 
 
-__all__ = ["CapkitError", "Status", "check_int", "first_line", "is_int", "one_line"]
+__all__ = ["CapkitError", "Status", "check_int", "first_line", "is_int", "one_line", "printable"]

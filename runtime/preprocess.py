@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from capkit.runtime.errors import CapkitError
-from capkit.runtime.inputs import printable
+from capkit.runtime.errors import printable
 from capkit.runtime.limits import DEFAULT_LIMITS, LimitError, Limits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -75,8 +75,8 @@ def test_timed_inference_is_transparent(export_kit) -> None:
     assert hasattr(timed, "greedy_step")  # the loop takes the same path through the wrapper
     vocab, images = export_kit.vocab, export_kit.images[:4]
     options = DecodingOptions(max_length=export_kit.max_length)
-    expected = decode(inference, images, options, start_id=vocab.start_id, end_id=vocab.end_id)
-    got = decode(timed, images, options, start_id=vocab.start_id, end_id=vocab.end_id)
+    expected = decode(inference, images, options, vocab)
+    got = decode(timed, images, options, vocab)
     assert [r.tokens for r in got] == [r.tokens for r in expected]
     assert timed.encode_seconds > 0 and 1 <= timed.steps <= export_kit.max_length
     assert timed.steps == max(len(r.tokens) + r.finished for r in expected)  # one step per generated token
@@ -97,7 +97,7 @@ def test_isolated_step_chains_the_inferences_greedy_step(export_kit) -> None:
     inference = OnnxInference(export_kit.bundle("lstm"), device="cpu")
     vocab, pixels = export_kit.vocab, export_kit.images[:1]
     (expected,) = decode(inference, pixels, DecodingOptions(max_length=export_kit.max_length),
-                         start_id=vocab.start_id, end_id=vocab.end_id)
+                         vocab)
     calls, returned = [], []
 
     class Spy:

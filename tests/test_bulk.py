@@ -1,4 +1,4 @@
-"""Bulk runs (runtime/bulk.py, `capkit caption ... --out`): streaming listings, resume, torn lines, kill -9, Ray.
+"""Bulk runs (capkit/bulk/, `capkit caption ... --out`): streaming listings, resume, torn lines, kill -9, Ray.
 
 Order guarantee tested here: lines are in the listing's order (a folder: the file system's order); a
 resumed run appends the images not yet done in that order, so an interrupted-then-resumed run equals an
@@ -24,7 +24,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from capkit.runtime import Captioner
-from capkit.runtime.bulk import KeySet, drop_torn_line, iter_inputs, run_bulk
+from capkit.bulk.listing import iter_inputs
+from capkit.bulk.local import run_bulk
+from capkit.bulk.output import KeySet, drop_torn_line
 
 torch = pytest.importorskip("torch")
 
@@ -284,7 +286,7 @@ def test_a_listing_is_streamed_in_flat_memory(bundle, tmp_path: Path) -> None:
 def test_ray_gives_the_single_process_captions(bundle, photos, captioner, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    from capkit.ray_data import caption_dataset, row_to_json, run_on_ray
+    from capkit.bulk.ray import caption_dataset, row_to_json, run_on_ray
 
     listed = [item.path for item in iter_inputs([photos])]
     want = [c.to_dict() for c in captioner.caption_batch(listed, temperature=0.8, seed=3)]

@@ -51,7 +51,7 @@ def reference(captioner: Captioner, model, images: list, **options) -> list[Deco
     """The PyTorch model through the same preprocessing and the same decode loop (options built here)."""
     options = DecodingOptions(max_length=captioner.manifest.max_length, **options)
     return decode(TorchInference(model), preprocess_batch(images, captioner.manifest.preprocess), options,
-                  start_id=captioner.vocab.start_id, end_id=captioner.vocab.end_id)
+                  captioner.vocab)
 
 
 def assert_same(captioner: Captioner, captions: list[Caption], results: list[DecodingResult]) -> None:
@@ -125,12 +125,12 @@ def test_rows_finish_at_different_steps(captioners, images) -> None:
 
 def test_beam_one_is_greedy_and_beam_three_scores_at_least_as_well(captioners, images, kind: str) -> None:
     captioner = captioners[kind]
-    start, end = captioner.vocab.start_id, captioner.vocab.end_id
+    ids = captioner.vocab
     pixels = preprocess_batch(images, captioner.spec)
     options = DecodingOptions(max_length=captioner.manifest.max_length)
-    greedy = decode(captioner.inference, pixels, options, start_id=start, end_id=end)
-    beam1 = decode(captioner.inference, pixels, options, start_id=start, end_id=end,
-                   decoder=BeamSearchDecoder(start, end, 1))
+    greedy = decode(captioner.inference, pixels, options, ids)
+    beam1 = decode(captioner.inference, pixels, options, ids,
+                   decoder=BeamSearchDecoder(ids.start_id, ids.end_id, 1))
     assert [(r.tokens, r.finished) for r in beam1] == [(r.tokens, r.finished) for r in greedy]
     assert [r.logprob for r in beam1] == pytest.approx([r.logprob for r in greedy], abs=1e-6)
     assert [c.tokens for c in captioner.caption_batch(images, beam=1)] == [r.tokens for r in greedy]
@@ -145,10 +145,10 @@ def test_beam_search_matches_pytorch(captioners, models, images, kind: str) -> N
     (That beam search finds what greedy misses is tested on a scripted model in test_decoding: these
     small models are too confident for it to show.)"""
     captioner = captioners[kind]
-    start, end = captioner.vocab.start_id, captioner.vocab.end_id
+    ids = captioner.vocab
     expected = decode(TorchInference(models[kind]), preprocess_batch(images, captioner.spec),
-                      DecodingOptions(max_length=captioner.max_length), start_id=start, end_id=end,
-                      decoder=BeamSearchDecoder(start, end, 5))
+                      DecodingOptions(max_length=captioner.max_length), ids,
+                      decoder=BeamSearchDecoder(ids.start_id, ids.end_id, 5))
     assert_same(captioner, captioner.caption_batch(images, beam=5), expected)
 
 

@@ -11,6 +11,7 @@ from capkit.runtime.decoding import (
     BeamSearchDecoder,
     DecodingOptions,
     DecodingOptionsError,
+    TokenIds,
     TopK,
     TopP,
     decode,
@@ -19,6 +20,7 @@ from capkit.runtime.decoding import (
 )
 
 START, END = 1, 2
+IDS = TokenIds(START, END)
 
 
 class MarkovInference:
@@ -60,7 +62,7 @@ def test_greedy_follows_the_argmax_chain_and_stops_at_end():
     first = np.full((2, 8), -5.0)
     first[0, 4], first[1, 6] = 10.0, 10.0
     inf = MarkovInference(chain_table(), first)
-    out = decode(inf, images(0, 1), DecodingOptions(), start_id=START, end_id=END)
+    out = decode(inf, images(0, 1), DecodingOptions(), IDS)
     assert [r.tokens for r in out] == [(4, 5, 6), (6,)]
     assert all(r.finished for r in out)
     # logprob is the sum of log softmax of the raw logits at the chosen tokens, <end> included
@@ -73,7 +75,7 @@ def test_greedy_follows_the_argmax_chain_and_stops_at_end():
 def test_max_length_cuts_unfinished_captions():
     table = np.full((8, 8), -5.0)
     table[:, 7] = 5.0  # never <end>
-    out = decode(MarkovInference(table, table[:1]), images(0), DecodingOptions(max_length=3), start_id=START, end_id=END)
+    out = decode(MarkovInference(table, table[:1]), images(0), DecodingOptions(max_length=3), IDS)
     assert out[0].tokens == (7, 7, 7) and not out[0].finished
 
 
@@ -87,7 +89,7 @@ def test_finished_rows_leave_the_batch():
             seen_batch_sizes.append(len(tokens))
             return super().step(tokens, state)
 
-    decode(Recording(chain_table(), first), images(0, 1), DecodingOptions(), start_id=START, end_id=END)
+    decode(Recording(chain_table(), first), images(0, 1), DecodingOptions(), IDS)
     assert seen_batch_sizes == [2, 1, 1, 1]
 
 
@@ -95,13 +97,13 @@ def test_sampling_is_a_function_of_image_and_seed():
     rng = np.random.default_rng(0)
     table, first = rng.normal(size=(12, 12)) * 2, rng.normal(size=(3, 12)) * 2
     opts = DecodingOptions(temperature=1.0, seed=7, max_length=10)
-    batch = decode(MarkovInference(table, first), images(0, 1, 2), opts, start_id=START, end_id=END)
-    alone = [decode(MarkovInference(table, first), images(i), opts, start_id=START, end_id=END)[0] for i in range(3)]
-    reordered = decode(MarkovInference(table, first), images(2, 0, 1), opts, start_id=START, end_id=END)
+    batch = decode(MarkovInference(table, first), images(0, 1, 2), opts, IDS)
+    alone = [decode(MarkovInference(table, first), images(i), opts, IDS)[0] for i in range(3)]
+    reordered = decode(MarkovInference(table, first), images(2, 0, 1), opts, IDS)
     assert [r.tokens for r in batch] == [r.tokens for r in alone]
     assert [r.tokens for r in reordered] == [batch[2].tokens, batch[0].tokens, batch[1].tokens]
     other = decode(MarkovInference(table, first), images(0, 1, 2), DecodingOptions(temperature=1.0, seed=8, max_length=10),
-                   start_id=START, end_id=END)
+                   IDS)
     assert [r.tokens for r in other] != [r.tokens for r in batch]
 
 
@@ -140,18 +142,17 @@ def test_top_k_and_top_p_keep_the_right_tokens():
 def test_top_k_one_equals_greedy():
     rng = np.random.default_rng(3)
     table, first = rng.normal(size=(10, 10)) * 3, rng.normal(size=(4, 10)) * 3
-    greedy = decode(MarkovInference(table, first), images(0, 1, 2, 3), DecodingOptions(max_length=8), start_id=START, end_id=END)
+    greedy = decode(MarkovInference(table, first), images(0, 1, 2, 3), DecodingOptions(max_length=8), IDS)
     top1 = decode(MarkovInference(table, first), images(0, 1, 2, 3),
-                  DecodingOptions(temperature=1.5, top_k=1, seed=0, max_length=8), start_id=START, end_id=END)
+                  DecodingOptions(temperature=1.5, top_k=1, seed=0, max_length=8), IDS)
     assert [r.tokens for r in top1] == [r.tokens for r in greedy]
 
 
 def test_beam_one_equals_greedy():
     rng = np.random.default_rng(5)
     table, first = rng.normal(size=(10, 10)) * 3, rng.normal(size=(4, 10)) * 3
-    greedy = decode(MarkovInference(table, first), images(0, 1, 2, 3), DecodingOptions(max_length=8), start_id=START, end_id=END)
-    beam1 = decode(MarkovInference(table, first), images(0, 1, 2, 3), DecodingOptions(max_length=8), start_id=START,
-                   end_id=END, decoder=BeamSearchDecoder(START, END, 1))
+    greedy = decode(MarkovInference(table, first), images(0, 1, 2, 3), DecodingOptions(max_length=8), IDS)
+    beam1 = decode(MarkovInference(table, first), images(0, 1, 2, 3), DecodingOptions(max_length=8), IDS, decoder=BeamSearchDecoder(START, END, 1))
     assert [(r.tokens, r.finished) for r in beam1] == [(r.tokens, r.finished) for r in greedy]
     assert [r.logprob for r in beam1] == pytest.approx([r.logprob for r in greedy])
 
@@ -163,8 +164,8 @@ def test_beam_search_finds_the_sequence_greedy_misses():
     table[5, END] = 20.0
     first = np.full((1, 8), -20.0)
     first[0, 4], first[0, 5] = math.log(0.5), math.log(0.4)
-    greedy = decode(MarkovInference(table, first), images(0), DecodingOptions(max_length=2), start_id=START, end_id=END)[0]
-    beam = decode(MarkovInference(table, first), images(0), DecodingOptions(beam=3, max_length=2), start_id=START, end_id=END)[0]
+    greedy = decode(MarkovInference(table, first), images(0), DecodingOptions(max_length=2), IDS)[0]
+    beam = decode(MarkovInference(table, first), images(0), DecodingOptions(beam=3, max_length=2), IDS)[0]
     assert greedy.tokens[0] == 4
     assert beam.tokens == (5,) and beam.finished
     assert beam.logprob > greedy.logprob
@@ -174,8 +175,8 @@ def test_beam_batch_equals_single_images():
     rng = np.random.default_rng(9)
     table, first = rng.normal(size=(10, 10)) * 2, rng.normal(size=(3, 10)) * 2
     opts = DecodingOptions(beam=3, max_length=6)
-    batch = decode(MarkovInference(table, first), images(0, 1, 2), opts, start_id=START, end_id=END)
-    alone = [decode(MarkovInference(table, first), images(i), opts, start_id=START, end_id=END)[0] for i in range(3)]
+    batch = decode(MarkovInference(table, first), images(0, 1, 2), opts, IDS)
+    alone = [decode(MarkovInference(table, first), images(i), opts, IDS)[0] for i in range(3)]
     assert [(r.tokens, round(r.logprob, 9)) for r in batch] == [(r.tokens, round(r.logprob, 9)) for r in alone]
 
 
@@ -193,5 +194,5 @@ def test_beam_batch_equals_single_images():
 def test_bad_options_are_refused_before_any_work(options, message):
     inf = MarkovInference(chain_table(), np.zeros((1, 8)))
     with pytest.raises(DecodingOptionsError, match=message):
-        decode(inf, images(0), options, start_id=START, end_id=END)
+        decode(inf, images(0), options, IDS)
     assert inf.calls == 0

@@ -67,7 +67,7 @@ def plain_session(path: Path):
 
 
 def run(inference, images, options, vocab):
-    return decode(inference, images, options, start_id=vocab.start_id, end_id=vocab.end_id)
+    return decode(inference, images, options, vocab)
 
 
 def test_graph_outputs_are_the_argmax_and_its_log_softmax(export_kit, kind: str, layers: int) -> None:

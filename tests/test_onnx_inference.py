@@ -27,7 +27,7 @@ SAMPLING = [DecodingOptions(max_length=10, temperature=0.7, seed=3),
 
 
 def run(inference, images: np.ndarray, options: DecodingOptions, vocab):
-    return decode(inference, images, options, start_id=vocab.start_id, end_id=vocab.end_id)
+    return decode(inference, images, options, vocab)
 
 
 def tokens(results) -> list[tuple[int, ...]]:

@@ -107,7 +107,7 @@ def generate_captions(captioner: Captioner, records: Sequence[CaptionedImage], t
             continue
         pixels = np.stack(rows)  # (B, 3, H, W)
         for t, opts in settings.items():
-            results = decode(captioner.inference, pixels, opts, start_id=vocab.start_id, end_id=vocab.end_id,
+            results = decode(captioner.inference, pixels, opts, vocab,
                              limits=captioner.limits)
             for image_id, result in zip(ids, results):
                 captions[t][image_id] = vocab.decode(result.tokens)

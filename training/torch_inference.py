@@ -72,7 +72,7 @@ def caption_images(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec,
                    options: DecodingOptions, device: str | torch.device = "cpu") -> list[DecodingResult]:
     """The PyTorch path end to end: preprocess with the runtime's functions, decode with the shared loop."""
     pixels = preprocess_batch(images, spec)  # (B, 3, H, W)
-    return decode(TorchInference(model, device), pixels, options, start_id=vocab.start_id, end_id=vocab.end_id)
+    return decode(TorchInference(model, device), pixels, options, vocab)
 
 
 def checkpoint_captioner(checkpoint: Optional[str | os.PathLike] = None, device: str | torch.device = "auto",

@@ -1,7 +1,7 @@
 """Captioning on a Ray cluster (``pip install 'capkit[ray]'``): Ray Data maps batches through captioner actors.
 
     import ray
-    from capkit.ray_data import caption_dataset
+    from capkit.bulk.ray import caption_dataset
     ds = ray.data.from_items([{"path": p} for p in paths])   # or a "bytes" column (ray.data.read_binary_files)
     captions = caption_dataset(ds, "bundle/", concurrency=4, batch_size=16, temperature=0.7, seed=1)
     captions.write_parquet("captions/")
@@ -10,42 +10,58 @@ Each actor holds one :class:`~capkit.runtime.captioner.Captioner`, loaded once. 
 the workers: by default (``ship=True``) the driver reads the bundle's files (the manifest and the
 graphs it names) and puts them in Ray's object store once (``ray.put``); each actor writes them to a
 temporary folder on its node and loads them from there, checking each graph's sha256 against the
-manifest as any bundle load does. Nothing needs to be installed or shared on the nodes but capkit
-itself. With ``ship=False`` the bundle's path is opened on every node (a shared file system).
+manifest as any bundle load does. Every name is the one the manifest gives (relative to the bundle's
+resolved folder), and a name that would leave the actor's folder is refused. Nothing needs to be
+installed or shared on the nodes but capkit itself. With ``ship=False`` the bundle's path is opened on
+every node (a shared file system).
 
 The output rows have the fields of ``capkit caption --json``: image, caption, tokens, logprob, and
 error (null unless the image could not be read; then caption, tokens and logprob are null).
-``ray`` is imported only when these functions are called: ``import capkit.ray_data`` is cheap.
+``ray`` is imported only when these functions are called: ``import capkit.bulk.ray`` is cheap.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
-from capkit.runtime.bulk import (BulkError, BulkSummary, LineWriter, progress_bar, printable, read_done,
-                                 unseen_inputs)
-from capkit.runtime.captioner import DEFAULT_BATCH_SIZE, Caption
-from capkit.runtime.errors import CapkitError
+from capkit.bulk.local import error_caption, progress_bar, stderr_status, unseen_inputs
+from capkit.bulk.output import BulkError, BulkSummary, LineWriter, open_output
+from capkit.runtime.bundle import MANIFEST_NAME, Bundle, load_bundle
+from capkit.runtime.captioner import DEFAULT_BATCH_SIZE, Caption, check_batch_size
+from capkit.runtime.decoding import check_given_options
+from capkit.runtime.errors import CapkitError, Status, printable
 
 COLUMNS = ("image", "caption", "tokens", "logprob", "error")
 CHUNK = 20_000  # images per Ray dataset in run_on_ray: the listing is never held whole on the driver
 
 
-def bundle_files(bundle: Union[str, os.PathLike, Any, None]) -> dict[str, bytes]:
-    """The bytes of a bundle's manifest and graph files (what an actor needs), by file name."""
-    from capkit.runtime.bundle import MANIFEST_NAME, Bundle, load_bundle
-
+def bundle_payload(bundle: Union[str, os.PathLike, Bundle, None]) -> dict[str, bytes]:
+    """The bytes of a bundle's manifest and of each file it names, by that name (what an actor writes)."""
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     files = {MANIFEST_NAME: (loaded.folder / MANIFEST_NAME).read_bytes()}
-    for path in loaded.files():
-        files[os.path.relpath(path, loaded.folder)] = path.read_bytes()
+    files.update((name, path.read_bytes()) for name, path in loaded.named_files().items())
     return files
+
+
+def write_payload(files: dict[str, bytes], folder: Union[str, os.PathLike]) -> None:
+    """Writes :func:`bundle_payload`'s files into ``folder``; a name that is not a plain relative path inside
+    it (absolute, empty, with ``..``) is refused before anything is written."""
+    root = Path(folder).resolve()
+    targets = []
+    for name in files:
+        target = (root / name).resolve()
+        if not name or Path(name).is_absolute() or root not in target.parents:
+            raise CapkitError(f"bundle file {name!r} is not a file name inside the bundle folder (it would be "
+                              f"written outside {printable(str(root))})")
+        targets.append(target)
+    for target, data in zip(targets, files.values()):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
 
 
 class CaptionActor:
@@ -56,19 +72,14 @@ class CaptionActor:
         from capkit.runtime.captioner import Captioner
 
         self._folder: Optional[str] = None
-        if isinstance(bundle, list):  # [ObjectRef of bundle_files()]: wrapped so that Ray hands over the ref
+        if isinstance(bundle, list):  # [ObjectRef of bundle_payload()]: wrapped so that Ray hands over the ref
             import ray
 
-            files = ray.get(bundle[0])
             self._folder = tempfile.mkdtemp(prefix="capkit-bundle-")
-            for name, data in files.items():
-                target = Path(self._folder, name)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+            write_payload(ray.get(bundle[0]), self._folder)
             bundle = self._folder
         self.captioner = Captioner(bundle, device="cpu", threads=threads)
-        self.decoding = decoding
-        self.captioner.options(**decoding)  # checked once, here
+        self.options = self.captioner.options(**decoding)  # checked once, here
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, Any]) -> Any:
@@ -84,19 +95,20 @@ class CaptionActor:
         else:
             raise CapkitError(f"caption_dataset needs a 'path' (or 'image') or a 'bytes' column, got "
                               f"{', '.join(batch)}")
-        captions = self.captioner.caption_batch(sources, **self.decoding, batch_size=self.batch_size)
+        captions = self.captioner.caption_batch(sources, self.options, batch_size=self.batch_size)
         rows = [caption_row(c, label) for c, label in zip(captions, labels)]
-        return pa.table({
-            "image": pa.array([r["image"] for r in rows], pa.string()),
-            "caption": pa.array([r["caption"] for r in rows], pa.string()),
-            "tokens": pa.array([r["tokens"] for r in rows], pa.list_(pa.int64())),
-            "logprob": pa.array([r["logprob"] for r in rows], pa.float64()),
-            "error": pa.array([r["error"] for r in rows], pa.string()),
-        })
+        return pa.Table.from_pylist(rows, schema=row_schema())
 
     def __del__(self) -> None:
         if self._folder:
             shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def row_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("image", pa.string()), ("caption", pa.string()), ("tokens", pa.list_(pa.int64())),
+                      ("logprob", pa.float64()), ("error", pa.string())])
 
 
 def caption_row(caption: Caption, label: Optional[str]) -> dict[str, Any]:
@@ -120,7 +132,7 @@ def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
             "logprob": float(row["logprob"])}
 
 
-def caption_dataset(dataset: Any, bundle: Union[str, os.PathLike, Any, None], *, concurrency: int = 1,
+def caption_dataset(dataset: Any, bundle: Union[str, os.PathLike, Bundle, None, list], *, concurrency: int = 1,
                     batch_size: int = DEFAULT_BATCH_SIZE, num_cpus: float = 1, threads: Optional[int] = 1,
                     ship: bool = True, **decoding: Any) -> Any:
     """``dataset`` (a ``ray.data.Dataset`` with a "path" or "image" column of paths, or a "bytes" column)
@@ -129,20 +141,16 @@ def caption_dataset(dataset: Any, bundle: Union[str, os.PathLike, Any, None], *,
     ``concurrency``: actors (one Captioner each); ``num_cpus`` each; ``threads``: ONNX Runtime threads
     per graph in an actor (default 1: Ray's parallelism is the actors). ``bundle``: a bundle folder (or
     a loaded Bundle, or None for the default one), shipped through the object store (``ship=True``)
-    or opened by path on each node (``ship=False``). ``decoding``: temperature, top_k, top_p, beam,
-    max_length, seed, as for :meth:`Captioner.caption_batch`."""
+    or opened by path on each node (``ship=False``). ``decoding``: the fields of
+    :class:`~capkit.runtime.decoding.DecodingOptions` (temperature, top_k, ...), as for ``Captioner.options``."""
     import ray
-
-    from capkit.runtime.bundle import Bundle, load_bundle
-    from capkit.runtime.captioner import check_batch_size
-    from capkit.runtime.decoding import check_given_options
 
     check_given_options(**decoding)
     check_batch_size(batch_size)
     if isinstance(bundle, list):  # already shipped by run_on_ray
         source: Any = bundle
     elif ship:
-        source = [ray.put(bundle_files(bundle))]
+        source = [ray.put(bundle_payload(bundle))]
     else:
         source = str((bundle if isinstance(bundle, Bundle) else load_bundle(bundle)).folder.resolve())
     return dataset.map_batches(CaptionActor, fn_constructor_kwargs={"bundle": source, "decoding": dict(decoding),
@@ -153,19 +161,24 @@ def caption_dataset(dataset: Any, bundle: Union[str, os.PathLike, Any, None], *,
 
 
 # -- the CLI's bulk run on Ray ------------------------------------------------------------------------------------
-def _connect(address: str, workers: int) -> None:
+def _connect(address: str, workers: int) -> bool:
+    """Joins (or, for "local", starts) a Ray cluster; True when this call started Ray."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
-        return
-    import logging
-
+        return False
     kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False, "logging_level": logging.WARNING}
     if address == "local":
         ray.init(num_cpus=max(2, workers), **kwargs)
     else:
         ray.init(address=address, **kwargs)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # status goes to stderr; Ray's INFO lines drown it
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # rows in the listing's order
+    context.enable_progress_bars = False
+    return True
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -179,16 +192,63 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def _captioned_rows(items: list, shipped: list, workers: int, batch_size: int, threads: Optional[int],
+                    decoding: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """One output row per listed item, in order: Ray's captions for the paths, error rows for the rest."""
+    import ray
+
+    paths = [{"path": item.path} for item in items if item.error is None]
+    rows: Iterator[dict[str, Any]] = iter(())
+    if paths:
+        dataset = caption_dataset(ray.data.from_items(paths), shipped, concurrency=workers, batch_size=batch_size,
+                                  threads=threads or 1, **decoding)
+        rows = iter(dataset.iter_rows())
+    for item in items:
+        yield dict(next(rows)) if item.error is None else caption_row(error_caption(item), None)
+    for extra in rows:  # none: drains Ray's iterator, so that it ends while connected
+        raise BulkError(f"Ray returned more rows than images ({extra.get('image')!r})")
+
+
+class _ParquetOut:
+    """Parquet output: written to ``out``.partial, renamed to ``out`` when complete (not resumable)."""
+
+    def __init__(self, out: str):
+        self.out, self.partial, self.writer, self.rows = out, out + ".partial", None, []
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.rows:
+            table = pa.Table.from_pylist(self.rows, schema=row_schema())
+            self.writer = self.writer or pq.ParquetWriter(self.partial, table.schema)
+            self.writer.write_table(table)
+            self.rows = []
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def finish(self) -> None:
+        """The run is complete: the file takes its name."""
+        if self.writer is not None:
+            self.close()
+            os.replace(self.partial, self.out)
+
+
 def run_on_ray(sources: Iterable[Union[str, os.PathLike]], out: Union[str, os.PathLike],
                bundle: Union[str, os.PathLike, None], *, address: str = "local", workers: int = 2,
                batch_size: int = DEFAULT_BATCH_SIZE, threads: Optional[int] = 1, chunk: int = CHUNK,
-               progress: Optional[bool] = None, status: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-               **decoding: Any) -> BulkSummary:
+               progress: Optional[bool] = None, status: Status = stderr_status, **decoding: Any) -> BulkSummary:
     """``capkit caption SOURCE... --out FILE --ray [ADDRESS]``: the listing is streamed on the driver in chunks
     of ``chunk`` images, each captioned by ``workers`` actors; rows come back in the listing's order and are
-    written as by :func:`capkit.runtime.bulk.run_bulk` (JSONL, resumable by path), or to Parquet for an
-    ``out`` ending in .parquet (written to ``out``.partial, renamed when complete; not resumable). The
-    images are read by the workers, by path: on a real cluster the paths must be readable on every node."""
+    written as by :func:`capkit.bulk.local.run_bulk` (JSONL, resumable by path), or to Parquet for an
+    ``out`` ending in .parquet (not resumable). The images are read by the workers, by path: on a real
+    cluster the paths must be readable on every node."""
     try:
         import ray
     except ImportError:
@@ -197,87 +257,35 @@ def run_on_ray(sources: Iterable[Union[str, os.PathLike]], out: Union[str, os.Pa
     parquet = out.lower().endswith(".parquet")
     if parquet and os.path.exists(out):
         raise BulkError(f"{printable(out)}: exists; Parquet output is not resumable (remove it, or write .jsonl)")
-    if not parquet and os.path.isdir(out):
-        raise BulkError(f"{printable(out)}: is a folder; --out takes a file (captions.jsonl)")
-    from capkit.runtime.bundle import load_bundle
-    from capkit.runtime.decoding import check_given_options
-
     check_given_options(**decoding)
     loaded = load_bundle(bundle)  # checked here, before a cluster is started
-    done = read_done(out) if not parquet else None
-    summary = BulkSummary(out=out)
-    if done is not None and done.torn_bytes:
-        status(f"{printable(out)}: dropped a torn last line ({done.torn_bytes} bytes) left by an interrupted run")
-    if done is not None and done.lines:
-        status(f"Resuming: {printable(out)} holds {done.lines:,} images; they are skipped")
-    started = not ray.is_initialized()
-    _connect(address, workers)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # rows in the listing's order
-    context.enable_progress_bars = False
-    shipped = [ray.put(bundle_files(loaded))]
-
-    def listed() -> Iterator[Any]:
-        return unseen_inputs(sources, done.paths if done is not None else None, summary)
-
+    done = None if parquet else open_output(out, status)
+    summary = BulkSummary(out=out, torn_bytes=done.torn_bytes if done else 0,
+                          unreadable_lines=done.unreadable if done else 0)
+    started = _connect(address, workers)
+    shipped = [ray.put(bundle_payload(loaded))]
     bar = progress_bar(progress)
-    writer = LineWriter(out) if not parquet else None
-    parquet_writer = None
-    partial = out + ".partial"
+    writer = _ParquetOut(out) if parquet else LineWriter(out)
     start = time.perf_counter()
     try:
-        for items in _chunks(listed(), chunk):
-            paths = [{"path": item.path} for item in items if item.error is None]
-            rows: Iterator[dict[str, Any]] = iter(())
-            if paths:
-                dataset = caption_dataset(ray.data.from_items(paths), shipped, concurrency=workers,
-                                          batch_size=batch_size, threads=threads or 1, **decoding)
-                rows = iter(dataset.iter_rows())
-            results = []
-            for item in items:
-                if item.error is None:
-                    row = dict(next(rows))
-                else:
-                    row = {"image": item.argument, "caption": None, "tokens": None, "logprob": None,
-                           "error": item.error}
-                summary.captioned += row["error"] is None
-                summary.failed += row["error"] is not None
-                if writer is not None:
-                    writer.write(row_to_json(row))
-                else:
-                    results.append(row)
-                if bar is not None:
-                    bar.update(1)
-            for extra in rows:  # none: drains Ray's iterator, so that it ends while connected
-                raise BulkError(f"Ray returned more rows than images ({extra.get('image')!r})")
-            if results:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-
-                table = pa.Table.from_pylist(results, schema=pa.schema([
-                    ("image", pa.string()), ("caption", pa.string()), ("tokens", pa.list_(pa.int64())),
-                    ("logprob", pa.float64()), ("error", pa.string())]))
-                if parquet_writer is None:
-                    parquet_writer = pq.ParquetWriter(partial, table.schema)
-                parquet_writer.write_table(table)
+        for items in _chunks(unseen_inputs(sources, done.paths if done else None, summary), chunk):
+            for row in _captioned_rows(items, shipped, workers, batch_size, threads, decoding):
+                writer.write(row_to_json(row) if not parquet else row)
+                summary.count(row["error"] is None)
+                bar.update(1)
+            writer.flush()
         if parquet:
-            if parquet_writer is not None:
-                parquet_writer.close()
-                parquet_writer = None
-                os.replace(partial, out)
+            writer.finish()
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
         summary.seconds = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-        if parquet_writer is not None:
-            parquet_writer.close()
+        bar.close()
+        writer.close()
         if started:
             ray.shutdown()
     return summary
 
 
-__all__ = ["COLUMNS", "CaptionActor", "bundle_files", "caption_dataset", "caption_row", "row_to_json", "run_on_ray"]
+__all__ = ["COLUMNS", "CaptionActor", "bundle_payload", "caption_dataset", "caption_row", "row_to_json",
+           "run_on_ray", "write_payload"]

@@ -1,0 +1,155 @@
+"""The one image lister (capkit/bulk/listing.py) behind every entry point: `capkit caption`, bulk runs (`--out`)
+and Ray (`--out --ray`). A source that names nothing (a missing file, an empty folder, a glob with no match, a
+bad listing line, a special file inside a folder) becomes an error line in its place: exit 1, and every good
+image is still captioned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from capkit.bulk.listing import iter_inputs
+
+torch = pytest.importorskip("torch")
+
+from capkit.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def bundle(export_kit) -> Path:
+    return export_kit.bundle("lstm").folder
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> tuple[list[str], str, list[str]]:
+    """(sources, the good image, the start of each error line) for one good image and four that name nothing."""
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(good)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    listing = tmp_path / "list.jsonl"
+    listing.write_text("{not json\n")
+    srcs = [str(tmp_path / "missing.jpg"), str(good), str(empty), str(tmp_path / "nothing-*.png"), str(listing)]
+    errors = [f"{tmp_path / 'missing.jpg'}: no such file", f"{empty}: no images in this folder",
+              f"{tmp_path / 'nothing-*.png'}: no file matches", f"{listing} line 1: not JSON"]
+    return srcs, str(good), errors
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line[len("Error: "):] for line in stderr.splitlines() if line.startswith("Error: ")]
+
+
+def test_caption_reports_each_source_that_names_nothing(bundle, sources) -> None:
+    srcs, good, errors = sources
+    result = CliRunner().invoke(main, ["caption", *srcs, "--model", str(bundle), "--device", "cpu", "--json"])
+    assert result.exit_code == 1, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["image"] for r in rows if "caption" in r] == [good]
+    got = _error_lines(result.stderr)
+    assert len(got) == 4 and all(line.startswith(want) for line, want in zip(got, errors)), got
+
+
+def test_bulk_run_reports_each_source_that_names_nothing(bundle, sources, tmp_path: Path) -> None:
+    srcs, good, errors = sources
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(main, ["caption", *srcs, "--out", str(out), "--model", str(bundle), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["image"] for r in rows if "caption" in r] == [good]
+    got = [r["error"] for r in rows if "error" in r]
+    assert len(got) == 4 and all(line.startswith(want) for line, want in zip(got, errors)), got
+    assert result.stderr.strip().splitlines()[-1].startswith("captioned 1 images, 4 failed")
+
+
+def test_special_files_inside_a_folder_are_error_lines(bundle, tmp_path: Path) -> None:
+    """A FIFO, a link loop and a broken link inside a scanned folder are listed; reading each reports it."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    os.mkfifo(folder / "pipe.png")
+    os.symlink("loop.png", folder / "loop.png")  # a link to itself
+    os.symlink("nowhere.png", folder / "dangling.png")
+    for order in ("sorted", "stream"):
+        assert sorted(Path(i.path).name for i in iter_inputs([folder], order=order)) == [
+            "a.png", "dangling.png", "loop.png", "pipe.png"]
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(main, ["caption", str(folder), "--out", str(out), "--model", str(bundle),
+                                       "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    rows = {Path(r["image"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert "caption" in rows["a.png"]
+    assert "not a regular file (a FIFO)" in rows["pipe.png"]["error"]
+    assert "cannot read" in rows["loop.png"]["error"] and "no such file" in rows["dangling.png"]["error"]
+    result = CliRunner().invoke(main, ["caption", str(folder), "--model", str(bundle), "--device", "cpu"])
+    assert result.exit_code == 1 and len(_error_lines(result.stderr)) == 3, result.output
+
+
+def test_sorted_and_streamed_list_the_same_images(tmp_path: Path) -> None:
+    for name in ("b.png", "a.jpg", "c.webp", "notes.txt", ".hidden.png"):
+        (tmp_path / name).write_bytes(b"x")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "d.png").write_bytes(b"x")
+    listing = tmp_path / "l.txt"
+    listing.write_text("\ufeffa.jpg\nb.png\n")  # a BOM before the first path is not part of it
+    streamed = [i.path for i in iter_inputs([tmp_path], order="stream")]
+    assert [i.path for i in iter_inputs([tmp_path], order="sorted")] == sorted(streamed)
+    assert sorted(Path(p).name for p in streamed) == ["a.jpg", "b.png", "c.webp"]
+    assert [i.path for i in iter_inputs([listing])] == ["a.jpg", "b.png"]
+    assert [i.path for i in iter_inputs([f"{tmp_path}/**/*.png"], order="sorted")] == [
+        f"{tmp_path}/b.png", f"{tmp_path}/sub/d.png"]
+    with pytest.raises(ValueError, match="order must be"):
+        list(iter_inputs([tmp_path], order="random"))
+
+
+# -- Ray ----------------------------------------------------------------------------------------------------------
+def test_bundle_files_are_named_inside_the_resolved_folder(bundle, tmp_path: Path) -> None:
+    from capkit.bulk.ray import bundle_payload, write_payload
+
+    run = tmp_path / "run-1"
+    run.mkdir()
+    os.symlink(bundle, run / "bundle")
+    os.symlink("run-1", tmp_path / "latest")  # as runs/latest -> runs/<name>
+    payload = bundle_payload(tmp_path / "latest" / "bundle")
+    assert all("/" not in name and not name.startswith(".") for name in payload), list(payload)
+    target = tmp_path / "actor"
+    target.mkdir()
+    write_payload(payload, target)
+    assert sorted(os.listdir(target)) == sorted(payload)
+    for name in ("../escape.onnx", "/abs.onnx", "a/../../b.onnx", ""):
+        with pytest.raises(Exception, match="outside|not a file name"):
+            write_payload({name: b"x"}, tmp_path / "actor2")
+    assert not (tmp_path / "escape.onnx").exists()
+
+
+@pytest.mark.slow
+def test_ray_run_through_a_linked_bundle_reports_sources_and_writes_nothing_outside(bundle, sources,
+                                                                                      tmp_path: Path) -> None:
+    pytest.importorskip("ray.data")
+    from capkit.bulk.ray import run_on_ray
+
+    srcs, good, errors = sources
+    name = f"capkit-test-run-{uuid.uuid4().hex[:8]}"  # the bug wrote graphs to /<run name>/bundle/
+    runs = tmp_path / "runs"
+    (runs / name).mkdir(parents=True)
+    os.symlink(bundle, runs / name / "bundle")
+    os.symlink(name, runs / "latest")
+    out = tmp_path / "ray.jsonl"
+    try:
+        summary = run_on_ray(srcs, out, runs / "latest" / "bundle", workers=1, batch_size=4, status=lambda m: None)
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert (summary.captioned, summary.failed) == (1, 4)
+        assert [r["image"] for r in rows if "caption" in r] == [good]
+        got = [r["error"] for r in rows if "error" in r]
+        assert all(line.startswith(want) for line, want in zip(got, errors)), got
+    finally:
+        assert not Path("/", name).exists()

@@ -196,3 +196,29 @@ def test_bad_options_are_refused_before_any_work(options, message):
     with pytest.raises(DecodingOptionsError, match=message):
         decode(inf, images(0), options, IDS)
     assert inf.calls == 0
+
+
+def test_a_decode_failure_fails_its_image_alone() -> None:
+    """An Inference that raises for one image (as ONNX Runtime can, e.g. out of memory): the batch is split
+    until that image is alone; it gets an error Caption, and every other image its own caption."""
+    from capkit.runtime.captioner import Captioner
+    from capkit.runtime.preprocess import PreprocessSpec
+    from capkit.runtime.vocab import Vocabulary
+
+    class FailsOnSeven(MarkovInference):
+        def encode(self, pixels):
+            if (pixels[:, 0, 0, 0] == 7).any():
+                raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : bad\nallocation")
+            return super().encode(pixels)
+
+    vocab = Vocabulary.build(["four five six", "x"])
+    ids = [vocab.start_id, vocab.end_id]
+    assert ids == [START, END]  # chain_table's ids
+    table, first = chain_table(len(vocab)), np.full((10, len(vocab)), -5.0)
+    first[:, 4] = 5.0
+    captioner = Captioner.from_inference(FailsOnSeven(table, first), vocab, PreprocessSpec(resize=2, crop=2), 8)
+    pixels = images(0, 1, 7, 2, 3)
+    captions = captioner.caption_pixels(pixels, ["a", "b", "c", "d", "e"])
+    assert [c.ok for c in captions] == [True, True, False, True, True]
+    assert captions[2].error == "c: cannot be captioned: RuntimeError: [ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : bad allocation"
+    assert {c.text for c in captions if c.ok} == {vocab.decode([4, 5, 6])}

@@ -18,6 +18,7 @@ import numpy as np
 from capkit.bench.report import TargetReport
 from capkit.bench.stats import BenchError, Stats, check_rounds
 from capkit.runtime.decoding import DecodingOptions, decode
+from capkit.runtime.errors import Status
 from capkit.runtime.preprocess import ImageSource, preprocess
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -240,7 +241,7 @@ class CaptionerTimer:
 def bench_captioner(captioner: Any, images: Sequence[ImageSource], *, name: str, runtime: str, precision: str,
                     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, repeats: int = DEFAULT_REPEATS,
                     warmup: int = DEFAULT_WARMUP, max_length: int = DEFAULT_MAX_LENGTH,
-                    progress: Callable[[str], None] = lambda message: None,
+                    status: Status = lambda message: None,
                     phone_images: Sequence[ImageSource] = (), **extra: Any) -> TargetReport:
     """Measures one captioner (a :class:`~capkit.runtime.captioner.Captioner`, over any Inference).
 
@@ -260,10 +261,10 @@ def bench_captioner(captioner: Any, images: Sequence[ImageSource], *, name: str,
     check_rounds(repeats, warmup)
     timer = CaptionerTimer(captioner, images, max_length, phone_images)
     phones = ", phone photo caption and preprocess" if timer.phone_images else ""
-    progress(f"{name}: batch 1 ({repeats} rounds of encoder, decode, caption, preprocess{phones}, step and loop)")
+    status(f"{name}: batch 1 ({repeats} rounds of encoder, decode, caption, preprocess{phones}, step and loop)")
     samples = timer.batch_one(repeats, warmup)
     runs = max(1, min(repeats, BATCH_ROUNDS))
-    progress(f"{name}: batches {batch_sizes} ({runs} rounds of {max(batch_sizes)} images each)")
+    status(f"{name}: batches {batch_sizes} ({runs} rounds of {max(batch_sizes)} images each)")
     rates, encoder_rows = timer.batches(batch_sizes, runs)
     return TargetReport(
         name=name, runtime=runtime, precision=precision, encoder=Stats.of(samples["encoder"]),

@@ -8,6 +8,9 @@ from typing import Optional
 
 import click
 
+from capkit.bench.cold_start import DEFAULT_COLD_RUNS
+from capkit.bench.images import DEFAULT_PHONE_PHOTOS, DEFAULT_SYNTHETIC_COUNT, SYNTHETIC_PHOTO_SIZE
+from capkit.bench.timing import DEFAULT_BATCH_SIZES, DEFAULT_MAX_LENGTH, DEFAULT_REPEATS, DEFAULT_WARMUP
 from capkit.cli.options import (device_option, echo_json, images_option, json_option, status, threads_option,
                                 user_errors)
 
@@ -42,22 +45,25 @@ def torch_importable() -> bool:
 @click.option("--checkpoint", default=None, metavar="RUN_OR_PT",
               help="Also measure PyTorch eager on this checkpoint's weights: a .pt file or a run folder (its "
                    "best.pt); needs capkit[train].")
-@images_option("Image file, folder or glob pattern (repeatable) [default: 8 synthetic 640x480 JPEG photos].")
+@images_option(f"Image file, folder or glob pattern (repeatable) [default: {DEFAULT_SYNTHETIC_COUNT} synthetic "
+               f"{SYNTHETIC_PHOTO_SIZE[0]}x{SYNTHETIC_PHOTO_SIZE[1]} JPEG photos].")
 @click.option("--phone-photos", "phones", type=click.IntRange(0), default=None,
               help="Synthetic 12-megapixel JPEGs (4032x3024, about 2 MB) captioned apart, for the phone photo / "
-                   "caption ratio [default: 2 with the synthetic photos, 0 with --images].")
-@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Batch sizes for images/s, comma-separated.")
+                   f"caption ratio [default: {DEFAULT_PHONE_PHOTOS} with the synthetic photos, 0 with --images].")
+@click.option("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), show_default=True,
+              help="Batch sizes for images/s, comma-separated.")
 @device_option
 @threads_option
 @click.option("--step-threads", type=click.IntRange(1), default=None,
               help="ONNX Runtime threads of the decoder step graph [default: as --threads].")
 @click.option("--spin-us", type=click.IntRange(0), default=None,
               help="How long idle ONNX Runtime threads spin before sleeping, microseconds [default: the runtime's].")
-@click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="Timed runs per figure.")
-@click.option("--warmup", type=click.IntRange(0), default=2, show_default=True, help="Untimed runs first.")
-@click.option("--max-length", type=click.IntRange(1), default=20, show_default=True,
+@click.option("--repeats", type=click.IntRange(1), default=DEFAULT_REPEATS, show_default=True,
+              help="Timed runs per figure.")
+@click.option("--warmup", type=click.IntRange(0), default=DEFAULT_WARMUP, show_default=True, help="Untimed runs first.")
+@click.option("--max-length", type=click.IntRange(1), default=DEFAULT_MAX_LENGTH, show_default=True,
               help="Greedy caption length limit (random-weight models always run it out).")
-@click.option("--cold-runs", type=click.IntRange(0), default=3, show_default=True,
+@click.option("--cold-runs", type=click.IntRange(0), default=DEFAULT_COLD_RUNS, show_default=True,
               help="Fresh `capkit caption` processes timed per target (0: no cold start, no peak memory).")
 @json_option
 def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str, ...], phones: Optional[int],
@@ -83,7 +89,7 @@ def bench(models: tuple[str, ...], checkpoint: Optional[str], images: tuple[str,
         has_torch = checkpoint is not None and torch_importable()  # first: see torch_importable
         targets = list(models) if models or checkpoint else [None]
         machine = machine_info()
-        common = dict(batch_sizes=sizes, repeats=repeats, warmup=warmup, max_length=max_length, progress=status)
+        common = dict(batch_sizes=sizes, repeats=repeats, warmup=warmup, max_length=max_length, status=status)
         reports = []
         with ImageSet(images, phones=phones) as image_set:
             common["phone_images"] = image_set.phone_paths

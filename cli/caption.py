@@ -16,7 +16,7 @@ from capkit.cli.options import (batch_size_option, checkpoint_option, decoding_o
                                 threads_option, user_errors)
 from capkit.bulk.listing import ImageInput, expand_inputs
 from capkit.bulk.local import SKIP_BY, error_caption, run_bulk
-from capkit.runtime.captioner import DEFAULT_BATCH_SIZE, Caption
+from capkit.runtime.captioner import Caption
 from capkit.runtime.decoding import check_given_options
 from capkit.runtime.errors import one_line, printable
 
@@ -49,7 +49,7 @@ def emit(result: Caption, as_json: bool, prefixed: bool) -> None:
 @checkpoint_option
 @decoding_option_group
 @device_option
-@batch_size_option(DEFAULT_BATCH_SIZE)
+@batch_size_option
 @threads_option
 @json_option
 @click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="FILE",

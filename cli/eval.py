@@ -45,7 +45,7 @@ def parse_temperatures(value: Optional[str]) -> Optional[list[float]]:
               help="A sweep: one row per temperature, e.g. 0,0.1,0.2,0.7,1,1.5,2 [default: --temp alone].")
 @decoding_option_group
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate the first N images only.")
-@batch_size_option(32)
+@batch_size_option
 @device_option
 @threads_option
 @progress_option

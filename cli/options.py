@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Optional
 import click
 
 from capkit.runtime.bundle import DEFAULT_BUNDLE, MODEL_ENV
+from capkit.runtime.captioner import DEFAULT_BATCH_SIZE
 from capkit.runtime.decoding import OPTION_NAMES, DecodingOptions
 from capkit.runtime.errors import CapkitError, first_line
 from capkit.runtime.limits import DEFAULT_LIMITS
@@ -73,9 +74,8 @@ progress_option = click.option("--progress/--no-progress", default=True, show_de
                                help="Progress bars on stderr.")
 
 
-def batch_size_option(default: int) -> Callable[[Callable], Callable]:
-    return click.option("--batch-size", type=click.IntRange(1, DEFAULT_LIMITS.max_batch_size), default=default,
-                        show_default=True, help="Images decoded together.")
+batch_size_option = click.option("--batch-size", type=click.IntRange(1, DEFAULT_LIMITS.max_batch_size),
+                                 default=DEFAULT_BATCH_SIZE, show_default=True, help="Images decoded together.")
 
 
 def images_option(help: str) -> Callable[[Callable], Callable]:

@@ -61,6 +61,10 @@ class WebHandler(http.server.SimpleHTTPRequestHandler):
 def make_server(bundle: Path, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
     """A server for the page with ``bundle`` under /bundle/ (not started). Raises click.ClickException
     when onnxruntime-web is not installed."""
+    if not (WEB / "index.html").is_file() or not JS_SRC.is_dir():  # an installed wheel carries no clients/
+        raise click.ClickException("serve-web serves the page from a source checkout of capkit (clients/web and "
+                                   "clients/js), which an installed package does not carry: clone the repository "
+                                   "and run scripts/setup.sh there")
     if not (ORT_DIST / "ort.wasm.min.mjs").is_file():
         raise click.ClickException(f"onnxruntime-web is not installed in {ORT_DIST.parents[1]} (run scripts/setup.sh, "
                                    "or npm ci in clients/js)")

@@ -67,7 +67,9 @@ EOF
 echo "runtime-only: creating a venv and installing capkit[cpu]" >&2
 "$PYTHON" -m venv "$work/venv"
 py="$work/venv/bin/python"
-"$py" -m pip install -q --disable-pip-version-check "$work/src[cpu]" >&2 || fail "pip install capkit[cpu] failed"
+"$py" -m pip install --disable-pip-version-check "$work/src[cpu]" >"$work/pip.log" 2>&1 \
+  || { tail -20 "$work/pip.log" >&2; fail "pip install capkit[cpu] failed"; }
+! grep -iE "deprecat" "$work/pip.log" >&2 || fail "pip install printed a deprecation warning (above)"
 
 cd "$work"  # away from the repository, so that only the installed capkit can be imported
 "$py" - "$work/venv" <<'EOF' || fail "the runtime-only venv is not runtime-only (see above)"
@@ -83,8 +85,9 @@ if not capkit.__file__.startswith(sys.argv[1]):
 print(f"runtime-only: capkit from {capkit.__file__}; onnxruntime {onnxruntime.__version__}", file=sys.stderr)
 EOF
 
-output=$("$work/venv/bin/capkit" caption "$image" --model "$bundle" --device cpu --json) \
+output=$("$work/venv/bin/capkit" caption "$image" --model "$bundle" --json 2>"$work/stderr") \
   || fail "capkit caption exited non-zero"
+[ ! -s "$work/stderr" ] || fail "capkit caption printed on stderr: $(head -c 300 "$work/stderr")"
 "$py" -c 'import json, sys; d = json.loads(sys.argv[1]); assert "caption" in d and isinstance(d["tokens"], list), d' \
   "$output" || fail "unexpected output: $output"
 echo "$output"
@@ -96,4 +99,11 @@ status=$?
 set -e
 [ "$status" -eq 1 ] && [ "$(printf '%s\n' "$message" | wc -l)" -eq 1 ] && [[ "$message" == *"needs PyTorch"* ]] \
   || fail "--checkpoint without torch: exit $status, output: $message"
+# serve-web needs the source checkout's clients/: one line saying so.
+set +e
+message=$("$work/venv/bin/capkit" serve-web "$bundle" --port 0 2>&1)
+status=$?
+set -e
+[ "$status" -eq 1 ] && [ "$(printf '%s\n' "$message" | wc -l)" -eq 1 ] && [[ "$message" == *"source checkout"* ]] \
+  || fail "serve-web from an installed package: exit $status, output: $message"
 echo "runtime-only: OK in $(( $(date +%s) - started ))s" >&2

@@ -22,10 +22,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from capkit.bulk.listing import expand_inputs
 from capkit.models import CaptionModel
 from capkit.runtime.bundle import Bundle
 from capkit.runtime.decoding import DecodingOptions, DecodingResult, decode
-from capkit.bulk.listing import expand_inputs
+from capkit.runtime.errors import first_line
 from capkit.runtime.preprocess import ImageError, ImageSource, PreprocessSpec, preprocess_batch
 from capkit.training.torch_inference import TorchInference
 
@@ -106,7 +107,7 @@ def check_graphs(bundle: Bundle) -> list[str]:
         try:
             onnx.checker.check_model(str(path), full_check=True)
         except Exception as e:  # ValidationError, InferenceError
-            problems.append(f"{path.name}: onnx.checker: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+            problems.append(f"{path.name}: onnx.checker: {first_line(e)}")
     return problems
 
 

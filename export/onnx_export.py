@@ -43,7 +43,7 @@ from capkit.models import CaptionModel, greedy_choice
 from capkit.runtime.bundle import (DECODER_FILE, DEFAULT_BUNDLE, ENCODER_FILE, Bundle, DecoderStepGraph, EncoderGraph,
                                    Manifest, load_bundle, sha256_file)
 from capkit.runtime.decoding import DecodingOptions
-from capkit.runtime.errors import CapkitError
+from capkit.runtime.errors import CapkitError, first_line, is_int
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import Vocabulary
 
@@ -235,7 +235,7 @@ def _write_graphs(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, 
             except CapkitError:
                 raise
             except Exception as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                first = first_line(e)
                 raise ExportError(f"torch.onnx.export failed ({type(e).__name__}: {first})") from e
             for name, path in staged.items():
                 _place_graph(path, folder / name)
@@ -299,8 +299,7 @@ def checkpoint_provenance(payload: dict[str, Any]) -> dict[str, Any]:
     if path is not None:
         folder = run or _plain_name(path.resolve().parent.name)
         checkpoint = f"{folder}/{path.name}" if folder else path.name
-    counters = {key: payload.get(key) if isinstance(payload.get(key), int) and not isinstance(payload.get(key), bool)
-                else None for key in ("epoch", "step")}
+    counters = {key: payload.get(key) if is_int(payload.get(key)) else None for key in ("epoch", "step")}
     return {
         "run": run,
         "checkpoint": checkpoint,

@@ -44,7 +44,7 @@ from capkit.export.staging import staged_bundle
 from capkit.runtime.bundle import (DECODER_FILE, ENCODER_FILE, OPERATOR_CONFIG_FILE, ORT_DECODER_FILE, ORT_ENCODER_FILE,
                                    Bundle, _external_data_files,
                                    load_bundle, sha256_file)
-from capkit.runtime.errors import CapkitError
+from capkit.runtime.errors import CapkitError, first_line
 
 if TYPE_CHECKING:
     from capkit.export.checks import OrtCheckReport
@@ -129,10 +129,6 @@ def _converter() -> tuple[Any, Any]:
     return convert_onnx_models_to_ort, OptimizationStyle
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 def config_operators(text: str) -> list[str]:
     """``domain;opset;Op`` of every operator a ``required_operators_and_types.config`` lists, e.g.
     ``ai.onnx;14;LSTM`` (type lists left out)."""
@@ -193,7 +189,7 @@ def convert_bundle(bundle: Bundle, out_dir: str | os.PathLike, force: bool = Fal
                                        enable_type_reduction=True)
         except Exception as e:  # an operator this ONNX Runtime cannot load or save, a full disk, ...
             raise OrtFormatError(f"{bundle.folder}: ORT-format conversion failed ({type(e).__name__}: "
-                                 f"{_first_line(e)})") from e
+                                 f"{first_line(e)})") from e
         made = {name: converted / name for name in (ORT_ENCODER_FILE, ORT_DECODER_FILE, OPERATOR_CONFIG_FILE)}
         missing = [name for name, path in made.items() if not path.is_file()]
         if missing:

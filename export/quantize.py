@@ -29,7 +29,7 @@ import numpy as np
 from capkit.export.staging import staged_bundle
 from capkit.runtime.bundle import DECODER_FILE, ENCODER_FILE, Bundle, load_bundle, sha256_file
 from capkit.runtime.decoding import DecodingOptions, decode
-from capkit.runtime.errors import CapkitError
+from capkit.runtime.errors import CapkitError, first_line
 
 PRECISIONS = ("int8", "fp16")
 CALIBRATION_BATCH = 8
@@ -134,7 +134,7 @@ def quantize_int8(bundle: Bundle, out_dir: str | os.PathLike, calibration: np.nd
             quantize_dynamic(str(bundle.decoder_path), str(decoder), weight_type=QuantType.QInt8)
         except Exception as e:
             raise QuantizationError(f"{bundle.folder}: int8 quantization failed ({type(e).__name__}: "
-                                    f"{(str(e).strip().splitlines() or [''])[0]})") from e
+                                    f"{first_line(e)})") from e
         _write_variant(bundle, staging, "int8", {ENCODER_FILE: encoder, DECODER_FILE: decoder}, {
             "encoder": "static QDQ, per-channel int8 weights, uint8 activations (MinMax calibration)",
             "decoder": "dynamic int8 weights", "calibration_images": int(len(calibration))})
@@ -157,7 +157,7 @@ def convert_fp16(bundle: Bundle, out_dir: str | os.PathLike, force: bool = False
                 model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
             except Exception as e:
                 raise QuantizationError(f"{path}: fp16 conversion failed ({type(e).__name__}: "
-                                        f"{(str(e).strip().splitlines() or [''])[0]})") from e
+                                        f"{first_line(e)})") from e
             graphs[name] = Path(tmp, name)
             onnx.save_model(model, str(graphs[name]))
         _write_variant(bundle, staging, "fp16", graphs, {"method": "onnxruntime.transformers.float16, keep_io_types"})

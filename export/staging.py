@@ -39,7 +39,7 @@ from typing import Iterator, Optional
 
 from capkit.runtime.bundle import (DECODER_FILE, ENCODER_FILE, MANIFEST_NAME, OPERATOR_CONFIG_FILE, ORT_DECODER_FILE,
                                    ORT_ENCODER_FILE, load_bundle)
-from capkit.runtime.errors import CapkitError
+from capkit.runtime.errors import CapkitError, first_line
 
 STAGING_PREFIX = ".capkit-staging-"
 ASIDE_PREFIX = ".capkit-old-"
@@ -52,10 +52,6 @@ RENAME_EXCHANGE = 2  # linux/fs.h
 
 class ExportError(CapkitError):
     """A model or an export target that cannot be used; one line naming the problem."""
-
-
-def _one_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def resolve_target(out: str | os.PathLike) -> Path:
@@ -281,7 +277,7 @@ def staged_bundle(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
         except CapkitError:
             raise
         except OSError as e:
-            raise ExportError(f"{out}: could not put the new bundle in place ({e.strerror or _one_line(e)})") from None
+            raise ExportError(f"{out}: could not put the new bundle in place ({e.strerror or first_line(e)})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

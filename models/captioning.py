@@ -17,6 +17,7 @@ import torch.nn as nn
 import torchvision
 
 from capkit.models.config import CaptionModelConfig, ModelConfigError
+from capkit.runtime.errors import first_line
 from capkit.runtime.vocab import PAD_ID
 
 RecurrentState = tuple[torch.Tensor, ...]  # (h,) for rnn/gru, (h, c) for lstm; each (layers, B, hidden)
@@ -95,7 +96,7 @@ def load_encoder_weights(weights_file: str | Path, backbone: nn.Module, name: st
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         raise ModelConfigError(f"{label}: cannot read it ({e.strerror or type(e).__name__})") from None
     except Exception as e:  # a pickle of Python objects, a truncated or foreign file
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         if "weights only" in reason.lower() or "weights_only" in reason:
             reason = "it holds Python objects, and capkit loads weights with weights_only=True (no code runs)"
         raise ModelConfigError(f"{label}: not a state dict of tensors ({type(e).__name__}: {reason})") from None
@@ -124,7 +125,7 @@ def build_backbone(name: str, pretrained: bool = False, weights_file: Optional[s
     except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; a bad download a RuntimeError
         if weights is None:
             raise
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise ModelConfigError(f"--pretrained: could not get {name}'s ImageNet weights ({type(e).__name__}: "
                                f"{reason}); {_offline_hint(name)}") from None
     if weights_file is not None:

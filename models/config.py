@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from capkit.runtime.errors import CapkitError
+from capkit.runtime.errors import CapkitError, check_int
 from capkit.runtime.limits import DEFAULT_LIMITS
 from capkit.runtime.vocab import MIN_VOCAB_SIZE
 
@@ -52,9 +52,7 @@ class CaptionModelConfig:
         if not isinstance(self.encoder, str) or not self.encoder or len(self.encoder) > 200:
             raise ModelConfigError(f"encoder must be the name of a torchvision model, got {self.encoder!r}")
         for name, (low, high) in INT_BOUNDS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ModelConfigError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+            check_int(getattr(self, name), name, low, high, error=ModelConfigError)
         for name in BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise ModelConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

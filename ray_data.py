@@ -39,7 +39,8 @@ CHUNK = 20_000  # images per Ray dataset in run_on_ray: the listing is never hel
 
 def bundle_files(bundle: Union[str, os.PathLike, Any, None]) -> dict[str, bytes]:
     """The bytes of a bundle's manifest and graph files (what an actor needs), by file name."""
-    from capkit.runtime.bundle import MANIFEST_NAME, Bundle, load_bundle
+    from capkit.runtime.bundle import Bundle, load_bundle
+    from capkit.runtime.manifest import MANIFEST_NAME
 
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     files = {MANIFEST_NAME: (loaded.folder / MANIFEST_NAME).read_bytes()}

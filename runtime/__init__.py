@@ -7,7 +7,8 @@ Nothing here imports torch, torchvision or onnx; ONNX Runtime itself is imported
 Captioner (or ``OnnxInference``) is first built, so ``import capkit.runtime`` stays cheap.
 """
 
-from capkit.runtime.bundle import MODEL_ENV, Bundle, BundleError, Manifest, default_bundle, load_bundle
+from capkit.runtime.bundle import MODEL_ENV, Bundle, default_bundle, load_bundle
+from capkit.runtime.manifest import BundleError, Manifest
 from capkit.runtime.captioner import Caption, Captioner
 from capkit.runtime.decoding import DecodingOptions, DecodingOptionsError, DecodingResult, Inference, decode
 from capkit.runtime.errors import CapkitError

@@ -24,7 +24,8 @@ from typing import Any, Iterable, Iterator, Optional, Union
 import numpy as np
 from PIL import Image
 
-from capkit.runtime.bundle import Bundle, Manifest, load_bundle
+from capkit.runtime.bundle import Bundle, load_bundle
+from capkit.runtime.manifest import Manifest
 from capkit.runtime.decoding import (DecodingOptions, DecodingOptionsError, DecodingResult, Inference, decode,
                                      verify_options)
 from capkit.runtime.errors import CapkitError

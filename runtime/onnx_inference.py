@@ -31,7 +31,8 @@ from typing import Optional, Union
 import numpy as np
 import onnxruntime as ort
 
-from capkit.runtime.bundle import Bundle, BundleError, load_bundle
+from capkit.runtime.bundle import Bundle, load_bundle
+from capkit.runtime.manifest import BundleError
 from capkit.runtime.decoding import greedy_from_logits
 from capkit.runtime.errors import CapkitError
 from capkit.runtime.limits import DEFAULT_LIMITS, LimitError, Limits

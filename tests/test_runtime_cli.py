@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from capkit.runtime import BundleError, Captioner
-from capkit.runtime.bundle import MANIFEST_NAME
+from capkit.runtime.manifest import MANIFEST_NAME
 
 torch = pytest.importorskip("torch")
 

@@ -8,7 +8,7 @@ export class CapkitError extends Error {
     this.name = new.target.name;
   }
 }
-/** A bundle that cannot be used (runtime/bundle.py BundleError). */
+/** A bundle that cannot be used (runtime/manifest.py BundleError). */
 export class BundleError extends CapkitError {}
 /** An input that cannot be read as an image (runtime/preprocess.py ImageError). */
 export class ImageError extends CapkitError {}

@@ -25,8 +25,9 @@ import torch
 from capkit.models import CaptionModel
 from capkit.runtime.bundle import Bundle
 from capkit.runtime.decoding import DecodingOptions, DecodingResult, decode
+from capkit.runtime.image_files import ImageError, ImageSource
 from capkit.runtime.inputs import expand_inputs
-from capkit.runtime.preprocess import ImageError, ImageSource, PreprocessSpec, preprocess_batch
+from capkit.runtime.preprocess import PreprocessSpec, preprocess_batch
 from capkit.training.torch_inference import TorchInference
 
 TOLERANCE = 1e-4

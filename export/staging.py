@@ -39,8 +39,8 @@ from typing import Iterator, Optional
 
 from capkit.runtime.bundle import (DECODER_FILE, ENCODER_FILE, OPERATOR_CONFIG_FILE, ORT_DECODER_FILE, ORT_ENCODER_FILE,
                                    load_bundle)
-from capkit.runtime.manifest import MANIFEST_NAME
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.manifest import MANIFEST_NAME
 
 STAGING_PREFIX = ".capkit-staging-"
 ASIDE_PREFIX = ".capkit-old-"

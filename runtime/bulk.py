@@ -49,8 +49,8 @@ import numpy as np
 from capkit.runtime.captioner import DEFAULT_BATCH_SIZE, Caption, Captioner, failed_caption, check_batch_size
 from capkit.runtime.decoding import DecodingOptions
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.image_files import open_regular_file
 from capkit.runtime.inputs import GLOB_CHARS, ImageInput, image_extensions, printable
-from capkit.runtime.preprocess import open_regular_file
 
 TEXT_LISTINGS = (".txt", ".lst")
 JSONL_LISTINGS = (".jsonl",)

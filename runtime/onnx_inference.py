@@ -32,10 +32,10 @@ import numpy as np
 import onnxruntime as ort
 
 from capkit.runtime.bundle import Bundle, load_bundle
-from capkit.runtime.manifest import BundleError
 from capkit.runtime.decoding import greedy_from_logits
 from capkit.runtime.errors import CapkitError
 from capkit.runtime.limits import DEFAULT_LIMITS, LimitError, Limits
+from capkit.runtime.manifest import BundleError
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")

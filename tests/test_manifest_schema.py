@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from capkit.runtime import Captioner
 from capkit.runtime.bundle import load_bundle, sha256_file
-from capkit.runtime.manifest import MANIFEST_NAME, BundleError
 from capkit.runtime.errors import CapkitError
 from capkit.runtime.limits import Limits
+from capkit.runtime.manifest import MANIFEST_NAME, BundleError
 from capkit.runtime.onnx_inference import OnnxInference
 from capkit.runtime.preprocess import PreprocessSpec
 

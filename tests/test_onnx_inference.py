@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from capkit.runtime.bundle import load_bundle  # noqa: E402
-from capkit.runtime.manifest import MANIFEST_NAME, BundleError  # noqa: E402
 from capkit.runtime.decoding import DecodingOptions, decode  # noqa: E402
 from capkit.runtime.errors import CapkitError  # noqa: E402
+from capkit.runtime.manifest import MANIFEST_NAME, BundleError  # noqa: E402
 from capkit.runtime.onnx_inference import CpuFallbackWarning, OnnxInference, RuntimeUnavailableError  # noqa: E402
 from capkit.training.torch_inference import TorchInference  # noqa: E402
 

@@ -16,8 +16,8 @@ from capkit.runtime.manifest import MANIFEST_NAME
 torch = pytest.importorskip("torch")
 
 from capkit.cli import main  # noqa: E402
-from capkit.export.checks import synthetic_images  # noqa: E402
 from capkit.cli.caption import caption as caption_command  # noqa: E402
+from capkit.export.checks import synthetic_images  # noqa: E402
 
 # conftest's one_torch_thread: tiny models are as fast on one thread, and several crawl on busy cores.
 # conftest's checkpoint: best.pt of the model below, written with training.checkpoint.checkpoint_payload.

@@ -199,7 +199,8 @@ def check_ort_bundle(reference: Bundle, ort_bundle: Bundle, images: Optional[np.
     both on the CPU, on ``images`` (float32 (N, 3, H, W); None: 32 synthetic): greedy and seeded-sampling
     token sequences must be identical. The ORT-format sessions load their graphs with
     ``session.load_model_format = ORT`` only (OnnxInference does that for an "ort" manifest; checked here)."""
-    from capkit.runtime.onnx_inference import LOAD_MODEL_FORMAT, OnnxInference
+    from capkit.runtime.onnx_inference import OnnxInference
+    from capkit.runtime.providers import LOAD_MODEL_FORMAT
 
     manifest = reference.manifest
     if images is None:

@@ -25,7 +25,8 @@ from capkit.export.ort_format import (ORT_DECODER_FILE, ORT_ENCODER_FILE, OrtFor
 from capkit.runtime import Captioner  # noqa: E402
 from capkit.runtime.bundle import OPERATOR_CONFIG_FILE, load_bundle, sha256_file  # noqa: E402
 from capkit.runtime.manifest import BundleError, Manifest, check_manifest  # noqa: E402
-from capkit.runtime.onnx_inference import LOAD_MODEL_FORMAT, OnnxInference  # noqa: E402
+from capkit.runtime.onnx_inference import OnnxInference  # noqa: E402
+from capkit.runtime.providers import LOAD_MODEL_FORMAT  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ORT_ONLY = "ORT"

@@ -37,7 +37,6 @@ class BundleError(CapkitError):
 # BundleError("<field path>: <problem>") and load_bundle puts the folder in front.
 
 MANIFEST_PRECISIONS = ("fp32", "fp16", "int8")  # what a manifest's `precision` may say the graphs compute in
-
 GRAPH_FORMATS = ("onnx", "ort")  # the graphs' file format: ONNX protobuf, or ONNX Runtime's ORT format (flatbuffers)
 MAX_MANIFEST_DEPTH = 64  # nesting of arrays and objects; capkit writes 4 levels
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -350,7 +349,6 @@ class Manifest:
     def from_dict(cls, data: Any, limits: Limits = DEFAULT_LIMITS) -> "Manifest":
         """A parsed capkit.json, every field checked once (:func:`check_manifest`); raises BundleError."""
         return check_manifest(data, limits)
-
 
 
 # a manifest's `decoding` keys: every DecodingOptions field but max_length, which is top level

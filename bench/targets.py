@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence, Union
 from capkit.bench.cold_start import caption_command, cold_start
 from capkit.bench.report import TargetReport
 from capkit.bench.timing import bench_captioner
-from capkit.runtime.preprocess import ImageSource
+from capkit.runtime.image_files import ImageSource
 
 
 class _RuntimeDefault:

@@ -19,7 +19,8 @@ from capkit.bench.report import TargetReport
 from capkit.bench.stats import BenchError, Stats, check_rounds
 from capkit.runtime.decoding import DecodingOptions, decode
 from capkit.runtime.errors import Status
-from capkit.runtime.preprocess import ImageSource, preprocess
+from capkit.runtime.image_files import ImageSource
+from capkit.runtime.preprocess import preprocess
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_REPEATS = 10

@@ -45,7 +45,7 @@ WORK = REPO / "benchmarks" / ".cache" / "edge"
 MARK_START, MARK_END = "<!-- edge:start -->", "<!-- edge:end -->"
 HEADING = "### Edge preset"
 PRESET_NAMES = ("edge", "default", "seed")  # the table's order
-PRECISIONS = ("int8", "fp32")
+EDGE_PRECISIONS = ("int8", "fp32")  # the bundles measured per preset, in the table's order
 THREADS = 1
 SIZE_GOAL_MB = 8.0  # (a) edge int8 bundle, at VOCAB_SIZE words
 LATENCY_GOAL_MS = 12.0  # (b) edge int8, a 640x480 JPEG end to end, one core
@@ -229,7 +229,7 @@ def render(report: dict[str, Any], figs: dict[str, dict[str, Any]], rows: list[d
     lines += ["", "| preset | precision | size MB | cold start s | peak RSS MB | caption ms (p90) | preprocess ms | "
                   "encoder ms | decode ms (steps) |", "|---|---|---|---|---|---|---|---|---|"]
     for name in PRESET_NAMES:
-        for precision in PRECISIONS:
+        for precision in EDGE_PRECISIONS:
             f = figs.get(key(name, precision))
             if f is None:
                 continue

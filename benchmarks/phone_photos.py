@@ -62,9 +62,9 @@ def speed_and_pixels(count: int, repeats: int, warmup: int) -> dict[str, Any]:
     from PIL import Image
 
     from capkit.bench.images import phone_photos, synthetic_photos
-    from capkit.runtime.preprocess import PreprocessSpec, draft_scale, preprocess
-
-    module = sys.modules["capkit.runtime.preprocess"]  # capkit.runtime.preprocess is also the function's name
+    from capkit.runtime import image_files
+    from capkit.runtime.image_files import draft_scale
+    from capkit.runtime.preprocess import PreprocessSpec, preprocess
 
     spec = PreprocessSpec()  # resize 256, crop 224: the default and the seed configuration's
     with tempfile.TemporaryDirectory(prefix="capkit-phone-") as folder:
@@ -88,11 +88,11 @@ def speed_and_pixels(count: int, repeats: int, warmup: int) -> dict[str, Any]:
         def oversample_one(call: Callable[[], Any]) -> Callable[[], Any]:
             """``call`` with DRAFT_OVERSAMPLE 1: the smallest decoded size that still covers the resized size."""
             def run(*args: Any) -> Any:
-                saved, module.DRAFT_OVERSAMPLE = module.DRAFT_OVERSAMPLE, 1
+                saved, image_files.DRAFT_OVERSAMPLE = image_files.DRAFT_OVERSAMPLE, 1
                 try:
                     return call(*args)
                 finally:
-                    module.DRAFT_OVERSAMPLE = saved
+                    image_files.DRAFT_OVERSAMPLE = saved
             return run
 
         smallest = oversample_one(draft_scale)(width, height, spec.resize)

@@ -21,7 +21,7 @@ from capkit.bulk.output import BulkError, BulkSummary, Done, KeySet, LineWriter,
 from capkit.runtime.captioner import DEFAULT_BATCH_SIZE, Caption, Captioner, check_batch_size, failed_caption
 from capkit.runtime.decoding import DecodingOptions
 from capkit.runtime.errors import Status, check_int, printable
-from capkit.runtime.preprocess import open_regular_file
+from capkit.runtime.image_files import open_regular_file
 
 SKIP_BY = ("path", "hash")
 HASH_CHUNK = 1 << 20

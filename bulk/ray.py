@@ -31,10 +31,11 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 from capkit.bulk.local import error_caption, progress_bar, stderr_status, unseen_inputs
 from capkit.bulk.output import BulkError, BulkSummary, LineWriter, open_output
-from capkit.runtime.bundle import MANIFEST_NAME, Bundle, load_bundle
+from capkit.runtime.bundle import Bundle, load_bundle
 from capkit.runtime.captioner import DEFAULT_BATCH_SIZE, Caption, check_batch_size
 from capkit.runtime.decoding import check_given_options
 from capkit.runtime.errors import CapkitError, Status, printable
+from capkit.runtime.manifest import MANIFEST_NAME
 
 COLUMNS = ("image", "caption", "tokens", "logprob", "error")
 CHUNK = 20_000  # images per Ray dataset in run_on_ray: the listing is never held whole on the driver

@@ -27,7 +27,8 @@ from capkit.models import CaptionModel
 from capkit.runtime.bundle import Bundle
 from capkit.runtime.decoding import DecodingOptions, DecodingResult, decode
 from capkit.runtime.errors import first_line
-from capkit.runtime.preprocess import ImageError, ImageSource, PreprocessSpec, preprocess_batch
+from capkit.runtime.image_files import ImageError, ImageSource
+from capkit.runtime.preprocess import PreprocessSpec, preprocess_batch
 from capkit.training.torch_inference import TorchInference
 
 TOLERANCE = 1e-4
@@ -199,7 +200,8 @@ def check_ort_bundle(reference: Bundle, ort_bundle: Bundle, images: Optional[np.
     both on the CPU, on ``images`` (float32 (N, 3, H, W); None: 32 synthetic): greedy and seeded-sampling
     token sequences must be identical. The ORT-format sessions load their graphs with
     ``session.load_model_format = ORT`` only (OnnxInference does that for an "ort" manifest; checked here)."""
-    from capkit.runtime.onnx_inference import LOAD_MODEL_FORMAT, OnnxInference
+    from capkit.runtime.onnx_inference import OnnxInference
+    from capkit.runtime.providers import LOAD_MODEL_FORMAT
 
     manifest = reference.manifest
     if images is None:

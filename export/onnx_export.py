@@ -40,10 +40,10 @@ import torch.nn as nn
 
 from capkit.export import DEFAULT_OPSET
 from capkit.models import CaptionModel, greedy_choice
-from capkit.runtime.bundle import (DECODER_FILE, DEFAULT_BUNDLE, ENCODER_FILE, Bundle, DecoderStepGraph, EncoderGraph,
-                                   Manifest, load_bundle, sha256_file)
+from capkit.runtime.bundle import DECODER_FILE, DEFAULT_BUNDLE, ENCODER_FILE, Bundle, load_bundle, sha256_file
 from capkit.runtime.decoding import DecodingOptions
 from capkit.runtime.errors import CapkitError, first_line, is_int
+from capkit.runtime.manifest import DecoderStepGraph, EncoderGraph, Manifest
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import Vocabulary
 

@@ -31,7 +31,7 @@ from capkit.runtime.bundle import DECODER_FILE, ENCODER_FILE, Bundle, load_bundl
 from capkit.runtime.decoding import DecodingOptions, decode
 from capkit.runtime.errors import CapkitError, first_line
 
-PRECISIONS = ("int8", "fp16")
+VARIANT_PRECISIONS = ("int8", "fp16")  # the reduced-precision bundles write_variant makes beside an fp32 one
 CALIBRATION_BATCH = 8
 
 
@@ -185,9 +185,9 @@ def write_variant(bundle: Bundle, precision: str, out_dir: str | os.PathLike, im
     elif precision == "fp16":
         variant = convert_fp16(bundle, out_dir, force=force)
     else:
-        raise QuantizationError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
+        raise QuantizationError(f"unknown precision {precision!r}; one of {', '.join(VARIANT_PRECISIONS)}")
     return compare_variant(bundle, variant, images)
 
 
-__all__ = ["PRECISIONS", "QuantizationError", "VariantReport", "compare_variant", "convert_fp16",
+__all__ = ["QuantizationError", "VARIANT_PRECISIONS", "VariantReport", "compare_variant", "convert_fp16",
            "quantize_int8", "write_variant"]

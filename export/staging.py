@@ -37,9 +37,10 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-from capkit.runtime.bundle import (DECODER_FILE, ENCODER_FILE, MANIFEST_NAME, OPERATOR_CONFIG_FILE, ORT_DECODER_FILE,
-                                   ORT_ENCODER_FILE, load_bundle)
+from capkit.runtime.bundle import (DECODER_FILE, ENCODER_FILE, OPERATOR_CONFIG_FILE, ORT_DECODER_FILE, ORT_ENCODER_FILE,
+                                   load_bundle)
 from capkit.runtime.errors import CapkitError, first_line
+from capkit.runtime.manifest import MANIFEST_NAME
 
 STAGING_PREFIX = ".capkit-staging-"
 ASIDE_PREFIX = ".capkit-old-"

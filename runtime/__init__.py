@@ -7,12 +7,14 @@ Nothing here imports torch, torchvision or onnx; ONNX Runtime itself is imported
 Captioner (or ``OnnxInference``) is first built, so ``import capkit.runtime`` stays cheap.
 """
 
-from capkit.runtime.bundle import MODEL_ENV, Bundle, BundleError, Manifest, default_bundle, load_bundle
+from capkit.runtime.bundle import MODEL_ENV, Bundle, default_bundle, load_bundle
 from capkit.runtime.captioner import Caption, Captioner
 from capkit.runtime.decoding import DecodingOptions, DecodingOptionsError, DecodingResult, Inference, decode
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.image_files import ImageError, ImageLimitError, load_image
 from capkit.runtime.limits import DEFAULT_LIMITS, LimitError, Limits
-from capkit.runtime.preprocess import ImageError, ImageLimitError, PreprocessSpec, load_image, preprocess
+from capkit.runtime.manifest import BundleError, Manifest
+from capkit.runtime.preprocess import PreprocessSpec, preprocess
 from capkit.runtime.vocab import Vocabulary
 
 __all__ = [

@@ -24,12 +24,14 @@ from typing import Any, Iterable, Iterator, Optional, Union
 import numpy as np
 from PIL import Image
 
-from capkit.runtime.bundle import Bundle, Manifest, load_bundle
+from capkit.runtime.bundle import Bundle, load_bundle
 from capkit.runtime.decoding import (DecodingOptions, DecodingOptionsError, DecodingResult, Inference, decode,
                                      verify_options, with_overrides)
 from capkit.runtime.errors import CapkitError, check_int, one_line, printable
+from capkit.runtime.image_files import ImageSource
 from capkit.runtime.limits import DEFAULT_LIMITS, Limits
-from capkit.runtime.preprocess import ImageSource, PreprocessSpec, preprocess
+from capkit.runtime.manifest import Manifest
+from capkit.runtime.preprocess import PreprocessSpec, preprocess
 from capkit.runtime.vocab import Vocabulary
 
 DEFAULT_BATCH_SIZE = 16

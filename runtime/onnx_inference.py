@@ -18,118 +18,24 @@ bindings of both graphs and the CPU's :class:`BoundGreedySteps`.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import re
-import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import onnxruntime as ort
 
-from capkit.runtime.bundle import Bundle, BundleError, load_bundle
+from capkit.runtime.bundle import Bundle, load_bundle
 from capkit.runtime.decoding import greedy_from_logits
-from capkit.runtime.errors import CapkitError
+from capkit.runtime.errors import CapkitError, first_line
 from capkit.runtime.limits import DEFAULT_LIMITS, LimitError, Limits
-
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda")
-GRAPH_OPTIMIZATIONS = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-QUIET = 3  # ONNX Runtime log severity for our sessions: errors only (no "nodes not assigned to CUDA" notices)
-SILENT = 4  # while probing CUDA: fatal only (the CUDA provider logs its load failure as an error)
-DEFAULT_SEVERITY = 2  # ONNX Runtime's default logger severity (warnings)
+from capkit.runtime.manifest import BundleError
+from capkit.runtime.providers import (CPU, CUDA, DEFAULT_SPIN_US, check_device, check_threads, choose_device,
+                                      session_options, silent_ort_logger)
 
 OrtState = tuple  # numpy arrays (plain run) or OrtValues (IO binding); each (layers, B, hidden)
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
-
-
-class RuntimeUnavailableError(CapkitError):
-    """The requested device (or ONNX Runtime provider) cannot be used here; one line naming it."""
-
-
-class CpuFallbackWarning(RuntimeWarning):
-    """``device="auto"`` found the CUDA provider listed but unusable and runs on the CPU."""
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def _check_threads(threads: Optional[int], name: str = "threads", limits: Limits = DEFAULT_LIMITS) -> None:
-    """An intra-op thread count: None (ONNX Runtime's default) or an integer from 1 to
-    ``limits.max_threads`` (LimitError above it: a million threads must never reach ONNX Runtime)."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
-        raise CapkitError(f"{name} must be an integer >= 1, got {threads!r}")
-    if threads is not None:
-        limits.check("max_threads", int(threads), name)
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
-
-
-DEFAULT_SPIN_US = 200  # how long an idle intra-op thread spins before it sleeps (see OnnxInference)
-SPIN_DURATION_SINCE = (1, 27)  # the first ONNX Runtime with session.intra_op.spin_duration_us
-LOAD_MODEL_FORMAT = "session.load_model_format"  # "ORT": the session reads the file as an ORT-format model only
-
-
-def session_options(threads: Optional[int], graph_optimization: str,
-                    spin_us: Optional[int] = DEFAULT_SPIN_US, limits: Limits = DEFAULT_LIMITS,
-                    graph_format: str = "onnx") -> ort.SessionOptions:
-    """ONNX Runtime session options. ``threads``: intra-op threads, at most ``limits.max_threads``
-    (LimitError). ``spin_us``: how long idle intra-op threads spin before they
-    sleep (0: never; None: ONNX Runtime's default, which spins much longer). An ONNX Runtime too old
-    to bound the spin gets no spinning instead. ``graph_format`` "ort": the session loads the graph
-    as an ORT-format model only (``session.load_model_format = ORT``), as ONNX Runtime Mobile does."""
-    if graph_optimization not in GRAPH_OPTIMIZATIONS:
-        raise CapkitError(f"unknown graph optimization {graph_optimization!r}; one of {', '.join(GRAPH_OPTIMIZATIONS)}")
-    _check_threads(threads, limits=limits)
-    if spin_us is not None and (isinstance(spin_us, bool) or not isinstance(spin_us, int) or spin_us < 0):
-        raise CapkitError(f"spin must be an integer >= 0 (microseconds), got {spin_us!r}")
-    if graph_format not in ("onnx", "ort"):
-        raise CapkitError(f"unknown graph format {graph_format!r}; onnx or ort")
-    options = ort.SessionOptions()
-    if graph_format == "ort":
-        options.add_session_config_entry(LOAD_MODEL_FORMAT, "ORT")
-    options.graph_optimization_level = GRAPH_OPTIMIZATIONS[graph_optimization]
-    options.intra_op_num_threads = int(threads or 0)  # 0: ONNX Runtime's default (one per physical core)
-    options.log_severity_level = QUIET
-    if spin_us is not None:
-        bounded = spin_us > 0 and _version(ort.__version__) >= SPIN_DURATION_SINCE
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if bounded else "0")
-        if bounded:
-            options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
-    return options
-
-
-def nvidia_driver_present() -> bool:
-    """Whether an NVIDIA driver is loaded here (Linux: its control device exists; elsewhere: assume so)."""
-    return not sys.platform.startswith("linux") or os.path.exists("/dev/nvidiactl")
-
-
-def preload_cuda_libraries() -> bool:
-    """ONNX Runtime's own ``preload_dlls``: loads the CUDA and cuDNN libraries from the NVIDIA pip
-    packages (or PyTorch's) when the loader's search path lacks them, so that ``--device cuda`` works
-    in a plain virtual environment without torch imported first. It prints its notices, so they are
-    kept off stdout (which carries captions). True when the call ran."""
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is None:
-        return False
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            preload()
-    except Exception:  # a library that will not load: the CUDA probe that follows says so
-        return False
-    return True
 
 
 class BoundGreedySteps:
@@ -198,7 +104,8 @@ class OnnxInference:
     """The runtime's :class:`~capkit.runtime.decoding.Inference` over a bundle's two ONNX graphs.
 
     ``device``: "cpu", "cuda" (RuntimeUnavailableError when CUDA does not work here) or "auto"
-    (CUDA where a session really gets the CUDA provider, else the CPU with one warning).
+    (CUDA where a session really gets the CUDA provider, else the CPU; quietly without an NVIDIA
+    driver, with one CpuFallbackWarning where one is present: :func:`~capkit.runtime.providers.choose_device`).
     ``threads``: ONNX Runtime's intra-op threads for both graphs (None: its default, one per
     core). ``step_threads``: the decoder step graph's own (None: as ``threads``). ``spin_us``: how
     long an idle intra-op thread spins before it sleeps, in microseconds (0: never; None: ONNX
@@ -230,12 +137,11 @@ class OnnxInference:
                  graph_optimization: str = "all", optimized_model_dir: Union[str, os.PathLike, None] = None,
                  io_binding: Optional[bool] = None, *, step_threads: Optional[int] = None,
                  spin_us: Optional[int] = DEFAULT_SPIN_US, limits: Limits = DEFAULT_LIMITS):
-        if device not in DEVICES:
-            raise RuntimeUnavailableError(f"unknown device {device!r}; one of {', '.join(DEVICES)}")
+        check_device(device)
         if not isinstance(limits, Limits):
             raise LimitError(f"limits must be a capkit Limits, got {type(limits).__name__}")
-        _check_threads(threads, "threads", limits)  # first: before the bundle is read or a session built
-        _check_threads(step_threads, "step threads", limits)
+        check_threads(threads, "threads", limits)  # first: before the bundle is read or a session built
+        check_threads(step_threads, "step threads", limits)
         self.limits = limits
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.threads = {"encoder": threads, "decoder_step": threads if step_threads is None else step_threads}
@@ -283,7 +189,7 @@ class OnnxInference:
         except Exception as e:  # a corrupt graph, an operator this ONNX Runtime lacks, ...
             if fresh is not None:
                 fresh.unlink(missing_ok=True)
-            raise BundleError(f"{path}: ONNX Runtime cannot load it ({_first_line(e)})") from None
+            raise BundleError(f"{path}: ONNX Runtime cannot load it ({first_line(e)})") from None
         finally:
             options.optimized_model_filepath = ""
         if fresh is not None and fresh.is_file():
@@ -296,32 +202,15 @@ class OnnxInference:
                 self._session(self.bundle.decoder_path, manifest.decoder.sha256, device, "decoder_step"))
 
     def _open(self, device: str) -> tuple[str, ort.InferenceSession, ort.InferenceSession]:
-        if device == "cpu":
-            return ("cpu", *self._sessions("cpu"))
-        if CUDA not in ort.get_available_providers():
-            if device == "cuda":
-                raise RuntimeUnavailableError("device cuda: this ONNX Runtime has no CUDA provider "
-                                              "(pip install onnxruntime-gpu)")
-            return ("cpu", *self._sessions("cpu"))  # a CPU-only ONNX Runtime: the CPU is expected, no warning
-        # The provider is listed; only a session tells whether it loads (GPU, CUDA and cuDNN libraries).
-        if self._cuda_works() or (nvidia_driver_present() and preload_cuda_libraries() and self._cuda_works()):
-            return ("cuda", *self._sessions("cuda"))
-        if device == "cuda":
-            raise RuntimeUnavailableError("device cuda: ONNX Runtime cannot use CUDA here (no GPU, or the CUDA/cuDNN "
-                                          "libraries it needs are missing); use --device cpu")
-        warnings.warn("capkit: CUDA is not usable by ONNX Runtime here (no GPU, or CUDA/cuDNN libraries missing); "
-                      "running on the CPU", CpuFallbackWarning, stacklevel=3)
-        return ("cpu", *self._sessions("cpu"))
+        chosen = choose_device(device, self._cuda_works)
+        return (chosen, *self._sessions(chosen))
 
     def _cuda_works(self) -> bool:
         """Whether a session of the step graph really gets the CUDA provider (quietly: the provider logs
         its load failures as errors, and capkit says it once)."""
         manifest = self.bundle.manifest
-        ort.set_default_logger_severity(SILENT)
-        try:
+        with silent_ort_logger():
             probe = self._session(self.bundle.decoder_path, manifest.decoder.sha256, "cuda", "decoder_step", cache=False)
-        finally:
-            ort.set_default_logger_severity(DEFAULT_SEVERITY)  # no getter: back to ONNX Runtime's default
         return probe.get_providers()[0] == CUDA
 
     def _check_names(self) -> None:
@@ -467,9 +356,4 @@ class OnnxInference:
                 f"threads={self.threads})")
 
 
-def available_devices() -> list[str]:
-    """The devices this ONNX Runtime lists a provider for (listed is not the same as usable)."""
-    return ["cpu"] + (["cuda"] if CUDA in ort.get_available_providers() else [])
-
-
-__all__ = ["BoundGreedySteps", "CpuFallbackWarning", "DEFAULT_SPIN_US", "OnnxInference", "RuntimeUnavailableError", "available_devices", "session_options"]
+__all__ = ["BoundGreedySteps", "OnnxInference"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from capkit.runtime.bundle import (DECODER_FILE, ENCODER_FILE, EXTERNAL_DATA_MARKER, BundleError, DecoderStepGraph,
-                                   EncoderGraph, Manifest, _digest, load_bundle, sha256_file)
+from capkit.runtime.bundle import DECODER_FILE, ENCODER_FILE, EXTERNAL_DATA_MARKER, _digest, load_bundle, sha256_file
+from capkit.runtime.manifest import BundleError, DecoderStepGraph, EncoderGraph, Manifest
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import SPECIAL_TOKENS, Vocabulary
 

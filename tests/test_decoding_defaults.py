@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from capkit.runtime import BundleError, Captioner, load_bundle
-from capkit.runtime.bundle import MANIFEST_NAME
+from capkit.runtime.manifest import MANIFEST_NAME
 
 pytest.importorskip("torch")
 

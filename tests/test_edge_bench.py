@@ -65,7 +65,7 @@ def report_with(bundles: dict) -> dict:
 def test_figures_match_targets_by_bundle_folder_not_name(tmp_path):
     # bench names all six targets "onnx fp32" / "onnx int8": only the folder tells the presets apart
     bundles = {edge.key(p, q): tmp_path / p / ("bundle-int8" if q == "int8" else "bundle")
-               for p in edge.PRESET_NAMES for q in edge.PRECISIONS}
+               for p in edge.PRESET_NAMES for q in edge.EDGE_PRECISIONS}
     report = report_with(bundles)
     report["targets"].reverse()
     figs = edge.figures(report, bundles)
@@ -75,7 +75,7 @@ def test_figures_match_targets_by_bundle_folder_not_name(tmp_path):
 
 
 def render(bleu: dict) -> str:
-    bundles = {edge.key(p, q): f"/b/{p}-{q}" for p in edge.PRESET_NAMES for q in edge.PRECISIONS}
+    bundles = {edge.key(p, q): f"/b/{p}-{q}" for p in edge.PRESET_NAMES for q in edge.EDGE_PRECISIONS}
     figs = edge.figures(report_with(bundles), bundles)
     figs["edge fp32"]["caption_ms"] = 17.0
     specs = {p: {"resize": 256, "crop": 224} for p in edge.PRESET_NAMES}

@@ -17,10 +17,11 @@ ort = pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner  # noqa: E402
 
-from capkit.export import ExportError, check_bundle, export_model  # noqa: E402
 from capkit.cli.export import export as export_command  # noqa: E402
+from capkit.export import ExportError, check_bundle, export_model  # noqa: E402
 from capkit.export.quantize import compare_variant, convert_fp16, quantize_int8  # noqa: E402
-from capkit.runtime.bundle import MANIFEST_NAME, BundleError, load_bundle, sha256_file  # noqa: E402
+from capkit.runtime.bundle import load_bundle, sha256_file  # noqa: E402
+from capkit.runtime.manifest import MANIFEST_NAME, BundleError  # noqa: E402
 
 TOLERANCE = 1e-4
 # conftest's one_torch_thread: on a shared 2-core machine, torch's spinning threads make training and

@@ -21,9 +21,10 @@ ort = pytest.importorskip("onnxruntime")
 from capkit.export import export_model  # noqa: E402
 from capkit.export.quantize import quantize_int8  # noqa: E402
 from capkit.models import greedy_choice  # noqa: E402
-from capkit.runtime.bundle import MANIFEST_NAME, BundleError, load_bundle  # noqa: E402
+from capkit.runtime.bundle import load_bundle  # noqa: E402
 from capkit.runtime.decoding import (DecodingOptions, chosen_log_softmax, decode, greedy_from_logits,  # noqa: E402
                                      log_softmax)
+from capkit.runtime.manifest import MANIFEST_NAME, BundleError  # noqa: E402
 from capkit.runtime.onnx_inference import BoundGreedySteps, OnnxInference  # noqa: E402
 from capkit.training.torch_inference import TorchInference  # noqa: E402
 

@@ -32,8 +32,9 @@ from capkit.export.quantize import convert_fp16  # noqa: E402
 from capkit.export.staging import ASIDE_PREFIX, STAGING_PREFIX, clean_stale  # noqa: E402
 from capkit.models import CaptionModelConfig, build_backbone  # noqa: E402
 from capkit.models.config import ModelConfigError  # noqa: E402
-from capkit.runtime.bundle import MANIFEST_NAME, load_bundle  # noqa: E402
+from capkit.runtime.bundle import load_bundle  # noqa: E402
 from capkit.runtime.errors import CapkitError  # noqa: E402
+from capkit.runtime.manifest import MANIFEST_NAME  # noqa: E402
 from capkit.training.checkpoint import CheckpointError, checkpoint_payload, load_model, save_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -28,8 +28,9 @@ from PIL import Image
 
 from capkit.runtime import Captioner, ImageError
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.image_files import load_image
 from capkit.runtime.limits import LimitError, Limits
-from capkit.runtime.preprocess import PreprocessSpec, load_image, preprocess
+from capkit.runtime.preprocess import PreprocessSpec, preprocess
 
 SPEC = PreprocessSpec(resize=32, crop=32)
 HAS_FIFO = hasattr(os, "mkfifo")

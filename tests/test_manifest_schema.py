@@ -4,6 +4,7 @@ naming the bundle and the field, never a traceback; and the manifest must agree 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -19,9 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capkit.runtime import Captioner
-from capkit.runtime.bundle import MANIFEST_NAME, BundleError, load_bundle, sha256_file
+from capkit.runtime.bundle import load_bundle, sha256_file
+from capkit.runtime.decoding import DecodingOptions
 from capkit.runtime.errors import CapkitError
 from capkit.runtime.limits import Limits
+from capkit.runtime.manifest import MANIFEST_NAME, BundleError, decoding_from_dict, decoding_to_dict
 from capkit.runtime.onnx_inference import OnnxInference
 from capkit.runtime.preprocess import PreprocessSpec
 
@@ -487,3 +490,13 @@ def test_preprocess_spec_from_dict() -> None:
             ({**spec.to_dict(), "extra": 1}, "extra"), ({"resize": 32}, "preprocess.crop"):
         with pytest.raises(CapkitError, match=word):
             PreprocessSpec.from_dict(data)
+
+
+def test_decoding_block_carries_every_option_but_max_length() -> None:
+    """The manifest's ``decoding`` block writes and reads every DecodingOptions field; max_length is top level."""
+    options = DecodingOptions(temperature=0.7, top_k=5, top_p=0.9, beam=1, max_length=33, seed=4)
+    block = decoding_to_dict(options)
+    assert set(block) == {f.name for f in dataclasses.fields(DecodingOptions)} - {"max_length"}
+    assert decoding_from_dict(block) == dataclasses.replace(options, max_length=DecodingOptions().max_length)
+    with pytest.raises(BundleError, match=r"unknown option 'max_len' \(known: temperature, top_k, top_p, beam, seed\)"):
+        decoding_from_dict({"max_len": 3})

@@ -23,9 +23,10 @@ from capkit.export.checks import check_ort_bundle, synthetic_images  # noqa: E40
 from capkit.export.ort_format import (ORT_DECODER_FILE, ORT_ENCODER_FILE, OrtFormatError, config_operators,  # noqa: E402
                                       convert_bundle, ort_folder, write_ort_bundle)
 from capkit.runtime import Captioner  # noqa: E402
-from capkit.runtime.bundle import (OPERATOR_CONFIG_FILE, BundleError, Manifest, check_manifest, load_bundle,  # noqa: E402
-                                   sha256_file)
-from capkit.runtime.onnx_inference import LOAD_MODEL_FORMAT, OnnxInference  # noqa: E402
+from capkit.runtime.bundle import OPERATOR_CONFIG_FILE, load_bundle, sha256_file  # noqa: E402
+from capkit.runtime.manifest import BundleError, Manifest, check_manifest  # noqa: E402
+from capkit.runtime.onnx_inference import OnnxInference  # noqa: E402
+from capkit.runtime.providers import LOAD_MODEL_FORMAT  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ORT_ONLY = "ORT"

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
+from capkit.runtime import image_files
+from capkit.runtime.image_files import ImageError, ImageLimitError, load_image
 from capkit.runtime.limits import Limits
-from capkit.runtime.preprocess import (ImageError, ImageLimitError, PreprocessSpec, load_image, preprocess,
-                                       preprocess_batch)
+from capkit.runtime.preprocess import PreprocessSpec, preprocess, preprocess_batch
 
 PHONE_MAX_LEVELS = 8.0  # largest |fast - full| of the preprocessed tensor of a 12 MP JPEG, 8-bit levels (measured: 4)
 PHONE_MEAN_LEVELS = 0.5  # mean |fast - full| of it, 8-bit levels (measured: 0.24)
@@ -90,7 +91,7 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale(tmp_path: Path, drafts) -> Non
     out = preprocess(path, SMALL_SPEC, fast_decode=True)
     assert out.shape == (3, 32, 32) and out.dtype == np.float32
     assert drafts == [((100, 75), (100, 75))]  # 1/4: still twice the resized 42x32; 1/8 would not be
-    img, draft = pre._open(path, Limits(), SMALL_SPEC.resize)  # the evidence, without timing: the decoded size
+    img, draft = image_files._open(path, Limits(), SMALL_SPEC.resize)  # the evidence, without timing: the decoded size
     assert img.size == (100, 75) and draft == ((400, 300), (0.0, 0.0, 100.0, 75.0))
     assert preprocess(jpeg(photo(400, 300)), SMALL_SPEC, fast_decode=True).shape == (3, 32, 32)  # bytes too
     assert len(drafts) == 3
@@ -230,15 +231,15 @@ def test_a_truncated_large_jpeg_is_one_line(tmp_path: Path) -> None:
 def test_draft_scale_and_box(width: int, height: int, resize: int, scale: int) -> None:
     """The largest of 8, 4, 2 that leaves the image twice the resized size; 2 from twice the resize on
     the shorter side where none does; 1 (no draft) under that. The box is the full image's area."""
-    assert pre.draft_scale(width, height, resize) == scale
+    assert image_files.draft_scale(width, height, resize) == scale
     buffer = io.BytesIO()
     Image.new("RGB", (width, height)).save(buffer, "JPEG")
     opened = Image.open(io.BytesIO(buffer.getvalue()))
-    draft = pre._draft(opened, resize)
+    draft = image_files._draft(opened, resize)
     if scale == 1:
         assert draft is None and opened.size == (width, height)
         return
-    target = pre.resized_size(width, height, resize)
+    target = image_files.resized_size(width, height, resize)
     assert draft == ((width, height), (0.0, 0.0, width / scale, height / scale))
     assert opened.size == (math.ceil(width / scale), math.ceil(height / scale))
     assert opened.size[0] >= target[0] and opened.size[1] >= target[1]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from capkit.runtime.preprocess import ImageError, PreprocessSpec, load_image, preprocess, preprocess_batch
+from capkit.runtime.image_files import ImageError, load_image
+from capkit.runtime.preprocess import PreprocessSpec, preprocess, preprocess_batch
 
 transforms = pytest.importorskip("torchvision.transforms")
 

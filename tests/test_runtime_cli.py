@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,13 +14,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from capkit.runtime import BundleError, Captioner
-from capkit.runtime.bundle import MANIFEST_NAME
+from capkit.runtime.manifest import MANIFEST_NAME
+from capkit.runtime.providers import nvidia_driver_present
 
 torch = pytest.importorskip("torch")
 
 from capkit.cli import main  # noqa: E402
-from capkit.export.checks import synthetic_images  # noqa: E402
 from capkit.cli.caption import caption as caption_command  # noqa: E402
+from capkit.export.checks import synthetic_images  # noqa: E402
 
 # conftest's one_torch_thread: tiny models are as fast on one thread, and several crawl on busy cores.
 # conftest's checkpoint: best.pt of the model below, written with training.checkpoint.checkpoint_payload.
@@ -58,7 +62,7 @@ def expected(bundle, photos) -> dict[str, str]:
 
 def run(*args: str, env: dict | None = None):
     args = tuple(map(str, args))
-    if "--device" not in args:  # auto would probe CUDA (and warn on a machine without a usable GPU)
+    if "--device" not in args:  # auto would probe CUDA where an NVIDIA driver is present (test_auto_device_is_quiet)
         args += ("--device", "cpu")
     result = CliRunner().invoke(main, ["caption", *args], env=env)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception  # no crash
@@ -86,6 +90,22 @@ def test_one_image_plain(bundle, photos, expected) -> None:
     assert result.exit_code == 0, result.stderr
     assert result.stdout == expected["a.png"] + "\n"
     assert result.stderr == ""
+
+
+def test_auto_device_is_quiet(bundle, photos, expected, tmp_path: Path) -> None:
+    """`capkit caption img.png` as a user types it, in a fresh process: device auto, the default install
+    (onnxruntime-gpu). Without an NVIDIA driver the CPU is what is expected, so stderr stays empty; with
+    one, CUDA is used or a single warning says why not."""
+    env = {key: value for key, value in os.environ.items() if key not in ("CAPKIT_MODEL", "PYTHONWARNINGS")}
+    proc = subprocess.run([sys.executable, "-m", "capkit", "caption", str(photos / "a.png"), "--model", str(bundle)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == expected["a.png"] + "\n"
+    if not nvidia_driver_present():
+        assert proc.stderr == ""
+    else:
+        lines = proc.stderr.splitlines()
+        assert lines == [] or (len(lines) == 1 and "running on the CPU" in lines[0]), proc.stderr
 
 
 def test_several_images_are_prefixed(bundle, photos, expected) -> None:

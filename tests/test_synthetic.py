@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capkit.runtime.preprocess import load_image
+from capkit.runtime.image_files import load_image
 from capkit.runtime.vocab import tokenize
 from capkit.training import synthetic
 from capkit.training.datasets import describe, load_dataset

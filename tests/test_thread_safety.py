@@ -24,7 +24,8 @@ import pytest
 from capkit.runtime import Captioner
 from capkit.runtime.decoding import greedy_from_logits
 from capkit.runtime.limits import LimitError, Limits
-from capkit.runtime.onnx_inference import OnnxInference, RuntimeUnavailableError, session_options
+from capkit.runtime.onnx_inference import OnnxInference
+from capkit.runtime.providers import RuntimeUnavailableError, session_options
 
 pytest.importorskip("torch")  # export_kit trains and exports its tiny models with torch
 

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
-from capkit.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageError, PreprocessSpec, load_image
+from capkit.runtime.image_files import ImageError, load_image
+from capkit.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from capkit.runtime.vocab import PAD_ID, Vocabulary
 from capkit.training.datasets import CaptionedImage, load_dataset
 from capkit.training.synthetic import DEFAULT_COUNT, DEFAULT_IMAGE_SIZE, generate_synthetic

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from capkit.runtime.captioner import Captioner
 from capkit.runtime.decoding import decode
 from capkit.runtime.errors import CapkitError
-from capkit.runtime.preprocess import ImageError
+from capkit.runtime.image_files import ImageError
 from capkit.runtime.vocab import tokenize
 from capkit.training import log_to_stderr
 from capkit.training.datasets import CaptionedImage

@@ -17,9 +17,10 @@ import torch
 from capkit.models import CaptionModel, RecurrentState, greedy_choice
 from capkit.runtime.captioner import Captioner
 from capkit.runtime.decoding import DecodingOptions, DecodingResult, decode
-from capkit.runtime.preprocess import ImageSource, PreprocessSpec, preprocess_batch
 from capkit.runtime.errors import CapkitError
+from capkit.runtime.image_files import ImageSource
 from capkit.runtime.limits import DEFAULT_LIMITS, Limits
+from capkit.runtime.preprocess import PreprocessSpec, preprocess_batch
 from capkit.runtime.vocab import Vocabulary
 
 TORCH_DEVICES = ("auto", "cpu", "cuda")

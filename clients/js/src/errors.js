@@ -8,9 +8,9 @@ export class CapkitError extends Error {
     this.name = new.target.name;
   }
 }
-/** A bundle that cannot be used (runtime/bundle.py BundleError). */
+/** A bundle that cannot be used (runtime/manifest.py BundleError). */
 export class BundleError extends CapkitError {}
-/** An input that cannot be read as an image (runtime/preprocess.py ImageError). */
+/** An input that cannot be read as an image (runtime/image_files.py ImageError). */
 export class ImageError extends CapkitError {}
 /** A decoding option outside its range (runtime/decoding.py DecodingOptionsError). */
 export class DecodingOptionsError extends CapkitError {}

@@ -1,4 +1,4 @@
-// capkit.json's schema, as runtime/bundle.py check_manifest reads it: the same fields, ranges and
+// capkit.json's schema, as runtime/manifest.py check_manifest reads it: the same fields, ranges and
 // one-line messages ("<field path>: <problem>"); the caller puts the bundle's name in front.
 
 import { BundleError, DEFAULT_LIMITS, formatG, show } from './errors.js';

@@ -1,8 +1,8 @@
-// The preprocessing of runtime/preprocess.py on decoded pixels: EXIF orientation, alpha onto white
-// (Pillow's alpha_composite arithmetic), resize of the shorter side with Pillow's two-pass separable
-// resampling (libImaging/Resample.c: the filter's support scales with the downscale factor, 22-bit
-// fixed-point coefficients, 8-bit rounding between the passes), centre crop (padding with black) and
-// mean/std in float32. Decoding the file is the platform's part (node.js, browser.js).
+// The preprocessing of runtime/image_files.py and runtime/preprocess.py on decoded pixels: EXIF
+// orientation, alpha onto white (Pillow's alpha_composite arithmetic), resize of the shorter side with
+// Pillow's two-pass separable resampling (libImaging/Resample.c: the filter's support scales with the
+// downscale factor, 22-bit fixed-point coefficients, 8-bit rounding between the passes), centre crop
+// (padding with black) and mean/std in float32. Decoding the file is the platform's part (node.js, browser.js).
 
 import { DEFAULT_LIMITS, ImageError, LimitError, formatG } from './errors.js';
 

@@ -23,7 +23,7 @@ const manifest = (over = {}) => ({
   ...over,
 });
 
-test('the manifest schema refuses what runtime/bundle.py refuses, in one line', () => {
+test('the manifest schema refuses what runtime/manifest.py refuses, in one line', () => {
   const cases = [
     [{ format_version: 2 }, 'format_version: must be the integer 1 (the version this capkit reads), got 2'],
     [{ format_version: '1' }, 'format_version: must be the integer 1 (the version this capkit reads), got "1"'],

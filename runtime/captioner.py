@@ -178,7 +178,7 @@ class Captioner:
         :meth:`options` (``options`` and keyword overrides, e.g. ``temperature=0.7, seed=1``).
 
         Raises DecodingOptionsError for bad options and ImageError for an unreadable image
-        (:class:`~capkit.runtime.preprocess.ImageLimitError`, also a LimitError, for one over ``limits``).
+        (:class:`~capkit.runtime.image_files.ImageLimitError`, also a LimitError, for one over ``limits``).
         """
         options = self.options(options, **overrides)
         pixels = self.preprocess(image)[None]  # (1, 3, H, W)

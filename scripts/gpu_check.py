@@ -112,7 +112,7 @@ def main() -> int:
         result = train(TrainConfig(data=str(data), epochs=epochs, max_steps=args.steps, batch_size=32, device=device,
                                    out=str(work / "runs"), name="check", progress=False),
                        CaptionModelConfig(vocab_size=5, encoder="resnet18", embed_dim=64, hidden_dim=128),
-                       log=lambda message: None)
+                       status=lambda message: None)
         seconds = time.perf_counter() - started
         loss = result.history[-1]["train_loss"]
         return f"{result.history[-1]['step']} steps on {device} in {seconds:.1f} s, train loss {loss:.3f}", \

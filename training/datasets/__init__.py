@@ -23,7 +23,7 @@ Images are not opened here (the training loader skips unreadable ones); entries 
 not exist are left out with one summary warning. Errors are :class:`DatasetError`, one line naming the
 file and, where there is one, the line.
 
-Rooms: :mod:`.records` (the records, the errors and the helpers every reader shares), :mod:`.coco`
+Rooms: :mod:`.records` (the records, the errors and the functions every reader shares), :mod:`.coco`
 (COCO and Karpathy JSON), :mod:`.caption_files` (Flickr token files, JSONL, CSV); this module
 detects the format and hands the source to its reader.
 """

@@ -1,5 +1,5 @@
 """What every dataset reader returns and shares: :class:`CaptionedImage` records grouped in
-:data:`Splits`, :class:`DatasetError`, and the helpers the readers use to read files, find an image
+:data:`Splits`, :class:`DatasetError`, and the functions the readers use to read files, find an image
 folder, merge caption rows into records, leave out missing images and split records by a seed."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What every synthetic captioning family shares: the folder writer (:class:`Family`), the splits, the
-completion marker and the clean-up, and the small helpers every family draws and words with (one
+completion marker and the clean-up, and what every family draws and words its captions with (one
 table of colour words, their jitter, the article).
 
 A family's output is an ordinary COCO-format folder that :func:`capkit.training.datasets.load_dataset`
@@ -41,7 +41,7 @@ class SyntheticError(CapkitError):
     """Bad generation parameters, or an output folder that cannot be written; one line."""
 
 
-# ------------------------------------------------------------------------ drawing and wording helpers
+# ------------------------------------------------------------------------ colours, jitter and articles
 
 # Every colour word a family draws, with its RGB: one table, so that a word names one colour in every
 # family. Each family picks its own words (:func:`palette`); the families share none.

@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -114,6 +115,21 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure nothing: render the section from a --json file written before")
 
 
+def start_report(parser: argparse.ArgumentParser,
+                 work: Path) -> tuple[argparse.Namespace, float, Optional[dict[str, Any]]]:
+    """The first steps of every script that writes a README section: the report options added to
+    ``parser`` and the command line parsed, the clock started, the repository root the working folder
+    with ``work`` made, and the measurements of a --from-json run read. (args, start time from
+    ``time.perf_counter``, those measurements or None)."""
+    add_report_arguments(parser)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    os.chdir(REPO)
+    work.mkdir(parents=True, exist_ok=True)
+    saved = json.loads(args.from_json.read_text()) if args.from_json is not None else None
+    return args, started, saved
+
+
 def replace_section(text: str, start: str, end: str, section: str) -> Optional[str]:
     """``text`` with everything from marker ``start`` to marker ``end`` replaced by ``section`` (which
     carries both markers); None when ``text`` lacks either marker."""
@@ -125,4 +141,4 @@ def replace_section(text: str, start: str, end: str, section: str) -> Optional[s
 
 
 __all__ = ["README", "REPO", "add_report_arguments", "capkit", "display", "export_bundles", "first_line", "greedy_scores", "random_checkpoint",
-           "replace_section", "run_json", "say"]
+           "replace_section", "run_json", "say", "start_report"]

@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from capkit.benchmarks.common import (README, REPO, add_report_arguments, capkit, display, export_bundles,
-                                      first_line, greedy_scores, random_checkpoint, replace_section, run_json, say)
+from capkit.benchmarks.common import (README, REPO, capkit, display, export_bundles, first_line, greedy_scores,
+                                      random_checkpoint, replace_section, run_json, say, start_report)
 from capkit.benchmarks.seed_config import MARK_END as SEED_MARK_END
 from capkit.benchmarks.seed_config import MAX_LENGTH, SECTION_TITLE, VOCAB_SIZE
 from capkit.models.presets import PRESETS
@@ -269,14 +269,8 @@ def main() -> None:
     parser.add_argument("--edge-resize", type=int, default=None,
                         help="another resize for the edge preset (shorter side before its 224 crop) than its own 240")
     parser.add_argument("--rebuild", action="store_true", help="export the bundles again even when cached")
-    add_report_arguments(parser)
-    args = parser.parse_args()
-
-    started = time.perf_counter()
-    os.chdir(REPO)
-    WORK.mkdir(parents=True, exist_ok=True)
-    if args.from_json is not None:
-        saved = json.loads(args.from_json.read_text())
+    args, started, saved = start_report(parser, WORK)
+    if saved is not None:
         report, command, bleu, elapsed, specs, reproduce = (saved[k] for k in ("report", "command", "bleu", "seconds",
                                                                                 "specs", "reproduce"))
         bundles = {k: Path(v) for k, v in saved["bundles"].items()}

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from capkit.benchmarks.common import (README, REPO, add_report_arguments, capkit, display, export_bundles,
-                                      first_line, greedy_scores, random_checkpoint, replace_section, run_json, say)
+from capkit.benchmarks.common import (README, REPO, capkit, display, export_bundles, first_line, greedy_scores,
+                                      random_checkpoint, replace_section, run_json, say, start_report)
 from capkit.models.presets import PRESETS
 
 WORK = REPO / "benchmarks" / ".cache" / "seed-config"
@@ -252,14 +252,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    add_report_arguments(parser)
-    args = parser.parse_args()
-
-    started = time.perf_counter()
-    os.chdir(REPO)
-    WORK.mkdir(parents=True, exist_ok=True)
-    if args.from_json is not None:
-        saved = json.loads(args.from_json.read_text())
+    args, started, saved = start_report(parser, WORK)
+    if saved is not None:
         report, command, origin, bleu, auto = (saved[k] for k in ("report", "command", "origin", "bleu", "auto_cold_start"))
         elapsed = saved["seconds"]
     else:

@@ -53,9 +53,9 @@ FAMILIES = ("shapes", "objects")  # the synthetic families a sweep can run on; e
 def family_colours(family: str) -> tuple[str, ...]:
     """The colour words of a synthetic family's captions."""
     if family == "shapes":
-        from capkit.training.synthetic import COLOURS
+        from capkit.training.synthetic.shapes import COLOURS
     else:
-        from capkit.training.synthetic_objects import COLOURS
+        from capkit.training.synthetic.objects import COLOURS
     return tuple(COLOURS)
 
 
@@ -95,7 +95,7 @@ def facts_right(family: str, seed: int, checkpoint: Path) -> Optional[dict[str, 
     from capkit.training.data import resolve_dataset
     from capkit.training.evaluate import generate_captions
     from capkit.training.synthetic import annotations_file
-    from capkit.training.synthetic_objects import FACTS, caption_facts, scene_facts
+    from capkit.training.synthetic.objects import FACTS, caption_facts, scene_facts
     from capkit.training.torch_inference import checkpoint_captioner
 
     captioner = checkpoint_captioner(checkpoint, device="cpu")  # a bad checkpoint fails before any data is read

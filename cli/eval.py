@@ -74,7 +74,7 @@ def eval_command(model: Optional[str], checkpoint: Optional[str], data: Optional
         splits = load_dataset(source, image_dir)
         if not splits.get(split):
             raise CapkitError(f"{source}: split {split!r} is empty or missing")
-        results = evaluate(captioner, splits[split], temperatures, limit=limit, progress=progress, warn=status,
+        results = evaluate(captioner, splits[split], temperatures, limit=limit, progress=progress, status=status,
                            batch_size=batch_size, **decoding)
     status(f"{results[0].images} {split} images of {source}")
     if as_json:

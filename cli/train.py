@@ -92,7 +92,7 @@ def train(resume: Optional[str], as_json: bool, **options: Any) -> None:
         preset = PRESETS[options["preset"] or "default"]
         model_options.update({k: v for k, v in preset.model.items() if k not in typed})  # typed options win
         model_config = CaptionModelConfig(vocab_size=MIN_VOCAB_SIZE, **model_options)  # train() sets the vocabulary's
-        result = run_training(TrainConfig(**options), model_config, resume=resume, log=status,
+        result = run_training(TrainConfig(**options), model_config, resume=resume, status=status,
                               overrides=typed if resume is not None else None)
     summary = {"run": str(result.run_dir), "epochs": result.epochs, "best_val_loss": result.best_val_loss,
                "stopped": result.stopped, "skipped_images": result.skipped_images, "history": result.history,

@@ -29,7 +29,7 @@ def dataset(tmp_path_factory) -> Path:
 def run(dataset: Path, out: Path, **kw):
     config = TrainConfig(**{**dict(data=str(dataset), image_size=SIZE, epochs=2, batch_size=16, out=str(out),
                                    name="run", progress=False, device="cpu"), **kw})
-    return train(config, CaptionModelConfig(vocab_size=5, hidden_dim=32, embed_dim=16), log=lambda *_: None)
+    return train(config, CaptionModelConfig(vocab_size=5, hidden_dim=32, embed_dim=16), status=lambda *_: None)
 
 
 def test_history_has_the_greedy_bleu4_of_the_validation_subset(dataset, tmp_path):

@@ -80,7 +80,7 @@ def test_eval_cli_shows_the_ceiling(tmp_path):
     data = generate_synthetic(tmp_path / "synthetic", count=30, seed=1, image_size=32, progress=False)
     result = train(TrainConfig(data=str(data), image_size=32, epochs=1, batch_size=16, out=str(tmp_path), name="run",
                                progress=False, device="cpu"),
-                   CaptionModelConfig(vocab_size=5, encoder="resnet18", hidden_dim=32, embed_dim=16), log=lambda *_: None)
+                   CaptionModelConfig(vocab_size=5, encoder="resnet18", hidden_dim=32, embed_dim=16), status=lambda *_: None)
     runner = CliRunner()
     out = runner.invoke(main, ["eval", "--checkpoint", str(result.run_dir), "--no-progress", "--json", "--device", "cpu"])
     assert out.exit_code == 0, out.output

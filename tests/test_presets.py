@@ -76,8 +76,8 @@ def test_library_preset_without_a_model_config_and_a_bad_name(dataset, tmp_path)
     base = dict(data=str(dataset), image_size=SIZE, epochs=1, max_steps=1, batch_size=8, bleu_images=0,
                 progress=False, device="cpu", out=str(tmp_path), name="lib")
     with pytest.raises(TrainingError, match="unknown preset 'huge'"):
-        train(TrainConfig(preset="huge", **base), log=lambda *_: None)
-    result = train(TrainConfig(preset="edge", **base), log=lambda *_: None)
+        train(TrainConfig(preset="huge", **base), status=lambda *_: None)
+    result = train(TrainConfig(preset="edge", **base), status=lambda *_: None)
     assert load_checkpoint(result.run_dir / LAST)["model_config"]["encoder"] == "mobilenet_v3_small"
 
 

@@ -10,10 +10,9 @@ import pytest
 
 from capkit.runtime.image_files import load_image
 from capkit.runtime.vocab import tokenize
-from capkit.training import synthetic
 from capkit.training.datasets import describe, load_dataset
-from capkit.training.synthetic import (BACKGROUNDS, COLOURS, META_FILE, SHAPES, SyntheticError, generate_synthetic,
-                                       is_complete)
+from capkit.training.synthetic import META_FILE, SyntheticError, generate_synthetic, is_complete, shapes
+from capkit.training.synthetic.shapes import BACKGROUNDS, COLOURS, SHAPES
 
 COUNT = 40
 PALETTE = {**COLOURS, **BACKGROUNDS}
@@ -159,7 +158,7 @@ def test_complete_folder_is_not_regenerated(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a complete dataset")
 
-    monkeypatch.setattr(synthetic, "render_scene", fail)
+    monkeypatch.setattr(shapes, "render_scene", fail)
     assert generate_synthetic(out, count=10, seed=0, progress=False) == out  # skipped: nothing drawn
     monkeypatch.undo()
 
@@ -184,8 +183,8 @@ def test_interrupted_generation_is_not_complete(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    real = synthetic.render_scene
-    monkeypatch.setattr(synthetic, "render_scene", render_then_die)
+    real = shapes.render_scene
+    monkeypatch.setattr(shapes, "render_scene", render_then_die)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic(out, count=8, seed=0, progress=False)
     assert not (out / META_FILE).exists()

@@ -15,12 +15,10 @@ from PIL import Image
 from capkit.cli import main
 from capkit.runtime.vocab import tokenize
 from capkit.training import synthetic
-from capkit.training import synthetic_objects as objects
 from capkit.training.data import CACHE_ENV, synthetic_dir
 from capkit.training.datasets import load_dataset
 from capkit.training.evaluate import reference_ceiling
-from capkit.training.synthetic import META_FILE, SHAPES_FAMILY, families
-from capkit.training.synthetic_objects import OBJECTS_FAMILY
+from capkit.training.synthetic import META_FILE, OBJECTS_FAMILY, SHAPES_FAMILY, families, objects, shapes
 
 COUNT, SIZE = 30, 64
 # Words both families may use: articles, conjunctions, prepositions, and "two", a count here.
@@ -89,11 +87,11 @@ def test_images_are_jpeg_of_the_requested_size(tmp_path, dataset):
 
 
 def test_no_colour_object_or_backdrop_word_in_common_with_the_demo(dataset):
-    demo_content = {w for t in synthetic.SINGLE_TEMPLATES + synthetic.PAIR_TEMPLATES
+    demo_content = {w for t in shapes.SINGLE_TEMPLATES + shapes.PAIR_TEMPLATES
                     for w in tokenize(t.replace("{", " ").replace("}", " ")) if len(w) > 2 or w in FUNCTION_WORDS}
-    demo_content |= set(synthetic.COLOURS) | set(synthetic.BACKGROUNDS) | set(synthetic.SIZES)
-    demo_content |= set(synthetic.SHAPES) | {f"{s}s" for s in synthetic.SHAPES}
-    demo_content |= {w for phrase in synthetic.POSITION_WORDS.values() for w in tokenize(phrase)}
+    demo_content |= set(shapes.COLOURS) | set(shapes.BACKGROUNDS) | set(shapes.SIZES)
+    demo_content |= set(shapes.SHAPES) | {f"{s}s" for s in shapes.SHAPES}
+    demo_content |= {w for phrase in shapes.POSITION_WORDS.values() for w in tokenize(phrase)}
     demo_content -= FUNCTION_WORDS
     assert {"red", "circle", "black", "small", "left", "picture", "shapes", "there"} <= demo_content  # it is the demo's
     ours = set(objects.COLOURS) | set(objects.OBJECTS) | set(objects.OBJECTS.values())

@@ -19,7 +19,7 @@ from PIL import Image
 
 from capkit.cli import main
 from capkit.models import CaptionModelConfig
-from capkit.training import train as train_module
+from capkit.training import run as run_module
 from capkit.training.checkpoint import BEST, LAST, CheckpointError, load_checkpoint, load_model, save_checkpoint
 from capkit.training.evaluate import evaluate, score_captions
 from capkit.training.synthetic import generate_synthetic
@@ -73,7 +73,7 @@ def test_the_seed_configurations_learn(seed_config, dataset, tmp_path):
         write_vectors(vectors, ["a", "red", "circle", "square", "blue", "notaword"], 300)
         kw["embeddings"] = str(vectors)
     messages: list[str] = []
-    result = train(config(dataset, tmp_path, captions_per_image=2, **kw), mc, log=messages.append)
+    result = train(config(dataset, tmp_path, captions_per_image=2, **kw), mc, status=messages.append)
     losses = [h["train_loss"] for h in result.history]
     assert len(losses) == 3 and losses[-1] < losses[0] - 0.2
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
@@ -89,7 +89,7 @@ def test_the_seed_configurations_learn(seed_config, dataset, tmp_path):
 
 @pytest.mark.slow
 def test_run_folder_contents_and_latest_link(dataset, tmp_path):
-    result = train(config(dataset, tmp_path, epochs=2), model_config(hidden_dim=32, embed_dim=16), log=quiet)
+    result = train(config(dataset, tmp_path, epochs=2), model_config(hidden_dim=32, embed_dim=16), status=quiet)
     run = result.run_dir
     for name in (BEST, LAST, "history.json", "config.json", "loss.png"):
         assert (run / name).is_file(), name
@@ -136,7 +136,7 @@ def test_stall_warning_rules():
 def test_a_stalled_run_warns_once(dataset, tmp_path):
     messages: list[str] = []
     result = train(config(dataset, tmp_path, lr=0.0, epochs=3), model_config(hidden_dim=32, embed_dim=16),
-                   log=messages.append)
+                   status=messages.append)
     assert len(result.warnings) == 1 and result.warnings[0].startswith("training stalled")
     assert [m for m in messages if m.startswith("training stalled")] == result.warnings == messages[-1:]
     assert result.history[-1]["val_loss"] >= result.unigram_baseline
@@ -164,16 +164,16 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = train_module.token_loss
+    real = run_module.token_loss
 
     def poisoned(logits, targets, pad_id):
         total, tokens = real(logits, targets, pad_id)
         calls["n"] += 1
         return (total * float("nan") if calls["n"] > 4 else total), tokens
 
-    monkeypatch.setattr(train_module, "token_loss", poisoned)
+    monkeypatch.setattr(run_module, "token_loss", poisoned)
     with pytest.raises(TrainingError, match="loss became nan"):
-        train(config(dataset, tmp_path, epochs=5), model_config(hidden_dim=32, embed_dim=16), log=quiet)
+        train(config(dataset, tmp_path, epochs=5), model_config(hidden_dim=32, embed_dim=16), status=quiet)
     payload = load_checkpoint(tmp_path / "run" / LAST)
     assert payload["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point())
@@ -191,16 +191,16 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     (folder / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.warns(UserWarning, match="3.png"):
         result = train(config(folder / "data.jsonl", tmp_path, epochs=2, batch_size=4),
-                       model_config(hidden_dim=16, embed_dim=8), log=quiet)
+                       model_config(hidden_dim=16, embed_dim=8), status=quiet)
     assert result.skipped_images == 1 and result.epochs == 2
 
 
 @pytest.mark.slow
 def test_cached_features_with_a_frozen_encoder(dataset, tmp_path):
     with pytest.raises(TrainingError, match="freeze-encoder"):
-        train(config(dataset, tmp_path, cache_features=True), model_config(), log=quiet)
+        train(config(dataset, tmp_path, cache_features=True), model_config(), status=quiet)
     result = train(config(dataset, tmp_path, cache_features=True, epochs=3, name="cached"),
-                   model_config(freeze_encoder=True, hidden_dim=64, embed_dim=32), log=quiet)
+                   model_config(freeze_encoder=True, hidden_dim=64, embed_dim=32), status=quiet)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     payload = load_checkpoint(result.run_dir / BEST)
     fresh = payload["model"]["encoder.backbone.conv1.weight"]
@@ -298,7 +298,7 @@ def test_score_captions_uses_the_coco_scorers():
 
 @pytest.mark.slow
 def test_eval_cli_prints_the_table_and_json(dataset, tmp_path, monkeypatch):
-    result = train(config(dataset, tmp_path, epochs=2), model_config(hidden_dim=32, embed_dim=16), log=quiet)
+    result = train(config(dataset, tmp_path, epochs=2), model_config(hidden_dim=32, embed_dim=16), status=quiet)
     runner = CliRunner()
     out = runner.invoke(main, ["eval", "--checkpoint", str(result.run_dir), "--temps", "0,1", "--no-progress", "--json",
                                "--device", "cpu"])

@@ -5,5 +5,5 @@ import sys
 
 
 def log_to_stderr(message: str) -> None:
-    """The library's default ``log``/``warn``: status goes to stderr, never to stdout (which carries data)."""
+    """The library's default ``status`` callback: status goes to stderr, never to stdout (which carries data)."""
     print(message, file=sys.stderr)

@@ -22,13 +22,14 @@ from typing import Any, Optional
 import torch
 
 from capkit.runtime.bundle import LATEST_RUN
-from capkit.runtime.errors import CapkitError
+from capkit.runtime.errors import CapkitError, first_line
 from capkit.runtime.limits import DEFAULT_LIMITS
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import Vocabulary
 
 CHECKPOINT_FORMAT = 1
 BEST, LAST = "best.pt", "last.pt"
+ERROR_DETAIL = 300  # characters of a foreign error's first line that a CheckpointError quotes
 
 
 class CheckpointError(CapkitError):
@@ -86,8 +87,7 @@ def _load_reason(error: BaseException) -> str:
         detail = f" ({found.group(1).strip()[:200]})" if found else ""
         return ("capkit loads checkpoints with weights_only=True, so that no code in them runs, and this file holds "
                 f"something else: Python objects, not only tensors and plain values{detail}")
-    first = (text.strip().splitlines() or [type(error).__name__])[0][:300]
-    return f"{type(error).__name__}: {first}"
+    return f"{type(error).__name__}: {first_line(error, ERROR_DETAIL)}"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -139,15 +139,16 @@ def check_payload(payload: dict[str, Any], path: str | os.PathLike):
     try:
         vocab = Vocabulary(tuple(words))
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: vocab: {_one_line(e)}") from None
+        raise CheckpointError(f"{path}: vocab: {first_line(e, ERROR_DETAIL)}") from None
     try:
         spec = PreprocessSpec.from_dict(payload["preprocess"])
     except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{path}: preprocess: {_one_line(e) if not isinstance(e, KeyError) else f'no {e}'}") from None
+        detail = f"no {e}" if isinstance(e, KeyError) else first_line(e, ERROR_DETAIL)
+        raise CheckpointError(f"{path}: preprocess: {detail}") from None
     try:
         config = CaptionModelConfig.from_dict(payload["model_config"])
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: model_config: {_one_line(e)}") from None
+        raise CheckpointError(f"{path}: model_config: {first_line(e, ERROR_DETAIL)}") from None
     if config.vocab_size != len(vocab):
         raise CheckpointError(f"{path}: model_config.vocab_size is {config.vocab_size} but the vocabulary has "
                               f"{len(vocab)} words")
@@ -157,10 +158,6 @@ def check_payload(payload: dict[str, Any], path: str | os.PathLike):
         raise CheckpointError(f"{path}: model_config: unknown encoder {_short(config.encoder)}; a torchvision "
                               "classification model such as resnet50, resnet18 or mobilenet_v3_small")
     return config, vocab, spec
-
-
-def _one_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def load_model(run_or_checkpoint: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu"):
@@ -191,7 +188,7 @@ def model_from_payload(payload: dict[str, Any], path: str | os.PathLike):
         with torch.device("meta"):
             expected = CaptionModel(build).state_dict()
     except CapkitError as e:
-        raise CheckpointError(f"{path}: model_config: {_one_line(e)}") from None
+        raise CheckpointError(f"{path}: model_config: {first_line(e, ERROR_DETAIL)}") from None
     problem = state_dict_problem(expected, payload["model"])
     if problem is not None:
         raise CheckpointError(f"{path}: weights do not fit the model: {problem}")
@@ -200,5 +197,5 @@ def model_from_payload(payload: dict[str, Any], path: str | os.PathLike):
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, TypeError, ValueError) as e:  # e.g. a tensor of a dtype that does not convert
-        raise CheckpointError(f"{path}: weights do not fit the model: {_one_line(e)}") from None
+        raise CheckpointError(f"{path}: weights do not fit the model: {first_line(e, ERROR_DETAIL)}") from None
     return model, vocab, spec

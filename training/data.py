@@ -22,7 +22,7 @@ from capkit.runtime.image_files import ImageError, load_image
 from capkit.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from capkit.runtime.vocab import PAD_ID, Vocabulary
 from capkit.training.datasets import CaptionedImage, load_dataset
-from capkit.training.synthetic import DEFAULT_COUNT, DEFAULT_IMAGE_SIZE, generate_synthetic
+from capkit.training.synthetic import DEFAULT_COUNT, DEFAULT_IMAGE_SIZE, META_FILE, SHAPES_FAMILY, generate_synthetic
 
 SYNTHETIC = "synthetic"
 CACHE_ENV = "CAPKIT_CACHE"
@@ -50,11 +50,11 @@ def resolve_dataset(data: Optional[str], images: Optional[str] = None, *, synthe
 
 
 def synthetic_image_size(source: str) -> Optional[int]:
-    """The image side of a synthetic dataset folder (from its meta.json), None for other sources."""
-    meta = Path(source) / "meta.json"
+    """The image side of a demo synthetic dataset folder (from its meta.json), None for other sources."""
+    meta = Path(source) / META_FILE
     try:
         params = json.loads(meta.read_text())["params"]
-        return int(params["image_size"]) if params.get("generator") == "capkit.training.synthetic" else None
+        return int(params["image_size"]) if params.get("generator") == SHAPES_FAMILY.generator else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

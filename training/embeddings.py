@@ -72,39 +72,13 @@ def load_word_vectors(path: str | os.PathLike, vocab: Vocabulary, dim: int,
     if dim < 1:
         raise EmbeddingsError(f"{path}: embedding width must be >= 1, got {dim}")
     wanted = set(vocab.words[len(SPECIAL_TOKENS):])
-    exact: dict[str, np.ndarray] = {}
-    folded: dict[str, np.ndarray] = {}  # vectors of words found only with other capitals
-    checked = False
     try:
         with _open(path) as f:
-            for line_no, line in enumerate(f, start=1):
-                word, _, rest = line.rstrip("\n").partition(" ")
-                if not checked:
-                    parts = line.split()
-                    if not parts:
-                        continue
-                    if line_no == 1 and _is_header(parts):
-                        if int(parts[1]) != dim:
-                            raise EmbeddingsError(f"{path}:1: the header says {parts[1]} dimensions, expected {dim} "
-                                                  "(the embedding width must match the file)")
-                        continue
-                    if _vector(parts, dim, path, line_no) is None:
-                        continue
-                    checked = True
-                if word in wanted and word not in exact:
-                    vector = _vector(line.split(), dim, path, line_no)
-                    if vector is not None:
-                        exact[word] = vector
-                elif word and word not in wanted and word.lower() in wanted and word.lower() not in folded:
-                    vector = _vector(line.split(), dim, path, line_no)
-                    if vector is not None:
-                        folded[word.lower()] = vector
+            exact, folded = _read_vectors(f, path, wanted, dim)
     except UnicodeDecodeError:
         raise EmbeddingsError(f"{path}: not a UTF-8 text file (a binary word2vec file? save it in text format)") from None
     except (OSError, EOFError) as e:
         raise EmbeddingsError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    if not checked:
-        raise EmbeddingsError(f"{path}: no word vectors in this file")
 
     generator = torch.Generator().manual_seed(seed)
     matrix = torch.randn(len(vocab), dim, generator=generator) * INIT_STD  # (V, dim)
@@ -117,3 +91,37 @@ def load_word_vectors(path: str | os.PathLike, vocab: Vocabulary, dim: int,
             found += 1
     coverage = found / len(wanted) if wanted else 0.0
     return matrix.float(), coverage, found
+
+
+def _read_vectors(lines: IO[str], path: Path, wanted: set[str],
+                  dim: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(vectors of the ``wanted`` words found as they are, vectors of those found only with other
+    capitals, keyed lower-case); the first vector line's width is checked against ``dim``."""
+    exact: dict[str, np.ndarray] = {}
+    folded: dict[str, np.ndarray] = {}
+    checked = False
+    for line_no, line in enumerate(lines, start=1):
+        word = line.rstrip("\n").partition(" ")[0]
+        if not checked:
+            parts = line.split()
+            if not parts:
+                continue
+            if line_no == 1 and _is_header(parts):
+                if int(parts[1]) != dim:
+                    raise EmbeddingsError(f"{path}:1: the header says {parts[1]} dimensions, expected {dim} "
+                                          "(the embedding width must match the file)")
+                continue
+            if _vector(parts, dim, path, line_no) is None:
+                continue
+            checked = True
+        if word in wanted and word not in exact:
+            vector = _vector(line.split(), dim, path, line_no)
+            if vector is not None:
+                exact[word] = vector
+        elif word and word not in wanted and word.lower() in wanted and word.lower() not in folded:
+            vector = _vector(line.split(), dim, path, line_no)
+            if vector is not None:
+                folded[word.lower()] = vector
+    if not checked:
+        raise EmbeddingsError(f"{path}: no word vectors in this file")
+    return exact, folded

@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from capkit.runtime.captioner import Captioner
+from capkit.runtime.captioner import DEFAULT_BATCH_SIZE, Captioner
 from capkit.runtime.decoding import decode
-from capkit.runtime.errors import CapkitError
+from capkit.runtime.errors import CapkitError, Status
 from capkit.runtime.image_files import ImageError
 from capkit.runtime.vocab import tokenize
 from capkit.training import log_to_stderr
@@ -87,8 +87,8 @@ def reference_ceiling(records: Sequence[CaptionedImage]) -> Optional[dict[str, f
 
 
 def generate_captions(captioner: Captioner, records: Sequence[CaptionedImage], temperatures: Sequence[Optional[float]],
-                      *, progress: bool = True, warn: Callable[[str], None] = log_to_stderr,
-                      batch_size: int = 32, **options: Any) -> dict[Optional[float], dict[str, str]]:
+                      *, progress: bool = True, status: Status = log_to_stderr,
+                      batch_size: int = DEFAULT_BATCH_SIZE, **options: Any) -> dict[Optional[float], dict[str, str]]:
     """{temperature: {image_id: caption}}; each batch of images is preprocessed once for all temperatures.
     ``options``: the other decoding options (``captioner.options``' keywords; None: the captioner's
     defaults); a temperature of None is the captioner's default."""
@@ -102,7 +102,7 @@ def generate_captions(captioner: Captioner, records: Sequence[CaptionedImage], t
                 rows.append(captioner.preprocess(record.image))  # (3, H, W)
                 ids.append(record.image_id)
             except ImageError as e:
-                warn(f"skipping unreadable image: {e}")
+                status(f"skipping unreadable image: {e}")
         if not rows:
             continue
         pixels = np.stack(rows)  # (B, 3, H, W)
@@ -116,14 +116,14 @@ def generate_captions(captioner: Captioner, records: Sequence[CaptionedImage], t
 
 def evaluate(captioner: Captioner, records: Sequence[CaptionedImage],
              temperatures: Sequence[Optional[float]] = DEFAULT_TEMPERATURES, *, limit: Optional[int] = None,
-             progress: bool = True, warn: Callable[[str], None] = log_to_stderr, batch_size: int = 32,
+             progress: bool = True, status: Status = log_to_stderr, batch_size: int = DEFAULT_BATCH_SIZE,
              ceiling: bool = True, **options: Any) -> EvalReport:
     """BLEU-1..4 and CIDEr of ``captioner``'s captions of ``records``, one result per temperature (an
     :class:`EvalReport`, a list), with the references' own ceiling on the images scored (``ceiling``:
     whether to compute it). ``options``: the other decoding options (top_k, top_p, beam, max_length,
     seed), as ``captioner.options``."""
     records = list(records)[:limit] if limit else list(records)
-    captions = generate_captions(captioner, records, temperatures, progress=progress, warn=warn,
+    captions = generate_captions(captioner, records, temperatures, progress=progress, status=status,
                                  batch_size=batch_size, **options)
     results = EvalReport()
     for t in temperatures:

@@ -17,7 +17,7 @@ import torch
 from capkit.models import CaptionModel, RecurrentState, greedy_choice
 from capkit.runtime.captioner import Captioner
 from capkit.runtime.decoding import DecodingOptions, DecodingResult, decode
-from capkit.runtime.errors import CapkitError
+from capkit.runtime.errors import CapkitError, check_int
 from capkit.runtime.image_files import ImageSource
 from capkit.runtime.limits import DEFAULT_LIMITS, Limits
 from capkit.runtime.preprocess import PreprocessSpec, preprocess_batch
@@ -85,8 +85,7 @@ def checkpoint_captioner(checkpoint: Optional[str | os.PathLike] = None, device:
 
     torch_device = resolve_torch_device(device)
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise CapkitError(f"threads must be an integer >= 1, got {threads!r}")
+        threads = check_int(threads, "threads")
         limits.check("max_threads", threads, "threads")
         torch.set_num_threads(threads)
     model, vocab, spec, payload = load_model(checkpoint, device=torch_device)

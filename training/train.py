@@ -1,112 +1,45 @@
-"""The training loop: teacher forcing, cross-entropy over real tokens, Adam with L2, per-epoch
-validation loss and perplexity, best/last checkpoints written atomically, resume, early stopping,
-and DistributedDataParallel when started by torchrun (``RANK`` set; only rank 0 writes)."""
+"""Training's entry point: :func:`train` sets up a :class:`~capkit.training.run.TrainingRun` and
+drives it epoch by epoch (per-epoch validation loss and perplexity, greedy BLEU-4 on a validation
+subset, best/last checkpoints written atomically, resume, early stopping, max steps, Ctrl-C), writes
+the run folder as it goes (:mod:`capkit.training.run_folder`), and judges the finished run against a
+unigram model of its captions (:func:`stall_warning`)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
-import random
 import time
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-from tqdm import tqdm
-
-from capkit.models import CaptionModel, CaptionModelConfig, presets
-from capkit.runtime.errors import CapkitError
-from capkit.runtime.vocab import MIN_VOCAB_SIZE, PAD_ID, SPECIAL_TOKENS, START_ID, Vocabulary
+from capkit.models import CaptionModelConfig
+from capkit.runtime.errors import Status
+from capkit.runtime.vocab import PAD_ID, START_ID
 from capkit.training import log_to_stderr
-from capkit.training.checkpoint import (BEST, LAST, load_checkpoint, model_from_payload, resolve_checkpoint,
-                                        save_checkpoint)
-from capkit.training.config import LR_SCHEDULES, TrainConfig
-from capkit.training.torch_inference import resolve_torch_device
-from capkit.training.data import (Batch, CaptionedImages, collate, compute_features, encode_caption, resolve_dataset,
-                                  spec_for_backbone, synthetic_image_size)
+from capkit.training.checkpoint import BEST, LAST
+from capkit.training.config import TrainConfig
+from capkit.training.data import encode_caption
+from capkit.training.run import RESUME_OVERRIDES, TrainingError, TrainingRun, learning_rate
+from capkit.training.run_folder import plot_history, start_run_folder, write_history
 
+STALL_EPOCHS = 3  # epochs without a better validation loss that make a run "stalled"
 
-class TrainingError(CapkitError):
-    """Training stopped on a problem (non-finite loss, bad data, bad options); one line."""
+EpochHook = Callable[[TrainingRun, dict[str, Any]], None]  # on_epoch(run, history entry): see train()
 
 
 @dataclass
 class TrainResult:
-    run_dir: Path
-    epochs: int
-    best_val_loss: float
-    history: list[dict[str, Any]] = field(default_factory=list)
-    skipped_images: int = 0
+    run_dir: Path  # the run folder: checkpoints, config.json, history.json, loss.png
+    epochs: int  # epochs completed, those of an earlier run resumed included
+    best_val_loss: float  # the lowest validation loss, the one best.pt holds
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch (history.json)
+    skipped_images: int = 0  # unreadable images left out
     stopped: str = "completed"  # completed | early-stopping | max-steps | interrupted
     overridden: dict[str, Any] = field(default_factory=dict)  # a resumed run's options that differ from its saved ones
     warnings: list[str] = field(default_factory=list)  # e.g. the stall warning (stall_warning), logged at the end
     unigram_baseline: Optional[float] = None  # per-token cross-entropy of the training captions' unigram model
-
-
-@dataclass
-class Distributed:
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single process."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1 or "RANK" in os.environ
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> "Distributed":
-        if "RANK" not in os.environ:
-            return cls()
-        return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-
-    def setup(self, device: torch.device) -> torch.device:
-        if not self.enabled:
-            return device
-        if device.type == "cuda":
-            device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        return device
-
-    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return values
-
-    def broadcast_flag(self, flag: bool, device: torch.device) -> bool:
-        if not self.enabled:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def teardown(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def token_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed cross-entropy over real tokens, number of real tokens); padding is ignored."""
-    total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id, reduction="sum")  # ()
-    return total, (targets != pad_id).sum()
-
-
-STALL_EPOCHS = 3  # epochs without a better validation loss that make a run "stalled"
 
 
 def unigram_baseline(captions: Iterable[Sequence[int]], pad_id: int = PAD_ID, start_id: int = START_ID) -> float:
@@ -144,387 +77,101 @@ def stall_warning(history: Sequence[dict[str, Any]], baseline: Optional[float],
             "(--lr), another --seed, or check the data (captions matching their images).")
 
 
-def learning_rate(step: int, peak: float, schedule: str, total: int, warmup: int = 0) -> float:
-    """The learning rate of optimiser step ``step`` (0-based) of ``total``: a linear warm-up from
-    peak/warmup to ``peak`` over the first ``warmup`` steps, then ``peak`` (constant) or a cosine decay
-    from ``peak`` to 0 at ``total`` (cosine)."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if schedule == "constant":
-        return peak
-    progress = min((step - warmup) / max(1, total - warmup), 1.0)
-    return 0.5 * peak * (1.0 + math.cos(math.pi * progress))
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _link_latest(run_dir: Path) -> None:
-    latest = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    os.symlink(run_dir.name, tmp)
-    os.replace(tmp, latest)
-
-
-def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Train and validation loss per epoch (the seed's Figures 2-4), and beside them the greedy
-    BLEU-4 of the validation subset when the history has it (``val_bleu4``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    scored = [(h["epoch"], h["val_bleu4"]) for h in history if h.get("val_bleu4") is not None]
-    fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(11 if scored else 6, 4), dpi=100, squeeze=False)
-    ax = axes[0][0]
-    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy per token")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if scored:
-        bleu = axes[0][1]
-        bleu.plot([e for e, _ in scored], [b for _, b in scored], marker="o", color="tab:green")
-        bleu.set_xlabel("epoch")
-        bleu.set_ylabel("greedy BLEU-4")
-        bleu.set_ylim(0, 1)
-        bleu.set_title(f"validation subset ({history[-1].get('val_bleu_images', '?')} images)")
-        bleu.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _build_model(config: TrainConfig, model_config: CaptionModelConfig, vocab: Vocabulary, log) -> CaptionModel:
-    model = CaptionModel(model_config, encoder_weights=config.encoder_weights)
-    if config.embeddings:
-        from capkit.training.embeddings import load_word_vectors
-
-        vectors, coverage, found = load_word_vectors(config.embeddings, vocab, model_config.embed_dim)
-        with torch.no_grad():
-            model.embed.weight.copy_(vectors)
-        log(f"embeddings: {found} of {len(vocab) - len(SPECIAL_TOKENS)} vocabulary words found in {config.embeddings} ({coverage:.1%})")
-    return model
-
-
-RESUME_OVERRIDES = ("epochs", "patience", "max_steps", "device", "progress", "num_workers", "bleu_images")  # what --resume may change
-
-
-class TrainingRun:
-    """One training run's state, set up in named steps: the data, then a fresh model
-    (:meth:`_start_fresh`) or the one a checkpoint holds (:meth:`_restore`), then the optimiser,
-    the DDP wrapper and the loaders (:meth:`_prepare`). ``train()`` below drives it."""
-
-    def __init__(self, config: TrainConfig, model_config: Optional[CaptionModelConfig], resume: Optional[Path], log,
-                 overrides: Optional[Sequence[str]] = None):
-        self.dist = Distributed.from_env()
-        self.log = log if self.dist.master else (lambda *_: None)
-        self.device = self.dist.setup(resolve_torch_device(config.device))
-        payload = load_checkpoint(resolve_checkpoint(resume, LAST)) if resume is not None else None
-        self.overridden: dict[str, Any] = {}  # what a resumed run changed of its saved configuration
-        if payload is not None:  # the saved configuration, but for the options given to change it
-            changed = RESUME_OVERRIDES if overrides is None else tuple(overrides)
-            refused = [name for name in changed if name not in RESUME_OVERRIDES]
-            if refused:
-                raise TrainingError(f"--{refused[0].replace('_', '-')} cannot change when resuming (the run keeps its "
-                                    f"own); a resumed run may change {', '.join(RESUME_OVERRIDES)}")
-            saved = TrainConfig.from_dict(payload["train_config"])
-            self.overridden = {k: getattr(config, k) for k in changed if getattr(config, k) != getattr(saved, k)}
-            config = dataclasses.replace(saved, **{k: getattr(config, k) for k in changed})
-        if config.lr_schedule not in LR_SCHEDULES:
-            raise TrainingError(f"unknown learning-rate schedule {config.lr_schedule!r}; one of {', '.join(LR_SCHEDULES)}")
-        self.config = config
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        self.source, self.splits = self._load_data()
-        self.epoch, self.step, self.best_val_loss, self.history = 0, 0, math.inf, []
-        if payload is None:
-            try:
-                preset = presets.preset(config.preset)
-            except ValueError as e:
-                raise TrainingError(str(e)) from None
-            self._start_fresh(model_config or CaptionModelConfig(vocab_size=MIN_VOCAB_SIZE, **preset.model))
-        else:
-            self._restore(payload, resume)
-        if config.cache_features and not self.model_config.freeze_encoder:
-            raise TrainingError("--cache-features needs --freeze-encoder (features of a trained backbone change)")
-        self._prepare(payload)
-
-    def _load_data(self) -> tuple[str, dict[str, list]]:
-        """(source, splits); rank 0 generates the synthetic set (if needed) while the others wait."""
-        config = self.config
-        if self.dist.enabled and not self.dist.master:
-            dist.barrier()
-        source, splits = resolve_dataset(config.data, config.image_dir, synthetic_count=config.synthetic_count,
-                                         synthetic_seed=config.seed, progress=config.progress and self.dist.master)
-        if self.dist.enabled and self.dist.master:
-            dist.barrier()
-        for split in ("train", "val"):
-            if not splits.get(split):
-                raise TrainingError(f"{source}: the {'training' if split == 'train' else 'validation'} split is empty")
-        return source, splits
-
-    def _start_fresh(self, model_config: CaptionModelConfig) -> None:
-        """A new vocabulary from the training captions, the backbone's preprocessing, a new model and run name."""
-        self.vocab = Vocabulary.build((c for r in self.splits["train"] for c in r.captions), self.config.min_count)
-        self.model_config = dataclasses.replace(model_config, vocab_size=len(self.vocab))
-        image_size = self.config.image_size or synthetic_image_size(self.source)  # synthetic images are used whole
-        self.spec = spec_for_backbone(self.model_config.encoder, image_size, presets.preset(self.config.preset).resize)
-        self.model = _build_model(self.config, self.model_config, self.vocab, self.log)
-        self.name = self.config.name or time.strftime(
-            f"{self.model_config.encoder}-{self.model_config.decoder}-%Y%m%d-%H%M%S")
-        self.run_dir = Path(self.config.out) / self.name
-
-    def _restore(self, payload: dict[str, Any], resume: Path) -> None:
-        """Vocabulary, preprocessing, model weights, counters and RNG state from the checkpoint; the run
-        folder is the one the checkpoint is in."""
-        self.model, self.vocab, self.spec = model_from_payload(payload, resume)  # checked, one-line errors
-        self.model_config = self.model.config
-        self.epoch, self.step = payload["epoch"], payload["step"]
-        self.best_val_loss, self.history = payload["best_val_loss"], payload["history"]
-        self.name = payload["run_name"]
-        self.run_dir = resume if resume.is_dir() else resume.parent
-        _set_rng_state(payload["rng"])
-
-    def _prepare(self, payload: Optional[dict[str, Any]]) -> None:
-        """The model on its device, the optimiser (its state too, when resuming), DDP and the loaders."""
-        self.model.to(self.device)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(trainable, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        if payload is not None:
-            self.optimizer.load_state_dict(payload["optimizer"])
-        self.ddp_model = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                                  else None) if self.dist.enabled else self.model)
-        self.skipped: dict[str, str] = {}
-        self.loaders = {split: self._loader(split) for split in ("train", "val")}
-
-    def _loader(self, split: str) -> DataLoader:
-        features = None
-        if self.config.cache_features:
-            features = compute_features(self.model.encoder, self.splits[split], self.spec, self.device,
-                                        progress=self.config.progress and self.dist.master, desc=f"{split} features")
-        train = split == "train"  # validation scores every caption, the same ones each epoch
-        dataset = CaptionedImages(self.splits[split], self.vocab, self.spec, self.config.max_length,
-                                  self.config.captions_per_image if train else None, features,
-                                  sample=train, seed=self.config.seed)
-        if self.dist.enabled:
-            sampler = DistributedSampler(dataset, shuffle=split == "train", seed=self.config.seed)
-        else:
-            sampler = RandomSampler(dataset) if split == "train" else None
-        # A last training batch of one image would break batch norm in train mode: drop the remainder.
-        drop_last = split == "train" and len(dataset) // self.dist.world_size > self.config.batch_size
-        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
-                          drop_last=drop_last)
-
-    def _note_skipped(self, batch: Batch) -> None:
-        for path, reason in batch.skipped:
-            if path not in self.skipped:
-                self.skipped[path] = reason
-                if self.dist.master:
-                    warnings.warn(f"skipping unreadable image: {reason}")
-
-    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.ddp_model(batch.images, batch.inputs, batch.owners, features=self.config.cache_features)  # (N, T, V)
-        return token_loss(logits, batch.targets, self.vocab.pad_id)
-
-    def train_epoch(self) -> tuple[float, bool]:
-        """Mean training token loss of the epoch, and whether max_steps was reached."""
-        self.model.train()
-        loader = self.loaders["train"]
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(self.epoch)
-        loader.dataset.set_epoch(self.epoch)  # which captions each image brings this epoch
-        totals = torch.zeros(2, device=self.device)  # (loss sum, tokens)
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
-                   disable=not (self.config.progress and self.dist.master))
-        for batch in bar:
-            self._note_skipped(batch)
-            if len(batch.images) < 2 and not self.config.cache_features:
-                continue  # nothing left, or a single image (batch norm needs two in train mode)
-            batch = batch.to(self.device)
-            loss_sum, tokens = self._loss(batch)
-            loss = loss_sum / tokens.clamp(min=1)
-            if self.dist.broadcast_flag(not torch.isfinite(loss).item(), self.device):
-                raise TrainingError(f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; "
-                                    f"stopped, the last good checkpoint is {self.run_dir / LAST}")
-            self._set_lr()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.optimizer.step()
-            self.step += 1
-            totals += torch.stack([loss_sum.detach(), tokens.to(totals.dtype)])
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if self.config.max_steps is not None and self.step >= self.config.max_steps:
-                break
-        totals = self.dist.all_sum(totals)
-        reached = self.config.max_steps is not None and self.step >= self.config.max_steps
-        return (totals[0] / totals[1].clamp(min=1)).item(), reached
-
-    def _set_lr(self) -> None:
-        """The learning rate of this step, from the step count alone (so a resumed run continues it)."""
-        per_epoch = len(self.loaders["train"])
-        lr = learning_rate(self.step, self.config.lr, self.config.lr_schedule, self.config.epochs * per_epoch,
-                           round(self.config.warmup_epochs * per_epoch))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    @torch.no_grad()
-    def validate(self) -> float:
-        self.model.eval()
-        totals = torch.zeros(2, device=self.device)
-        for batch in tqdm(self.loaders["val"], desc="validation", leave=False,
-                          disable=not (self.config.progress and self.dist.master)):
-            self._note_skipped(batch)
-            if not len(batch.owners):
-                continue
-            loss_sum, tokens = self._loss(batch.to(self.device))
-            totals += torch.stack([loss_sum, tokens.to(totals.dtype)])
-        totals = self.dist.all_sum(totals)
-        return (totals[0] / totals[1].clamp(min=1)).item()
-
-    def greedy_bleu4(self) -> Optional[float]:
-        """Greedy BLEU-4 of the first ``bleu_images`` validation images (the same ones every epoch),
-        through the runtime's own decoding loop over the PyTorch model; None when off or nothing is
-        readable."""
-        from capkit.runtime.captioner import Captioner
-        from capkit.training.evaluate import EvaluationError, evaluate
-        from capkit.training.torch_inference import TorchInference
-
-        records = self.splits["val"][:self.config.bleu_images]
-        if not records:
-            return None
-        captioner = Captioner.from_inference(TorchInference(self.model, self.device), self.vocab, self.spec,
-                                             self.config.max_length)
-        try:
-            report = evaluate(captioner, records, (0.0,), progress=False, warn=lambda _: None, ceiling=False)
-        except EvaluationError:
-            return None
-        return report[0].bleu4
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "model_config": self.model_config.to_dict(),
-            "model": self.model.state_dict(),
-            "vocab": list(self.vocab.words),
-            "preprocess": self.spec.to_dict(),
-            "max_length": self.config.max_length,
-            "train_config": asdict(self.config),
-            "run_name": self.name,
-            "data_source": self.source,
-            "epoch": self.epoch,
-            "step": self.step,
-            "best_val_loss": self.best_val_loss,
-            "history": self.history,
-            "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(),
-        }
-
-    def save(self, *names: str) -> None:
-        if not self.dist.master:
-            return
-        payload = self.payload()
-        for name in names:
-            save_checkpoint(payload, self.run_dir / name)
-
-
 def train(config: Optional[TrainConfig] = None, model_config: Optional[CaptionModelConfig] = None,
-          resume: Optional[str | os.PathLike] = None, log=log_to_stderr,
-          overrides: Optional[Sequence[str]] = None,
-          on_epoch: Optional[Callable[[TrainingRun, dict[str, Any]], None]] = None) -> TrainResult:
-    """Trains (or resumes, from ``resume``'s ``last.pt``) and returns where the run was written.
-    ``on_epoch(run, entry)`` is called on rank 0 after each epoch's history entry is made, before
-    the checkpoint is saved (a benchmark's probe; it may add keys to ``entry``).
+          resume: Optional[str | os.PathLike] = None, status: Status = log_to_stderr,
+          overrides: Optional[Sequence[str]] = None, on_epoch: Optional[EpochHook] = None) -> TrainResult:
+    """Trains (or resumes, from ``resume``'s ``last.pt``) and returns where the run was written
+    (``model_config`` None: the preset's). ``status`` gets the run's status lines. ``on_epoch(run,
+    entry)`` is called on rank 0 after each epoch's history entry is made, before the checkpoint is
+    saved (a benchmark's probe; it may add keys to ``entry``).
 
     Resuming keeps the run's saved configuration, but for the fields named in ``overrides`` (taken
     from ``config``; each must be one of RESUME_OVERRIDES). None: all of RESUME_OVERRIDES, as a
     library caller's ``config`` gives them; the CLI passes only the options the user typed."""
-    config = config or TrainConfig()
-    run = TrainingRun(config, model_config, Path(resume) if resume is not None else None, log, overrides)
-    config = run.config
+    run = TrainingRun(config or TrainConfig(), model_config, Path(resume) if resume is not None else None, status,
+                      overrides)
     try:
         if run.dist.master:
-            run.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(run.run_dir / "config.json", {"train": asdict(config), "model": run.model_config.to_dict(),
-                                                       "preprocess": run.spec.to_dict(), "data_source": run.source})
-            _link_latest(run.run_dir)
-            n_params = sum(p.numel() for p in run.model.parameters())
-            run.log(f"run {run.run_dir}: {run.model_config.encoder} + {run.model_config.layers}-layer "
-                    f"{run.model_config.decoder}, {n_params / 1e6:.1f}M parameters, vocabulary {len(run.vocab)}, "
-                    f"{len(run.splits['train'])} train / {len(run.splits['val'])} val images, device {run.device}"
-                    + (f", resuming after epoch {run.epoch}" if resume is not None else "")
-                    + (f" ({', '.join(f'{k} {v}' for k, v in run.overridden.items())} as given)" if run.overridden else ""))
-        stopped, stale = "completed", 0
+            start_run_folder(run.run_dir, {"train": asdict(run.config), "model": run.model_config.to_dict(),
+                                           "preprocess": run.spec.to_dict(), "data_source": run.source})
+            run.status(_started_line(run, resumed=resume is not None))
         try:
-            while run.epoch < config.epochs:
-                started = time.time()
-                train_loss, reached = run.train_epoch()
-                val_loss = run.validate()
-                run.epoch += 1
-                entry = {"epoch": run.epoch, "step": run.step, "train_loss": train_loss, "val_loss": val_loss,
-                         "val_perplexity": math.exp(min(val_loss, 50.0)), "seconds": round(time.time() - started, 2)}
-                if run.dist.master and config.bleu_images:
-                    entry["val_bleu4"] = run.greedy_bleu4()  # greedy, on a fixed validation subset
-                    entry["val_bleu_images"] = min(config.bleu_images, len(run.splits["val"]))
-                if run.dist.master and on_epoch is not None:
-                    on_epoch(run, entry)
-                run.history.append(entry)
-                improved = val_loss < run.best_val_loss
-                if improved:
-                    run.best_val_loss = val_loss
-                run.save(*((LAST, BEST) if improved else (LAST,)))
-                if run.dist.master:
-                    _write_json(run.run_dir / "history.json", run.history)
-                    plot_history(run.history, run.run_dir / "loss.png", f"{run.name}")
-                run.log(f"epoch {run.epoch}/{config.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                        f"val perplexity {entry['val_perplexity']:.2f}"
-                        + (f", val BLEU-4 {entry['val_bleu4']:.3f}" if entry.get("val_bleu4") is not None else "")
-                        + f" ({entry['seconds']:.0f}s)" + (" *best" if improved else ""))
-                stale = 0 if improved else stale + 1
-                if reached:
-                    stopped = "max-steps"
-                    break
-                if config.patience is not None and stale >= config.patience:
-                    stopped = "early-stopping"
-                    run.log(f"early stopping: no better validation loss for {stale} epochs")
-                    break
+            stopped = _run_epochs(run, on_epoch)
         except KeyboardInterrupt:
             run.save(LAST)
             stopped = "interrupted"
-            run.log(f"interrupted: saved {run.run_dir / LAST}; continue with `capkit train --resume {run.run_dir}`")
-        if run.skipped:
-            run.log(f"skipped {len(run.skipped)} unreadable image(s); first: {next(iter(run.skipped.values()))}")
-        baseline = unigram_baseline(encode_caption(run.vocab, c, config.max_length)
-                                    for r in run.splits["train"] for c in r.captions)
-        # an early stop already says the loss stopped improving: only the baseline rule is news then
-        stalled = stall_warning(run.history, baseline, None if stopped == "early-stopping" else STALL_EPOCHS)
-        if stalled:
-            run.log(stalled)
-        return TrainResult(run.run_dir, run.epoch, run.best_val_loss, run.history, len(run.skipped), stopped,
-                           run.overridden, [stalled] if stalled else [], baseline)
+            run.status(f"interrupted: saved {run.run_dir / LAST}; continue with `capkit train --resume {run.run_dir}`")
+        return _finish(run, stopped)
     finally:
         run.dist.teardown()
+
+
+def _started_line(run: TrainingRun, resumed: bool) -> str:
+    """The run's first status line: where it writes, the model, the data and the device."""
+    n_params = sum(p.numel() for p in run.model.parameters())
+    return (f"run {run.run_dir}: {run.model_config.encoder} + {run.model_config.layers}-layer "
+            f"{run.model_config.decoder}, {n_params / 1e6:.1f}M parameters, vocabulary {len(run.vocab)}, "
+            f"{len(run.splits['train'])} train / {len(run.splits['val'])} val images, device {run.device}"
+            + (f", resuming after epoch {run.epoch}" if resumed else "")
+            + (f" ({', '.join(f'{k} {v}' for k, v in run.overridden.items())} as given)" if run.overridden else ""))
+
+
+def _run_epochs(run: TrainingRun, on_epoch: Optional[EpochHook]) -> str:
+    """Epoch after epoch until the configured number, max_steps or early stopping; how it stopped."""
+    stale = 0
+    while run.epoch < run.config.epochs:
+        improved, reached = _one_epoch(run, on_epoch)
+        stale = 0 if improved else stale + 1
+        if reached:
+            return "max-steps"
+        if run.config.patience is not None and stale >= run.config.patience:
+            run.status(f"early stopping: no better validation loss for {stale} epochs")
+            return "early-stopping"
+    return "completed"
+
+
+def _one_epoch(run: TrainingRun, on_epoch: Optional[EpochHook]) -> tuple[bool, bool]:
+    """Trains and validates one epoch, adds its history entry, saves the checkpoints, rewrites the
+    history and its plot, and says so in one line: (whether validation improved, whether max_steps
+    was reached)."""
+    started = time.time()
+    train_loss, reached = run.train_epoch()
+    val_loss = run.validate()
+    run.epoch += 1
+    entry = {"epoch": run.epoch, "step": run.step, "train_loss": train_loss, "val_loss": val_loss,
+             "val_perplexity": math.exp(min(val_loss, 50.0)), "seconds": round(time.time() - started, 2)}
+    if run.dist.master and run.config.bleu_images:
+        entry["val_bleu4"] = run.greedy_bleu4()  # greedy, on a fixed validation subset
+        entry["val_bleu_images"] = min(run.config.bleu_images, len(run.splits["val"]))
+    if run.dist.master and on_epoch is not None:
+        on_epoch(run, entry)
+    run.history.append(entry)
+    improved = val_loss < run.best_val_loss
+    if improved:
+        run.best_val_loss = val_loss
+    run.save(*((LAST, BEST) if improved else (LAST,)))
+    if run.dist.master:
+        write_history(run.run_dir, run.history, run.name)
+    run.status(f"epoch {run.epoch}/{run.config.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+               f"val perplexity {entry['val_perplexity']:.2f}"
+               + (f", val BLEU-4 {entry['val_bleu4']:.3f}" if entry.get("val_bleu4") is not None else "")
+               + f" ({entry['seconds']:.0f}s)" + (" *best" if improved else ""))
+    return improved, reached
+
+
+def _finish(run: TrainingRun, stopped: str) -> TrainResult:
+    """The result, after the last status lines: images skipped, and the stall warning if the run stalled."""
+    if run.skipped:
+        run.status(f"skipped {len(run.skipped)} unreadable image(s); first: {next(iter(run.skipped.values()))}")
+    baseline = unigram_baseline(encode_caption(run.vocab, c, run.config.max_length)
+                                for r in run.splits["train"] for c in r.captions)
+    # an early stop already says the loss stopped improving: only the baseline rule is news then
+    stalled = stall_warning(run.history, baseline, None if stopped == "early-stopping" else STALL_EPOCHS)
+    if stalled:
+        run.status(stalled)
+    return TrainResult(run.run_dir, run.epoch, run.best_val_loss, run.history, len(run.skipped), stopped,
+                       run.overridden, [stalled] if stalled else [], baseline)
+
+
+__all__ = ["RESUME_OVERRIDES", "STALL_EPOCHS", "TrainConfig", "TrainResult", "TrainingError", "learning_rate",
+           "plot_history", "stall_warning", "train", "unigram_baseline"]

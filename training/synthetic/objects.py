@@ -1,8 +1,8 @@
 """A second synthetic captioning family, "objects": coloured objects on patterned backdrops, as JPEG photos.
 
-It exists to show that a training recipe tuned on the demo family (:mod:`capkit.training.synthetic`,
-"shapes") lands on data it was not tuned on, so it shares none of the demo's content: other objects
-(heart, ring, cross, diamond, arrow, crescent, hexagon), other colours, textured backdrops instead
+It exists to show that a training recipe tuned on the demo family (:mod:`.shapes`, "shapes") lands
+on data it was not tuned on, so it shares none of the demo's content: other objects (heart, ring,
+cross, diamond, arrow, crescent, hexagon), other colours, textured backdrops instead
 of plain ones (named in the captions: striped, checkered, dotted, cloudy, wavy), other layouts
 (one object; two stacked, "above"/"below"; two side by side, "next to"; a row of two or three
 identical ones, "two"/"three") and other wording. Each image gets five references drawn from six
@@ -16,9 +16,8 @@ Every fact a caption states stays plain when the image is shrunk to 64 px: objec
 on pale, low-saturation backdrops whose stripes, checks, dots and waves are 3-8 px features at 64 px,
 smaller than any object (clouds are larger but soft, pale blotches). Images are 256 px JPEG
 (quality 90) by default; the folder, splits and completion marker are the shared ones of
-:class:`capkit.training.synthetic.Family`, and generation is, as there, a pure function of (count,
-seed, image size, splits): each image draws from its own child generator, so image i does not
-depend on ``count``.
+:class:`.family.Family`, and generation is, as there, a pure function of (count, seed, image size,
+splits): each image draws from its own child generator, so image i does not depend on ``count``.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from capkit.runtime.vocab import tokenize
-from capkit.training.synthetic import CAPTIONS_PER_IMAGE, Family, article, jittered
+from capkit.training.synthetic.family import CAPTIONS_PER_IMAGE, Family, article, jittered, palette
 
 OBJECTS_VERSION = 1  # bump when the images or captions change, so that cached copies are regenerated
 DEFAULT_COUNT = 3000
@@ -40,14 +39,7 @@ JPEG_QUALITY = 90  # saved with full-resolution colour (4:4:4): small objects ke
 SUPERSAMPLE = 2  # backdrop and objects drawn at 2x and box-downsampled: smooth edges at a low cost per image
 
 # Saturated, mid-to-dark colours: far from each other and from every (pale, greyish) backdrop tone.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "navy": (30, 40, 140),
-    "lime": (150, 225, 40),
-    "magenta": (215, 30, 185),
-    "gold": (230, 175, 20),
-    "brown": (125, 70, 30),
-    "cyan": (30, 200, 225),
-}
+COLOURS = palette("navy", "lime", "magenta", "gold", "brown", "cyan")
 OBJECTS: dict[str, str] = {  # singular -> plural
     "heart": "hearts", "ring": "rings", "cross": "crosses", "diamond": "diamonds", "arrow": "arrows",
     "crescent": "crescents", "hexagon": "hexagons",
@@ -281,6 +273,8 @@ def _draw_objects(rng: np.random.Generator, image_size: int) -> tuple[Image.Imag
     return image, captions_for(scene, rng), _scene_record(scene, image_size)
 
 
+# The generator name is the one this family's folders have always carried in meta.json (its module's old
+# name): kept, so that cached sets stay valid.
 OBJECTS_FAMILY = Family(
     name="objects", generator="capkit.training.synthetic_objects", version=OBJECTS_VERSION,
     description="capkit synthetic objects-on-backdrops captioning dataset", draw=_draw_objects, extension="jpg",

@@ -11,7 +11,7 @@ import { BundleError, ImageError } from './errors.js';
 import { checkImageSize, rgbaToRgb } from './preprocess.js';
 
 export * from './errors.js';
-export { verifyOptions } from './decoding.js';
+export { DEFAULT_OPTIONS, OPTION_NAMES, verifyOptions } from './options.js';
 
 const hex = (buffer) => Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, '0')).join('');
 

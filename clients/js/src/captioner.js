@@ -2,8 +2,9 @@
 // browser.js) gives it the ort module, a way to read the bundle's files, sha256 and image decoding.
 
 import { BundleError, CapkitError, DEFAULT_LIMITS, DecodingOptionsError } from './errors.js';
-import { decode, verifyOptions } from './decoding.js';
+import { decode } from './decoding.js';
 import { MANIFEST_NAME, parseManifest } from './manifest.js';
+import { OPTION_NAMES, verifyOptions } from './options.js';
 import { preprocessRgb } from './preprocess.js';
 
 /**
@@ -22,7 +23,6 @@ import { preprocessRgb } from './preprocess.js';
  * @property {(source: any, limits: object) => Promise<{image: import('./preprocess.js').RgbImage, name: string}>} decodeImage
  */
 
-const OPTION_NAMES = ['temperature', 'top_k', 'top_p', 'beam', 'max_length', 'seed'];
 const ALIASES = { topK: 'top_k', topP: 'top_p', maxLength: 'max_length' };
 
 /** Gathers batch rows (axis 1) of a [layers, batch, hidden] float32 tensor. */
@@ -127,12 +127,14 @@ export class Captioner {
     return preprocessRgb(image, this.spec, name, this.limits);
   }
 
-  /** The words of token ids up to <end>, special tokens left out. */
+  /** The words of token ids up to <end>, special tokens left out (Vocabulary.decode). @param {number[]} tokens */
   text(tokens) {
+    const { specialTokens, vocab } = this.manifest;
+    const special = new Set(Object.values(specialTokens));
     const words = [];
     for (const t of tokens) {
-      if (t === 2) break;
-      if (t >= 4) words.push(this.manifest.vocab[t]);
+      if (t === specialTokens.end) break;
+      if (!special.has(t)) words.push(vocab[t]);
     }
     return words.join(' ');
   }
@@ -151,7 +153,7 @@ export class Captioner {
 
   /** Preprocessed pixels (float32 3 x crop x crop) -> Caption. */
   async captionPixels(pixels, options = this.defaults) {
-    const result = await decode(this.inference(), pixels, options, { startId: 1, endId: 2 });
+    const result = await decode(this.inference(), pixels, options, { startId: this.manifest.specialTokens.start, endId: this.manifest.specialTokens.end });
     return { text: this.text(result.tokens), tokens: result.tokens, logprob: result.logprob, finished: result.finished };
   }
 

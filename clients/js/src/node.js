@@ -14,7 +14,7 @@ import { BundleError, ImageError } from './errors.js';
 import { decodeImageBytes } from './image-node.js';
 
 export * from './errors.js';
-export { verifyOptions } from './decoding.js';
+export { DEFAULT_OPTIONS, OPTION_NAMES, verifyOptions } from './options.js';
 export { defaultRng } from './random.js';
 export { parseManifest, checkManifest } from './manifest.js';
 

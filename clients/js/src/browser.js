@@ -21,9 +21,9 @@ async function decodeImage(source, limits) {
   let name;
   if (typeof Blob !== 'undefined' && source instanceof Blob) {
     blob = source;
-    name = source.name || '<blob>';
+    name = (typeof File !== 'undefined' && source instanceof File && source.name) || '<blob>';
   } else if (source instanceof ArrayBuffer || ArrayBuffer.isView(source)) {
-    blob = new Blob([source]);
+    blob = new Blob([/** @type {BlobPart} */ (source)]);
     name = '<bytes>';
   } else if (typeof source === 'string' || source instanceof URL) {
     name = String(source);
@@ -48,6 +48,7 @@ async function decodeImage(source, limits) {
     checkImageSize(name, bitmap.width, bitmap.height, limits);
     const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
     const context = canvas.getContext('2d', { willReadFrequently: true });
+    if (!context) throw new ImageError(`${name}: the browser gives no 2D canvas to read the image's pixels`);
     context.fillStyle = '#ffffff'; // transparent pixels onto white, as the Python runtime does
     context.fillRect(0, 0, bitmap.width, bitmap.height);
     context.drawImage(bitmap, 0, 0);
@@ -62,7 +63,7 @@ export class Captioner extends Core {
   /**
    * A bundle's URL (a folder ending in /) -> a ready Captioner.
    * @param {string|URL} bundleUrl
-   * @param {{ort?: any, threads?: number, limits?: object}} [settings] ort: onnxruntime-web's module
+   * @param {{ort?: any, threads?: number, limits?: Partial<import('./errors.js').Limits>}} [settings] ort: onnxruntime-web's module
    *   (default: ../ort/ort.wasm.min.mjs next to this file, as `capkit serve-web` serves it);
    *   threads: WASM threads (more than 1 needs a cross-origin isolated page)
    * @returns {Promise<Captioner>}

@@ -130,7 +130,7 @@ export class SamplingDecoder {
     this.tokens = [];
     this.logprob = 0.0;
     this.finished = false;
-    if (!this.greedy) this.rng = defaultRng(options.seed != null ? options.seed : freshSeed());
+    this.rng = this.greedy ? null : defaultRng(options.seed != null ? options.seed : freshSeed());
   }
 
   /** Records a chosen token; returns whether decoding goes on. */
@@ -146,7 +146,7 @@ export class SamplingDecoder {
 
   /** Chooses from one row of logits; returns the token. */
   choose(logits) {
-    if (this.greedy) return argmax(logits);
+    if (this.greedy || this.rng === null) return argmax(logits);
     const x = Float64Array.from(logits);
     let best = -Infinity;
     for (const v of x) if (v > best) best = v;
@@ -167,6 +167,7 @@ export class BeamSearchDecoder {
     this.endId = endId;
     this.n = beamSize;
     this.scores = Array.from({ length: beamSize }, (_, i) => (i === 0 ? 0.0 : -Infinity));
+    /** @type {number[][]} */
     this.sequences = Array.from({ length: beamSize }, () => []);
     /** @type {[number, number[], boolean][]} */
     this.done = [];

@@ -5,6 +5,8 @@ import { DEFAULT_LIMITS } from './constants.generated.js';
 
 export { DEFAULT_LIMITS };
 
+/** @typedef {Record<keyof typeof DEFAULT_LIMITS, number>} Limits each limit of runtime/limits.py by name */
+
 const LINE_BREAK = /\s*[\n\r\v\f\u0085\u2028\u2029]\s*/g;
 
 /** Any bad input: a bundle, an image or an option. The message is one line naming the problem. */
@@ -39,7 +41,7 @@ export function formatG(value) {
 
 /**
  * Limits.check: throws LimitError when ``value`` is over ``limits[name]``.
- * @param {Record<string, number>} limits @param {string} name @param {number} value @param {string} what
+ * @param {Limits} limits @param {keyof Limits} name @param {number} value @param {string} what
  */
 export function checkLimit(limits, name, value, what) {
   const limit = limits[name];

@@ -70,9 +70,10 @@ function distinct(list, path) {
 }
 
 function depthOk(value, most) {
+  /** @type {[any, number][]} */
   const stack = [[value, 1]];
   while (stack.length) {
-    const [item, depth] = stack.pop();
+    const [item, depth] = /** @type {[any, number]} */ (stack.pop());
     for (const child of Object.values(item)) {
       if (child !== null && typeof child === 'object') {
         if (depth + 1 > most) return false;
@@ -128,7 +129,7 @@ function preprocessSpec(data) {
   for (const key of ['resize', 'crop']) {
     if (!isInt(data[key]) || data[key] < 1) throw fail(`preprocess.${key}`, `must be an integer >= 1, got ${show(data[key])}`);
   }
-  for (const [key, positive] of [['mean', false], ['std', true]]) {
+  for (const [key, positive] of /** @type {[string, boolean][]} */ ([['mean', false], ['std', true]])) {
     const v = data[key];
     if (!(Array.isArray(v) && v.length === 3 && v.every((x) => typeof x === 'number' && Number.isFinite(x) && (!positive || x > 0)))) {
       throw fail(`preprocess.${key}`, `must be 3 finite numbers${positive ? ' > 0' : ''}, got ${show(v)}`);
@@ -198,7 +199,7 @@ function decodingBlock(data) {
 
 /**
  * check_manifest: a parsed capkit.json, every field checked once. Throws BundleError, one line.
- * @param {any} data @returns {Manifest}
+ * @param {any} data @param {import('./errors.js').Limits} [limits] @returns {Manifest}
  */
 export function checkManifest(data, limits = DEFAULT_LIMITS) {
   if (!isObject(data)) throw fail(MANIFEST_NAME, `must be a JSON object, got ${jsonType(data)}`);
@@ -243,7 +244,7 @@ export function checkManifest(data, limits = DEFAULT_LIMITS) {
 /**
  * capkit.json's text -> the checked Manifest. JSON.parse cannot tell 1 from 1.0, so a format_version
  * written as a float is refused on the text itself.
- * @param {string} text
+ * @param {string} text @param {import('./errors.js').Limits} [limits]
  */
 export function parseManifest(text, limits = DEFAULT_LIMITS) {
   let data;

@@ -49,7 +49,7 @@ function readRegular(path, maxBytes, fail) {
 export class Captioner extends Core {
   /**
    * A bundle folder -> a ready Captioner.
-   * @param {string} folder @param {{threads?: number, limits?: object}} [settings]
+   * @param {string} folder @param {{threads?: number, limits?: Partial<import('./errors.js').Limits>}} [settings]
    * @returns {Promise<Captioner>}
    */
   static async create(folder, { threads, limits } = {}) {

@@ -43,7 +43,7 @@ function checkTypes(/** @type {Record<string, any>} */ options) {
 /**
  * verify_options: every option's type and range, and the limits (max_length, beam); returns plain
  * numbers (a seed stays as given). Throws DecodingOptionsError or LimitError with one line naming the option.
- * @param {Record<string, any>} options every option (DEFAULT_OPTIONS with some set) @param {Record<string, number>} [limits]
+ * @param {Record<string, any>} options every option (DEFAULT_OPTIONS with some set) @param {import('./errors.js').Limits} [limits]
  * @returns {DecodingOptions}
  */
 export function verifyOptions(options, limits = DEFAULT_LIMITS) {

@@ -6,7 +6,7 @@
 //   const captioner = await Captioner.create('./bundle/');
 //   const { text } = await captioner.caption(file);   // a File, Blob, ArrayBuffer, Uint8Array or URL
 
-import { Captioner as Core } from './captioner.js';
+import { Captioner as Core, checkThreads } from './captioner.js';
 import { BundleError, ImageError } from './errors.js';
 import { checkImageSize, rgbaToRgb } from './preprocess.js';
 
@@ -69,10 +69,13 @@ export class Captioner extends Core {
    * @returns {Promise<Captioner>}
    */
   static async create(bundleUrl, { ort, threads = 1, limits } = {}) {
+    checkThreads(threads, limits);
     const base = new URL(String(bundleUrl).endsWith('/') ? String(bundleUrl) : `${bundleUrl}/`, globalThis.location?.href);
-    if (!ort) ort = await import(new URL('../ort/ort.wasm.min.mjs', import.meta.url).href);
+    if (!ort) { // the layout `capkit serve-web` serves: onnxruntime-web's files in ../ort/
+      ort = await import(new URL('../ort/ort.wasm.min.mjs', import.meta.url).href);
+      ort.env.wasm.wasmPaths = new URL('../ort/', import.meta.url).href;
+    }
     ort.env.wasm.numThreads = threads;
-    ort.env.wasm.wasmPaths = new URL('../ort/', import.meta.url).href;
     const where = String(bundleUrl);
     const platform = {
       ort,

@@ -1,7 +1,7 @@
 // The Captioner of runtime/captioner.py over ONNX Runtime's JavaScript API. The platform (node.js,
 // browser.js) gives it the ort module, a way to read the bundle's files, sha256 and image decoding.
 
-import { BundleError, CapkitError, DEFAULT_LIMITS, DecodingOptionsError } from './errors.js';
+import { BundleError, CapkitError, DEFAULT_LIMITS, DecodingOptionsError, checkLimit, pythonRepr } from './errors.js';
 import { decode } from './decoding.js';
 import { MANIFEST_NAME, parseManifest } from './manifest.js';
 import { OPTION_NAMES, verifyOptions } from './options.js';
@@ -41,6 +41,19 @@ function selectRows(ort, tensor, rows) {
 /** @typedef {import('./manifest.js').Manifest} Manifest */
 /** @typedef {import('./options.js').DecodingOptions} DecodingOptions */
 /** @typedef {import('./errors.js').Limits} Limits */
+
+/**
+ * _check_threads (runtime/onnx_inference.py): ONNX Runtime's intra-op threads, null or undefined (its
+ * default) or an integer from 1 to limits.max_threads; a CapkitError or LimitError with one line otherwise.
+ * @param {unknown} threads @param {Partial<Limits>} [limits]
+ */
+export function checkThreads(threads, limits = DEFAULT_LIMITS) {
+  if (threads == null) return;
+  if (typeof threads !== 'number' || !Number.isInteger(threads) || threads < 1) {
+    throw new CapkitError(`threads must be an integer >= 1, got ${pythonRepr(threads)}`);
+  }
+  checkLimit({ ...DEFAULT_LIMITS, ...limits }, 'max_threads', threads, 'threads');
+}
 
 /**
  * capkit.json of a bundle, read and checked (its schema, the limits).

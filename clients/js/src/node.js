@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, constants, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import { join, resolve, sep } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { Captioner as Core } from './captioner.js';
+import { Captioner as Core, checkThreads } from './captioner.js';
 import { BundleError, ImageError } from './errors.js';
 import { decodeImageBytes } from './image-node.js';
 
@@ -53,6 +53,7 @@ export class Captioner extends Core {
    * @returns {Promise<Captioner>}
    */
   static async create(folder, { threads, limits } = {}) {
+    checkThreads(threads, limits);
     const root = resolve(String(folder));
     let st;
     try {

@@ -23,7 +23,7 @@ export const OPTION_NAMES = Object.freeze(Object.keys(DEFAULT_OPTIONS));
 const isInt = (/** @type {unknown} */ v) => (typeof v === 'number' && Number.isInteger(v)) || typeof v === 'bigint';
 const isNumber = (/** @type {unknown} */ v) => typeof v === 'number' || typeof v === 'bigint';
 const IS_KIND = { integer: isInt, number: isNumber };
-const flag = (/** @type {string} */ name) => name.replace('_', '-'); // top_k -> top-k, as the CLI spells it
+const flag = (/** @type {string} */ name) => name.replace('_', '-'); // top_k -> top-k, as verify_options names it
 
 /** The type checks: integers first, then numbers, each in DecodingOptions' order (as verify_options). */
 function checkTypes(/** @type {Record<string, any>} */ options) {

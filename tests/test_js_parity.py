@@ -228,7 +228,7 @@ def test_js_runtime_refuses_bad_input_in_one_line(export_kit, tmp_path: Path) ->
                        "beam 65 is over the limit of 64 (Limits.max_beam"),
         "unknown option": ({"bundle": str(source), "image": str(good), "options": {"temprature": 1}}, "unknown option"),
         "top-k type": ({"bundle": str(source), "image": str(good), "options": {"top_k": "5"}},
-                       'top-k must be an integer, got "5"'),
+                       "top-k must be an integer, got '5'"),
     }
     out = run_node({"errors": {label: action for label, (action, _) in cases.items()}}, tmp_path)
     for label, (_, expected) in cases.items():

@@ -1,6 +1,6 @@
 // The page: choose or drop an image, see its caption; the options re-caption it. The bundle is
 // fetched from ./bundle/ next to this page; nothing is sent anywhere.
-import { Captioner } from './js/browser.js';
+import { Captioner, OPTION_NAMES } from './js/browser.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -16,12 +16,17 @@ function show(state, { caption = '', error = '', status = '' } = {}) {
   $('status').textContent = status;
 }
 
+/** The form's field of each option it has (an input whose id is the option's name). */
+const fields = OPTION_NAMES.map((name) => [name, $(name)]).filter(([, field]) => field);
+
 /** The option fields: empty -> the bundle's default; a number where one parses, else the text (refused by the checks). */
 function options() {
   const out = {};
-  for (const name of ['temperature', 'top_k', 'top_p', 'beam', 'seed']) {
-    const text = $(name).value.trim();
-    if (text !== '') out[name] = Number.isNaN(Number(text)) ? text : Number(text);
+  for (const [name, field] of fields) {
+    const text = field.value.trim();
+    if (text === '') continue;
+    // a seed beyond 2**53 stays exact as a BigInt, as the command line reads it
+    out[name] = name === 'seed' && /^[0-9]+$/.test(text) ? BigInt(text) : Number.isNaN(Number(text)) ? text : Number(text);
   }
   return out;
 }
@@ -63,6 +68,10 @@ drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove
 try {
   captioner = await Captioner.create(params.get('bundle') || './bundle/', { threads });
   window.capkitCaptioner = captioner;
+  for (const [name, field] of fields) { // an empty field means the bundle's default: show it
+    const value = captioner.defaults[name];
+    if (value !== null) field.placeholder = name === 'temperature' && value === 0 ? '0 (greedy)' : String(value);
+  }
   show('ready', { status: `Ready (${threads} WASM thread${threads > 1 ? 's' : ''}${crossOriginIsolated ? '' : ', not cross-origin isolated'})` });
   if (current) caption();
 } catch (e) {

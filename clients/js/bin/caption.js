@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // capkit-js BUNDLE IMAGE... [--temperature T] [--top-k K] [--top-p P] [--beam N] [--max-length N] [--seed S] [--json]
-import { Captioner, CapkitError } from '../src/node.js';
+import { Captioner, CapkitError, OPTION_NAMES } from '../src/node.js';
 
+const flags = OPTION_NAMES.map((name) => `[--${name.replace('_', '-')} ${name.replace('_', '-').toUpperCase()}]`);
 const args = process.argv.slice(2);
+/** @type {Record<string, number | bigint>} */
 const options = {};
 const files = [];
 let json = false;
@@ -11,12 +13,12 @@ for (let i = 0; i < args.length; i++) {
   if (a === '--json') json = true;
   else if (a.startsWith('--')) {
     const name = a.slice(2).replace(/-/g, '_');
-    const value = Number(args[++i]);
-    options[name] = name === 'seed' && Number.isInteger(value) ? BigInt(args[i]) : value;
+    const text = String(args[++i]);
+    options[name] = name === 'seed' && /^[0-9]+$/.test(text) ? BigInt(text) : Number(text); // a seed beyond 2**53 stays exact
   } else files.push(a);
 }
 if (files.length < 2) {
-  console.error('usage: capkit-js BUNDLE IMAGE... [--temperature T] [--top-k K] [--top-p P] [--beam N] [--seed S] [--json]');
+  console.error(`usage: capkit-js BUNDLE IMAGE... ${flags.join(' ')} [--json]`);
   process.exit(2);
 }
 try {

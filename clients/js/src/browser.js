@@ -6,12 +6,12 @@
 //   const captioner = await Captioner.create('./bundle/');
 //   const { text } = await captioner.caption(file);   // a File, Blob, ArrayBuffer, Uint8Array or URL
 
-import { Captioner as Core } from './captioner.js';
+import { Captioner as Core, checkThreads } from './captioner.js';
 import { BundleError, ImageError } from './errors.js';
 import { checkImageSize, rgbaToRgb } from './preprocess.js';
 
 export * from './errors.js';
-export { verifyOptions } from './decoding.js';
+export { DEFAULT_OPTIONS, OPTION_NAMES, verifyOptions } from './options.js';
 
 const hex = (buffer) => Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, '0')).join('');
 
@@ -21,9 +21,9 @@ async function decodeImage(source, limits) {
   let name;
   if (typeof Blob !== 'undefined' && source instanceof Blob) {
     blob = source;
-    name = source.name || '<blob>';
+    name = (typeof File !== 'undefined' && source instanceof File && source.name) || '<blob>';
   } else if (source instanceof ArrayBuffer || ArrayBuffer.isView(source)) {
-    blob = new Blob([source]);
+    blob = new Blob([/** @type {BlobPart} */ (source)]);
     name = '<bytes>';
   } else if (typeof source === 'string' || source instanceof URL) {
     name = String(source);
@@ -48,6 +48,7 @@ async function decodeImage(source, limits) {
     checkImageSize(name, bitmap.width, bitmap.height, limits);
     const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
     const context = canvas.getContext('2d', { willReadFrequently: true });
+    if (!context) throw new ImageError(`${name}: the browser gives no 2D canvas to read the image's pixels`);
     context.fillStyle = '#ffffff'; // transparent pixels onto white, as the Python runtime does
     context.fillRect(0, 0, bitmap.width, bitmap.height);
     context.drawImage(bitmap, 0, 0);
@@ -62,16 +63,19 @@ export class Captioner extends Core {
   /**
    * A bundle's URL (a folder ending in /) -> a ready Captioner.
    * @param {string|URL} bundleUrl
-   * @param {{ort?: any, threads?: number, limits?: object}} [settings] ort: onnxruntime-web's module
+   * @param {{ort?: any, threads?: number, limits?: Partial<import('./errors.js').Limits>}} [settings] ort: onnxruntime-web's module
    *   (default: ../ort/ort.wasm.min.mjs next to this file, as `capkit serve-web` serves it);
    *   threads: WASM threads (more than 1 needs a cross-origin isolated page)
    * @returns {Promise<Captioner>}
    */
   static async create(bundleUrl, { ort, threads = 1, limits } = {}) {
+    checkThreads(threads, limits);
     const base = new URL(String(bundleUrl).endsWith('/') ? String(bundleUrl) : `${bundleUrl}/`, globalThis.location?.href);
-    if (!ort) ort = await import(new URL('../ort/ort.wasm.min.mjs', import.meta.url).href);
+    if (!ort) { // the layout `capkit serve-web` serves: onnxruntime-web's files in ../ort/
+      ort = await import(new URL('../ort/ort.wasm.min.mjs', import.meta.url).href);
+      ort.env.wasm.wasmPaths = new URL('../ort/', import.meta.url).href;
+    }
     ort.env.wasm.numThreads = threads;
-    ort.env.wasm.wasmPaths = new URL('../ort/', import.meta.url).href;
     const where = String(bundleUrl);
     const platform = {
       ort,

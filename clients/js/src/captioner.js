@@ -1,9 +1,10 @@
 // The Captioner of runtime/captioner.py over ONNX Runtime's JavaScript API. The platform (node.js,
 // browser.js) gives it the ort module, a way to read the bundle's files, sha256 and image decoding.
 
-import { BundleError, CapkitError, DEFAULT_LIMITS, DecodingOptionsError } from './errors.js';
-import { decode, verifyOptions } from './decoding.js';
+import { BundleError, CapkitError, DEFAULT_LIMITS, DecodingOptionsError, checkLimit, pythonRepr } from './errors.js';
+import { decode } from './decoding.js';
 import { MANIFEST_NAME, parseManifest } from './manifest.js';
+import { OPTION_NAMES, verifyOptions } from './options.js';
 import { preprocessRgb } from './preprocess.js';
 
 /**
@@ -17,12 +18,11 @@ import { preprocessRgb } from './preprocess.js';
 /**
  * @typedef {object} Platform
  * @property {any} ort onnxruntime-node or onnxruntime-web
- * @property {(name: string) => Promise<Uint8Array>} readFile a file of the bundle, by its relative name
+ * @property {(name: string, maxBytes?: number) => Promise<Uint8Array>} readFile a file of the bundle, by its relative name
  * @property {(bytes: Uint8Array) => Promise<string>} sha256 hex digest
- * @property {(source: any, limits: object) => Promise<{image: import('./preprocess.js').RgbImage, name: string}>} decodeImage
+ * @property {(source: any, limits: Limits) => Promise<{image: import('./preprocess.js').RgbImage, name: string}>} decodeImage
  */
 
-const OPTION_NAMES = ['temperature', 'top_k', 'top_p', 'beam', 'max_length', 'seed'];
 const ALIASES = { topK: 'top_k', topP: 'top_p', maxLength: 'max_length' };
 
 /** Gathers batch rows (axis 1) of a [layers, batch, hidden] float32 tensor. */
@@ -38,64 +38,112 @@ function selectRows(ort, tensor, rows) {
   return new ort.Tensor('float32', out, [layers, rows.length, hidden]);
 }
 
+/** @typedef {import('./manifest.js').Manifest} Manifest */
+/** @typedef {import('./options.js').DecodingOptions} DecodingOptions */
+/** @typedef {import('./errors.js').Limits} Limits */
+
+/**
+ * _check_threads (runtime/onnx_inference.py): ONNX Runtime's intra-op threads, null or undefined (its
+ * default) or an integer from 1 to limits.max_threads; a CapkitError or LimitError with one line otherwise.
+ * @param {unknown} threads @param {Partial<Limits>} [limits]
+ */
+export function checkThreads(threads, limits = DEFAULT_LIMITS) {
+  if (threads == null) return;
+  if (typeof threads !== 'number' || !Number.isInteger(threads) || threads < 1) {
+    throw new CapkitError(`threads must be an integer >= 1, got ${pythonRepr(threads)}`);
+  }
+  checkLimit({ ...DEFAULT_LIMITS, ...limits }, 'max_threads', threads, 'threads');
+}
+
+/**
+ * capkit.json of a bundle, read and checked (its schema, the limits).
+ * @param {string} where @param {Platform} platform @param {Limits} limits @returns {Promise<Manifest>}
+ */
+async function readManifest(where, platform, limits) {
+  const bytes = await platform.readFile(MANIFEST_NAME, limits.max_manifest_bytes);
+  let text;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new BundleError(`${where}: ${MANIFEST_NAME}: not a manifest, not UTF-8 text`);
+  }
+  try {
+    return parseManifest(text, limits);
+  } catch (e) {
+    if (e instanceof CapkitError) throw new BundleError(`${where}: ${e.message}`);
+    throw e;
+  }
+}
+
+/**
+ * A graph's bytes, once their sha256 is the manifest's.
+ * @param {string} where @param {Platform} platform @param {{file: string, sha256: string}} graph
+ */
+async function readGraph(where, platform, graph) {
+  const bytes = await platform.readFile(graph.file);
+  const actual = await platform.sha256(bytes);
+  if (actual !== graph.sha256) {
+    throw new BundleError(`${where}: ${graph.file} has sha256 ${actual.slice(0, 12)}..., the manifest says ${graph.sha256.slice(0, 12)}...`);
+  }
+  return bytes;
+}
+
+/**
+ * An ONNX Runtime session over a graph's bytes, which must have the inputs and outputs the manifest names.
+ * @param {string} where @param {any} ort @param {string} file @param {Uint8Array} bytes @param {object} options
+ * @param {string[]} inputs @param {string[]} outputs
+ */
+async function openSession(where, ort, file, bytes, options, inputs, outputs) {
+  let session;
+  try {
+    session = await ort.InferenceSession.create(bytes, options);
+  } catch (e) {
+    throw new BundleError(`${where}: ${file} is not a graph ONNX Runtime can load (${String(e.message || e).split('\n')[0]})`);
+  }
+  for (const [kind, wanted, have] of [['input', inputs, session.inputNames], ['output', outputs, session.outputNames]]) {
+    const missing = wanted.find((/** @type {string} */ n) => !have.includes(n));
+    if (missing) throw new BundleError(`${where}: ${file} has no ${kind} ${JSON.stringify(missing)} (the manifest names it)`);
+  }
+  return session;
+}
+
 export class Captioner {
   /**
+   * Use the platform's ``Captioner.create`` (node.js, browser.js), which calls ``load``.
+   * @param {string} where how messages name the bundle @param {Platform} platform @param {Limits} limits
+   * @param {Manifest} manifest @param {any} encoder the encoder graph's session @param {any} decoder the decoder step's
+   */
+  constructor(where, platform, limits, manifest, encoder, decoder) {
+    this.where = where;
+    this.platform = platform;
+    this.limits = limits;
+    this.manifest = manifest;
+    this.encoder = encoder;
+    this.decoder = decoder;
+    /** @type {DecodingOptions} the bundle's default options */
+    this.defaults = manifest.decoding;
+  }
+
+  /**
    * Loads a bundle: reads capkit.json (its schema checked), checks each graph's sha256 and builds
-   * the two ONNX Runtime sessions. Use the platform's ``Captioner.create`` (node.js, browser.js).
+   * the two ONNX Runtime sessions.
    * @param {string} where how messages name the bundle
    * @param {Platform} platform
-   * @param {{limits?: object, sessionOptions?: object}} [settings]
+   * @param {{limits?: Partial<Limits>, sessionOptions?: object}} [settings] limits: DEFAULT_LIMITS with some raised
    */
   static async load(where, platform, { limits = DEFAULT_LIMITS, sessionOptions = {} } = {}) {
-    const self = new this();
-    self.where = where;
-    self.platform = platform;
-    self.limits = { ...DEFAULT_LIMITS, ...limits };
-    const manifestBytes = await platform.readFile(MANIFEST_NAME, self.limits.max_manifest_bytes);
-    let text;
-    try {
-      text = new TextDecoder('utf-8', { fatal: true }).decode(manifestBytes);
-    } catch {
-      throw new BundleError(`${where}: ${MANIFEST_NAME}: not a manifest, not UTF-8 text`);
+    const allLimits = { ...DEFAULT_LIMITS, ...limits };
+    const manifest = await readManifest(where, platform, allLimits);
+    if (manifest.graphFormat !== 'onnx') {
+      throw new BundleError(`${where}: graph_format ${manifest.graphFormat} is not read by capkit-js (export an onnx bundle)`);
     }
-    try {
-      self.manifest = parseManifest(text, self.limits);
-    } catch (e) {
-      if (e instanceof CapkitError) throw new BundleError(`${where}: ${e.message}`);
-      throw e;
-    }
-    const m = self.manifest;
-    if (m.graphFormat !== 'onnx') throw new BundleError(`${where}: graph_format ${m.graphFormat} is not read by capkit-js (export an onnx bundle)`);
-    const files = {};
-    for (const graph of [m.encoder, m.decoder]) {
-      const bytes = await platform.readFile(graph.file);
-      const actual = await platform.sha256(bytes);
-      if (actual !== graph.sha256) {
-        throw new BundleError(`${where}: ${graph.file} has sha256 ${actual.slice(0, 12)}..., the manifest says ${graph.sha256.slice(0, 12)}...`);
-      }
-      files[graph.file] = bytes;
-    }
+    const { encoder: enc, decoder: dec } = manifest;
+    const [encBytes, decBytes] = [await readGraph(where, platform, enc), await readGraph(where, platform, dec)];
     const options = { executionProviders: ['cpu'], graphOptimizationLevel: 'all', ...sessionOptions };
-    const open = async (graph, inputs, outputs) => {
-      let session;
-      try {
-        session = await platform.ort.InferenceSession.create(files[graph.file], options);
-      } catch (e) {
-        throw new BundleError(`${where}: ${graph.file} is not a graph ONNX Runtime can load (${String(e.message || e).split('\n')[0]})`);
-      }
-      for (const [kind, wanted, have] of [['input', inputs, session.inputNames], ['output', outputs, session.outputNames]]) {
-        const missing = wanted.find((n) => !have.includes(n));
-        if (missing) throw new BundleError(`${where}: ${graph.file} has no ${kind} ${JSON.stringify(missing)} (the manifest names it)`);
-      }
-      return session;
-    };
-    const enc = m.encoder;
-    const dec = m.decoder;
-    self.encoder = await open(enc, [enc.imageInput], enc.stateOutputs);
-    self.decoder = await open(dec, [dec.tokenInput, ...dec.stateInputs],
-      [dec.logitsOutput, ...dec.stateOutputs, ...(dec.nextTokenOutput ? [dec.nextTokenOutput, dec.nextLogprobOutput] : [])]);
-    self.defaults = m.decoding;
-    return self;
+    const encoder = await openSession(where, platform.ort, enc.file, encBytes, options, [enc.imageInput], enc.stateOutputs);
+    const decoder = await openSession(where, platform.ort, dec.file, decBytes, options, [dec.tokenInput, ...dec.stateInputs],
+      [dec.logitsOutput, ...dec.stateOutputs, ...(dec.nextTokenOutput && dec.nextLogprobOutput ? [dec.nextTokenOutput, dec.nextLogprobOutput] : [])]);
+    return new this(where, platform, allLimits, manifest, encoder, decoder);
   }
 
   /** The preprocessing spec of the bundle. */
@@ -127,12 +175,14 @@ export class Captioner {
     return preprocessRgb(image, this.spec, name, this.limits);
   }
 
-  /** The words of token ids up to <end>, special tokens left out. */
+  /** The words of token ids up to <end>, special tokens left out (Vocabulary.decode). @param {number[]} tokens */
   text(tokens) {
+    const { specialTokens, vocab } = this.manifest;
+    const special = new Set(Object.values(specialTokens));
     const words = [];
     for (const t of tokens) {
-      if (t === 2) break;
-      if (t >= 4) words.push(this.manifest.vocab[t]);
+      if (t === specialTokens.end) break;
+      if (!special.has(t)) words.push(vocab[t]);
     }
     return words.join(' ');
   }
@@ -151,7 +201,7 @@ export class Captioner {
 
   /** Preprocessed pixels (float32 3 x crop x crop) -> Caption. */
   async captionPixels(pixels, options = this.defaults) {
-    const result = await decode(this.inference(), pixels, options, { startId: 1, endId: 2 });
+    const result = await decode(this.inference(), pixels, options, { startId: this.manifest.specialTokens.start, endId: this.manifest.specialTokens.end });
     return { text: this.text(result.tokens), tokens: result.tokens, logprob: result.logprob, finished: result.finished };
   }
 
@@ -163,6 +213,7 @@ export class Captioner {
     const enc = m.encoder;
     const dec = m.decoder;
     const vocab = m.vocab.length;
+    const { nextTokenOutput: nextToken, nextLogprobOutput: nextLogprob } = dec; // the step graph's own greedy choice, if any
     // every output is fetched: onnxruntime-node 1.20 mislabels the outputs of a run that names a subset
     const feeds = (tokens, state) => {
       const feed = { [dec.tokenInput]: new ort.Tensor('int64', BigInt64Array.from(tokens, BigInt), [tokens.length]) };
@@ -178,11 +229,11 @@ export class Captioner {
         const out = await this.decoder.run(feeds(tokens, state));
         return { logits: out[dec.logitsOutput].data, vocab, state: dec.stateOutputs.map((n) => out[n]) };
       },
-      greedyStep: dec.nextTokenOutput ? async (tokens, state) => {
+      greedyStep: nextToken && nextLogprob ? async (tokens, state) => {
         const out = await this.decoder.run(feeds(tokens, state));
         return {
-          tokens: Array.from(out[dec.nextTokenOutput].data, Number),
-          logprobs: Array.from(out[dec.nextLogprobOutput].data, Number),
+          tokens: Array.from(out[nextToken].data, Number),
+          logprobs: Array.from(out[nextLogprob].data, Number),
           state: dec.stateOutputs.map((n) => out[n]),
         };
       } : null,

@@ -2,18 +2,9 @@
 // search, with the same definitions (float64 scores, numpy's pairwise summation, stable sorts), so that
 // the same seed gives the Python runtime's captions.
 
-import { DEFAULT_LIMITS, DecodingOptionsError, checkLimit, show } from './errors.js';
 import { defaultRng } from './random.js';
 
-/**
- * @typedef {object} DecodingOptions
- * @property {number} temperature 0: greedy argmax; > 0: sample from softmax(logits / T)
- * @property {number|null} top_k sample among the k most likely tokens only
- * @property {number|null} top_p sample from the smallest set of tokens whose probability reaches p
- * @property {number} beam beam width; > 1: beam search (temperature must be 0)
- * @property {number} max_length most tokens generated per caption, <end> included
- * @property {number|bigint|null} seed seeds every image's own generator; null: fresh entropy
- */
+/** @typedef {import('./options.js').DecodingOptions} DecodingOptions */
 
 /**
  * @typedef {object} DecodingResult
@@ -21,55 +12,6 @@ import { defaultRng } from './random.js';
  * @property {number} logprob sum of log softmax(logits) over the generated tokens, <end> included
  * @property {boolean} finished true when <end> was produced within max_length
  */
-
-export const DEFAULT_OPTIONS = Object.freeze({ temperature: 0, top_k: null, top_p: null, beam: 1, max_length: 20, seed: null });
-const REQUIRED = new Set(['temperature', 'beam', 'max_length']);
-
-const isInt = (v) => (typeof v === 'number' && Number.isInteger(v)) || typeof v === 'bigint';
-const isNumber = (v) => typeof v === 'number' || typeof v === 'bigint';
-
-/**
- * verify_options: every option's type and range, and the limits; returns plain numbers.
- * Throws DecodingOptionsError or LimitError with one line naming the option.
- * @param {DecodingOptions} options @param {Record<string, number>} [limits]
- * @returns {DecodingOptions}
- */
-export function verifyOptions(options, limits = DEFAULT_LIMITS) {
-  for (const name of ['top_k', 'beam', 'max_length', 'seed']) {
-    const value = options[name];
-    if (!isInt(value) && (value != null || REQUIRED.has(name))) {
-      throw new DecodingOptionsError(`${name.replace('_', '-')} must be an integer, got ${show(value)}`);
-    }
-  }
-  for (const name of ['temperature', 'top_p']) {
-    const value = options[name];
-    if (!isNumber(value) && (value != null || REQUIRED.has(name))) {
-      throw new DecodingOptionsError(`${name.replace('_', '-')} must be a number, got ${show(value)}`);
-    }
-  }
-  const t = Number(options.temperature);
-  if (!Number.isFinite(t) || t < 0) throw new DecodingOptionsError(`temperature must be a finite number >= 0, got ${show(options.temperature)}`);
-  if (options.top_k != null && options.top_k < 1) throw new DecodingOptionsError(`top-k must be an integer >= 1, got ${options.top_k}`);
-  if (options.top_p != null && !(Number(options.top_p) > 0 && Number(options.top_p) <= 1)) {
-    throw new DecodingOptionsError(`top-p must be in (0, 1], got ${show(options.top_p)}`);
-  }
-  if (options.beam < 1) throw new DecodingOptionsError(`beam must be an integer >= 1, got ${options.beam}`);
-  if (options.beam > 1 && (t > 0 || options.top_k || options.top_p)) {
-    throw new DecodingOptionsError('beam search is deterministic: use it with temperature 0 and no top-k/top-p');
-  }
-  if (options.max_length < 1) throw new DecodingOptionsError(`max-length must be an integer >= 1, got ${options.max_length}`);
-  if (options.seed != null && options.seed < 0) throw new DecodingOptionsError(`seed must be >= 0, got ${options.seed}`);
-  checkLimit(limits, 'max_length', Number(options.max_length), 'max-length');
-  checkLimit(limits, 'max_beam', Number(options.beam), 'beam');
-  return {
-    temperature: t,
-    top_k: options.top_k == null ? null : Number(options.top_k),
-    top_p: options.top_p == null ? null : Number(options.top_p),
-    beam: Number(options.beam),
-    max_length: Number(options.max_length),
-    seed: options.seed == null ? null : options.seed,
-  };
-}
 
 /** numpy's pairwise summation of a float64 row (what ``x.sum(axis=-1)`` computes). */
 export function pairwiseSum(a, start = 0, n = a.length - start) {
@@ -188,7 +130,7 @@ export class SamplingDecoder {
     this.tokens = [];
     this.logprob = 0.0;
     this.finished = false;
-    if (!this.greedy) this.rng = defaultRng(options.seed != null ? options.seed : freshSeed());
+    this.rng = this.greedy ? null : defaultRng(options.seed != null ? options.seed : freshSeed());
   }
 
   /** Records a chosen token; returns whether decoding goes on. */
@@ -204,7 +146,7 @@ export class SamplingDecoder {
 
   /** Chooses from one row of logits; returns the token. */
   choose(logits) {
-    if (this.greedy) return argmax(logits);
+    if (this.greedy || this.rng === null) return argmax(logits);
     const x = Float64Array.from(logits);
     let best = -Infinity;
     for (const v of x) if (v > best) best = v;
@@ -225,6 +167,7 @@ export class BeamSearchDecoder {
     this.endId = endId;
     this.n = beamSize;
     this.scores = Array.from({ length: beamSize }, (_, i) => (i === 0 ? 0.0 : -Infinity));
+    /** @type {number[][]} */
     this.sequences = Array.from({ length: beamSize }, () => []);
     /** @type {[number, number[], boolean][]} */
     this.done = [];

@@ -6,7 +6,8 @@
 import jpeg from 'jpeg-js';
 import { PNG } from 'pngjs';
 import { ImageError } from './errors.js';
-import { applyOrientation, checkImageSize, jpegOrientation, pngInfo, rgbaToRgb } from './preprocess.js';
+import { jpegFrame, jpegOrientation, pngInfo } from './image-file.js';
+import { applyOrientation, checkImageSize, rgbaToRgb } from './preprocess.js';
 
 let sharpModule; // undefined: not tried yet; null: sharp cannot load here (no prebuilt binary for the platform)
 
@@ -34,22 +35,6 @@ async function loadSharp() {
  */
 export async function jpegDecoder() {
   return (await loadSharp()) ? 'sharp' : 'jpeg-js';
-}
-
-/** A JPEG's size and number of components from its SOF marker, or null. @param {Uint8Array} b */
-function jpegFrame(b) {
-  let i = 2;
-  while (i + 9 < b.length && b[i] === 0xff) {
-    const marker = b[i + 1];
-    if (marker === 0xd8 || (marker >= 0xd0 && marker <= 0xd7) || marker === 0x01) { i += 2; continue; }
-    const length = (b[i + 2] << 8) | b[i + 3];
-    if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
-      return { width: (b[i + 7] << 8) | b[i + 8], height: (b[i + 5] << 8) | b[i + 6], components: b[i + 9] };
-    }
-    if (marker === 0xda) break;
-    i += 2 + length;
-  }
-  return null;
 }
 
 const oneLine = (e) => String((e && e.message) || e).split(/\s+/).join(' ').trim() || 'unknown error';

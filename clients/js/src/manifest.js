@@ -1,19 +1,15 @@
 // capkit.json's schema, as runtime/manifest.py check_manifest reads it: the same fields, ranges and
 // one-line messages ("<field path>: <problem>"); the caller puts the bundle's name in front.
 
+import {
+  DECODING_FIELDS, DEFAULT_INTERPOLATION, DEFAULT_OPTIONS, FORMAT_VERSION, GRAPH_FORMATS, INTERPOLATIONS, LEGACY_DECODING_KEYS,
+  MANIFEST_NAME, MAX_MANIFEST_DEPTH, PRECISIONS, PREPROCESS_KEYS, SPECIAL_TOKEN_IDS, SPECIAL_TOKENS,
+} from './constants.generated.js';
 import { BundleError, DEFAULT_LIMITS, formatG, show } from './errors.js';
-import { verifyOptions } from './decoding.js';
+import { verifyOptions } from './options.js';
 
-export const FORMAT_VERSION = 1;
-export const MANIFEST_NAME = 'capkit.json';
-const SPECIAL_TOKENS = ['<pad>', '<start>', '<end>', '<unk>'];
-const PRECISIONS = ['fp32', 'fp16', 'int8'];
-const GRAPH_FORMATS = ['onnx', 'ort'];
-const INTERPOLATIONS = ['nearest', 'bilinear', 'bicubic', 'lanczos'];
-const PREPROCESS_KEYS = ['resize', 'crop', 'mean', 'std', 'interpolation'];
-const DECODING_FIELDS = ['temperature', 'top_k', 'top_p', 'beam', 'seed'];
-const LEGACY_DECODING_KEYS = { beam_size: 'beam', max_length: null };
-const MAX_DEPTH = 64;
+export { FORMAT_VERSION, MANIFEST_NAME };
+
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f-\u009f\ud800-\udfff]/;
 // eslint-disable-next-line no-control-regex
@@ -74,9 +70,10 @@ function distinct(list, path) {
 }
 
 function depthOk(value, most) {
+  /** @type {[any, number][]} */
   const stack = [[value, 1]];
   while (stack.length) {
-    const [item, depth] = stack.pop();
+    const [item, depth] = /** @type {[any, number]} */ (stack.pop());
     for (const child of Object.values(item)) {
       if (child !== null && typeof child === 'object') {
         if (depth + 1 > most) return false;
@@ -93,7 +90,7 @@ function vocabulary(value, limits) {
     throw fail('vocab', `${value.length} words is over the limit of ${formatG(limits.max_vocab_size)} (Limits.max_vocab_size; raise it to allow more)`);
   }
   if (SPECIAL_TOKENS.some((t, i) => value[i] !== t)) {
-    throw fail('vocab', `must start with ${SPECIAL_TOKENS.join(', ')}, got ${show(value.slice(0, 4))}`);
+    throw fail('vocab', `must start with ${SPECIAL_TOKENS.join(', ')}, got ${show(value.slice(0, SPECIAL_TOKENS.length))}`);
   }
   const seen = new Map();
   value.forEach((word, i) => {
@@ -106,8 +103,9 @@ function vocabulary(value, limits) {
   return value;
 }
 
+/** The ids of <pad> <start> <end> <unk>: exactly the vocabulary's; returns them. */
 function specialTokens(value, vocab) {
-  const expected = { pad: 0, start: 1, end: 2, unk: 3 };
+  const expected = SPECIAL_TOKEN_IDS;
   object(value, 'special_tokens');
   for (const [key, id] of Object.entries(value)) {
     if (!(key in expected)) throw fail('special_tokens', `unknown token ${show(key.slice(0, 40))} (known: ${Object.keys(expected).join(', ')})`);
@@ -115,22 +113,23 @@ function specialTokens(value, vocab) {
     if (id !== expected[key]) throw fail(`special_tokens.${key}`, `is ${id}, but the vocabulary has ${vocab[expected[key]]} at ${expected[key]}`);
   }
   for (const key of Object.keys(expected)) if (!(key in value)) throw fail(`special_tokens.${key}`, 'missing');
+  return /** @type {SpecialTokens} */ ({ ...value });
 }
 
 function preprocessSpec(data) {
   if (!isObject(data)) throw fail('preprocess', `must be an object, got ${jsonType(data)}`);
   const unknown = Object.keys(data).filter((k) => !PREPROCESS_KEYS.includes(k));
   if (unknown.length) throw fail('preprocess', `unknown key ${show(unknown[0].slice(0, 40))} (known: ${PREPROCESS_KEYS.join(', ')})`);
-  const missing = PREPROCESS_KEYS.slice(0, 4).filter((k) => !(k in data));
+  const missing = PREPROCESS_KEYS.slice(0, -1).filter((k) => !(k in data));
   if (missing.length) throw fail(`preprocess.${missing[0]}`, 'missing');
-  const interpolation = data.interpolation ?? 'bilinear';
+  const interpolation = data.interpolation ?? DEFAULT_INTERPOLATION;
   if (typeof interpolation !== 'string' || !INTERPOLATIONS.includes(interpolation)) {
     throw fail('preprocess.interpolation', `must be one of ${INTERPOLATIONS.join(', ')}, got ${show(interpolation)}`);
   }
   for (const key of ['resize', 'crop']) {
     if (!isInt(data[key]) || data[key] < 1) throw fail(`preprocess.${key}`, `must be an integer >= 1, got ${show(data[key])}`);
   }
-  for (const [key, positive] of [['mean', false], ['std', true]]) {
+  for (const [key, positive] of /** @type {[string, boolean][]} */ ([['mean', false], ['std', true]])) {
     const v = data[key];
     if (!(Array.isArray(v) && v.length === 3 && v.every((x) => typeof x === 'number' && Number.isFinite(x) && (!positive || x > 0)))) {
       throw fail(`preprocess.${key}`, `must be 3 finite numbers${positive ? ' > 0' : ''}, got ${show(v)}`);
@@ -183,9 +182,12 @@ function decodingBlock(data) {
   return values;
 }
 
+/** @typedef {{pad: number, start: number, end: number, unk: number}} SpecialTokens */
+
 /**
  * @typedef {object} Manifest
  * @property {string[]} vocab
+ * @property {SpecialTokens} specialTokens the ids of <pad> <start> <end> <unk> in vocab, as the manifest states them
  * @property {number} maxLength
  * @property {import('./preprocess.js').PreprocessSpec} preprocess
  * @property {ReturnType<typeof encoderGraph>} encoder
@@ -197,18 +199,18 @@ function decodingBlock(data) {
 
 /**
  * check_manifest: a parsed capkit.json, every field checked once. Throws BundleError, one line.
- * @param {any} data @returns {Manifest}
+ * @param {any} data @param {import('./errors.js').Limits} [limits] @returns {Manifest}
  */
 export function checkManifest(data, limits = DEFAULT_LIMITS) {
   if (!isObject(data)) throw fail(MANIFEST_NAME, `must be a JSON object, got ${jsonType(data)}`);
-  if (!depthOk(data, MAX_DEPTH)) throw fail(MANIFEST_NAME, `nested deeper than ${MAX_DEPTH} levels`);
+  if (!depthOk(data, MAX_MANIFEST_DEPTH)) throw fail(MANIFEST_NAME, `nested deeper than ${MAX_MANIFEST_DEPTH} levels`);
   const version = field(data, 'format_version', '');
   // JSON.parse reads 1.0 as 1: the raw text is checked by parseManifest
   if (!isInt(version) || version !== FORMAT_VERSION) {
     throw fail('format_version', `must be the integer ${FORMAT_VERSION} (the version this capkit reads), got ${show(version)}`);
   }
   const vocab = vocabulary(field(data, 'vocab', ''), limits);
-  specialTokens(field(data, 'special_tokens', ''), vocab);
+  const special = specialTokens(field(data, 'special_tokens', ''), vocab);
   const maxLength = int(field(data, 'max_length', ''), 'max_length', limits, 'max_length');
   const preprocess = preprocessSpec(field(data, 'preprocess', ''));
   int(preprocess.resize, 'preprocess.resize', limits, 'max_resize');
@@ -232,17 +234,17 @@ export function checkManifest(data, limits = DEFAULT_LIMITS) {
   }
   let decoding;
   try {
-    decoding = verifyOptions({ temperature: 0, top_k: null, top_p: null, beam: 1, seed: null, ...given, max_length: maxLength }, limits);
+    decoding = verifyOptions({ ...DEFAULT_OPTIONS, ...given, max_length: maxLength }, limits);
   } catch (e) {
     throw new BundleError(`decoding: ${e.message}`);
   }
-  return { vocab, maxLength, preprocess, encoder, decoder, precision, graphFormat, decoding };
+  return { vocab, specialTokens: special, maxLength, preprocess, encoder, decoder, precision, graphFormat, decoding };
 }
 
 /**
  * capkit.json's text -> the checked Manifest. JSON.parse cannot tell 1 from 1.0, so a format_version
  * written as a float is refused on the text itself.
- * @param {string} text
+ * @param {string} text @param {import('./errors.js').Limits} [limits]
  */
 export function parseManifest(text, limits = DEFAULT_LIMITS) {
   let data;

@@ -9,12 +9,12 @@ import { createHash } from 'node:crypto';
 import { closeSync, constants, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import { join, resolve, sep } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { Captioner as Core } from './captioner.js';
+import { Captioner as Core, checkThreads } from './captioner.js';
 import { BundleError, ImageError } from './errors.js';
 import { decodeImageBytes } from './image-node.js';
 
 export * from './errors.js';
-export { verifyOptions } from './decoding.js';
+export { DEFAULT_OPTIONS, OPTION_NAMES, verifyOptions } from './options.js';
 export { defaultRng } from './random.js';
 export { parseManifest, checkManifest } from './manifest.js';
 
@@ -49,10 +49,11 @@ function readRegular(path, maxBytes, fail) {
 export class Captioner extends Core {
   /**
    * A bundle folder -> a ready Captioner.
-   * @param {string} folder @param {{threads?: number, limits?: object}} [settings]
+   * @param {string} folder @param {{threads?: number, limits?: Partial<import('./errors.js').Limits>}} [settings]
    * @returns {Promise<Captioner>}
    */
   static async create(folder, { threads, limits } = {}) {
+    checkThreads(threads, limits);
     const root = resolve(String(folder));
     let st;
     try {

@@ -4,7 +4,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { BundleError, Captioner, ImageError } from '../src/node.js';
+import { BundleError, Captioner, ImageError, LimitError } from '../src/node.js';
 import { decodeImageBytes } from '../src/image-node.js';
 import { DEFAULT_LIMITS } from '../src/errors.js';
 import { checkManifest, parseManifest } from '../src/manifest.js';
@@ -58,6 +58,10 @@ test('a graph whose sha256 differs from the manifest is refused before it is loa
   writeFileSync(join(folder, 'capkit.json'), '{"format_version": 1, ');
   await assert.rejects(Captioner.create(folder), (e) => e instanceof BundleError && e.message.startsWith(`${folder}: capkit.json: not a valid JSON manifest`));
   await assert.rejects(Captioner.create(join(folder, 'none')), /no such bundle folder/);
+  await assert.rejects(Captioner.create(folder, { threads: 0 }), (e) => e.message === 'threads must be an integer >= 1, got 0');
+  const most = DEFAULT_LIMITS.max_threads;
+  await assert.rejects(Captioner.create(folder, { threads: most + 1 }),
+    (e) => e instanceof LimitError && e.message === `threads ${most + 1} is over the limit of ${most} (Limits.max_threads; raise it to allow more)`);
 });
 
 test('corrupt and unknown image bytes give one ImageError line', async () => {

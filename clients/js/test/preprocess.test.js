@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { applyOrientation, normalize, resize, resizeAndCrop, resizedSize, rgbaToRgb, tiffOrientation } from '../src/preprocess.js';
+import { tiffOrientation } from '../src/image-file.js';
+import { applyOrientation, normalize, resizeAndCrop, resizedSize, rgbaToRgb } from '../src/preprocess.js';
+import { resize } from '../src/resample.js';
 
 const cases = JSON.parse(readFileSync(new URL('./fixtures/pillow_resize.json', import.meta.url), 'utf8'));
 

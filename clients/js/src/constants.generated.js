@@ -11,18 +11,57 @@ export const DEFAULT_OPTIONS = Object.freeze({
   seed: null,
 });
 
-/** each option's type: 'integer' or 'number' (its annotation in DecodingOptions) */
-export const OPTION_KINDS = Object.freeze({
-  temperature: 'number',
-  top_k: 'integer',
-  top_p: 'number',
-  beam: 'integer',
-  max_length: 'integer',
-  seed: 'integer',
+/** each option's declared check, in DecodingOptions' order (runtime/decoding.py option()): kind, null allowed, range minimum <= v or above < v <= maximum, the Limits field */
+export const OPTION_CHECKS = Object.freeze({
+  temperature: Object.freeze({
+    kind: 'number',
+    optional: false,
+    minimum: 0,
+    above: null,
+    maximum: null,
+    limit: null,
+  }),
+  top_k: Object.freeze({
+    kind: 'integer',
+    optional: true,
+    minimum: 1,
+    above: null,
+    maximum: null,
+    limit: null,
+  }),
+  top_p: Object.freeze({
+    kind: 'number',
+    optional: true,
+    minimum: null,
+    above: 0,
+    maximum: 1,
+    limit: null,
+  }),
+  beam: Object.freeze({
+    kind: 'integer',
+    optional: false,
+    minimum: 1,
+    above: null,
+    maximum: null,
+    limit: 'max_beam',
+  }),
+  max_length: Object.freeze({
+    kind: 'integer',
+    optional: false,
+    minimum: 1,
+    above: null,
+    maximum: null,
+    limit: 'max_length',
+  }),
+  seed: Object.freeze({
+    kind: 'integer',
+    optional: true,
+    minimum: 0,
+    above: null,
+    maximum: null,
+    limit: null,
+  }),
 });
-
-/** the options that may not be null (not Optional in DecodingOptions) */
-export const REQUIRED_OPTIONS = Object.freeze(['temperature', 'beam', 'max_length']);
 
 /** Limits(): every limit and its default (runtime/limits.py) */
 export const DEFAULT_LIMITS = Object.freeze({
@@ -49,7 +88,7 @@ export const SPECIAL_TOKEN_IDS = Object.freeze({
   unk: 3,
 });
 
-/** the manifest's format_version that this runtime reads (runtime/bundle.py) */
+/** the manifest's format_version that this runtime reads (runtime/manifest.py) */
 export const FORMAT_VERSION = 1;
 
 /** the manifest's file name in a bundle */

@@ -2,8 +2,8 @@
 // (constants.generated.js), and verifyOptions checks them as verify_options does, with the same one-line
 // messages (test/fixtures/option_checks.json holds Python's answers; test/options.test.js compares).
 
-import { DEFAULT_OPTIONS, OPTION_KINDS, REQUIRED_OPTIONS } from './constants.generated.js';
-import { DEFAULT_LIMITS, DecodingOptionsError, checkLimit, pythonRepr } from './errors.js';
+import { DEFAULT_OPTIONS, OPTION_CHECKS } from './constants.generated.js';
+import { DEFAULT_LIMITS, DecodingOptionsError, checkLimit, formatG, pythonRepr } from './errors.js';
 
 export { DEFAULT_OPTIONS };
 
@@ -22,50 +22,55 @@ export const OPTION_NAMES = Object.freeze(Object.keys(DEFAULT_OPTIONS));
 
 const isInt = (/** @type {unknown} */ v) => (typeof v === 'number' && Number.isInteger(v)) || typeof v === 'bigint';
 const isNumber = (/** @type {unknown} */ v) => typeof v === 'number' || typeof v === 'bigint';
-const IS_KIND = { integer: isInt, number: isNumber };
-const flag = (/** @type {string} */ name) => name.replace('_', '-'); // top_k -> top-k, as verify_options names it
+const label = (/** @type {string} */ name) => name.replace('_', '-'); // top_k -> top-k, as verify_options names it
 
-/** The type checks: integers first, then numbers, each in DecodingOptions' order (as verify_options). */
-function checkTypes(/** @type {Record<string, any>} */ options) {
-  for (const kind of /** @type {const} */ (['integer', 'number'])) {
-    for (const name of OPTION_NAMES.filter((n) => OPTION_KINDS[n] === kind)) {
-      const value = options[name];
-      if (!IS_KIND[kind](value) && (value != null || REQUIRED_OPTIONS.includes(name))) {
-        throw new DecodingOptionsError(`${flag(name)} must be ${kind === 'integer' ? 'an integer' : 'a number'}, got ${pythonRepr(value)}`);
-      }
-      if (kind === 'number' && typeof value === 'bigint' && !Number.isFinite(Number(value))) {
-        throw new DecodingOptionsError(`${flag(name)} must be a finite number, got an integer of ${String(value).length} digits`);
-      }
-    }
+/**
+ * One option checked as its DecodingOptions field declares (OPTION_CHECKS), as runtime/decoding.py's _checked.
+ * @param {string} name @param {any} value @param {(typeof OPTION_CHECKS)[keyof typeof OPTION_CHECKS]} check
+ * @returns {number|bigint}
+ */
+function checked(name, value, check) {
+  const refuse = (/** @type {string} */ message) => new DecodingOptionsError(`${label(name)} must be ${message}`);
+  const { minimum, above, maximum } = /** @type {{minimum: number|null, above: number|null, maximum: number|null}} */ (check);
+  if (check.kind === 'integer') {
+    if (!isInt(value)) throw refuse(`an integer, got ${pythonRepr(value)}`);
+    if (minimum != null && value < minimum) throw refuse(`an integer >= ${formatG(minimum)}, got ${pythonRepr(value)}`);
+    return value;
   }
+  if (!isNumber(value)) throw refuse(`a number, got ${pythonRepr(value)}`);
+  const number = Number(value);
+  if (typeof value === 'bigint' && !Number.isFinite(number)) {
+    throw refuse(`a finite number, got an integer of ${String(value).length} digits`);
+  }
+  if (minimum != null && !(Number.isFinite(number) && number >= minimum)) {
+    throw refuse(`a finite number >= ${formatG(minimum)}, got ${pythonRepr(value)}`);
+  }
+  if (maximum != null && !(Number(above) < number && number <= maximum)) {
+    throw refuse(`in (${formatG(Number(above))}, ${formatG(maximum)}], got ${pythonRepr(value)}`);
+  }
+  return number;
 }
 
 /**
- * verify_options: every option's type and range, and the limits (max_length, beam); returns plain
- * numbers (a seed stays as given). Throws DecodingOptionsError or LimitError with one line naming the option.
+ * verify_options: every option's type and range, and its limit, in DecodingOptions' order, then the rule
+ * that beam search is deterministic; returns plain numbers (a seed stays as given). Throws
+ * DecodingOptionsError or LimitError with one line naming the option, as Python does.
  * @param {Record<string, any>} options every option (DEFAULT_OPTIONS with some set) @param {import('./errors.js').Limits} [limits]
  * @returns {DecodingOptions}
  */
 export function verifyOptions(options, limits = DEFAULT_LIMITS) {
-  checkTypes(options);
-  const { top_k: topK, top_p: topP, beam, max_length: maxLength, seed } = options;
-  const t = Number(options.temperature);
-  const refuse = (/** @type {string} */ message) => new DecodingOptionsError(message);
-  if (!Number.isFinite(t) || t < 0) throw refuse(`temperature must be a finite number >= 0, got ${pythonRepr(options.temperature)}`);
-  if (topK != null && topK < 1) throw refuse(`top-k must be an integer >= 1, got ${pythonRepr(topK)}`);
-  if (topP != null && !(Number(topP) > 0 && Number(topP) <= 1)) throw refuse(`top-p must be in (0, 1], got ${pythonRepr(topP)}`);
-  if (beam < 1) throw refuse(`beam must be an integer >= 1, got ${pythonRepr(beam)}`);
-  if (beam > 1 && (t > 0 || topK || topP)) throw refuse('beam search is deterministic: use it with temperature 0 and no top-k/top-p');
-  if (maxLength < 1) throw refuse(`max-length must be an integer >= 1, got ${pythonRepr(maxLength)}`);
-  if (seed != null && seed < 0) throw refuse(`seed must be >= 0, got ${pythonRepr(seed)}`);
-  checkLimit(limits, 'max_length', Number(maxLength), 'max-length');
-  checkLimit(limits, 'max_beam', Number(beam), 'beam');
-  return {
-    temperature: t,
-    top_k: topK == null ? null : Number(topK),
-    top_p: topP == null ? null : Number(topP),
-    beam: Number(beam),
-    max_length: Number(maxLength),
-    seed: seed == null ? null : seed,
-  };
+  /** @type {Record<string, any>} */
+  const values = {};
+  for (const [name, check] of Object.entries(OPTION_CHECKS)) {
+    const value = options[name];
+    values[name] = value == null && check.optional ? null : checked(name, value, check);
+    if (check.limit != null) checkLimit(limits, check.limit, Number(values[name]), label(name));
+  }
+  const { temperature, top_k: topK, top_p: topP, beam } = values;
+  if (beam > 1 && (temperature > 0 || topK || topP)) {
+    throw new DecodingOptionsError('beam search is deterministic: use it with temperature 0 and no top-k/top-p');
+  }
+  const plain = (/** @type {any} */ v) => (v == null ? null : Number(v));
+  return { temperature: Number(temperature), top_k: plain(topK), top_p: plain(topP), beam: Number(beam),
+    max_length: Number(values.max_length), seed: values.seed };
 }

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import re
 import sys
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[3]  # the repository root, i.e. the capk
 if ROOT.name == "capkit" and str(ROOT.parent) not in sys.path[:1]:
     sys.path.insert(0, str(ROOT.parent))  # this checkout's capkit, not another one installed
 
-from capkit.runtime import bundle, decoding, vocab  # noqa: E402
+from capkit.runtime import decoding, manifest, vocab  # noqa: E402
 from capkit.runtime.errors import CapkitError  # noqa: E402
 from capkit.runtime.limits import DEFAULT_LIMITS  # noqa: E402
 from capkit.runtime.preprocess import INTERPOLATIONS, PreprocessSpec  # noqa: E402
@@ -38,42 +37,40 @@ COMMAND = "python clients/js/tools/generate_constants.py"
 _IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
 
 
-def option_kind(annotation: Any) -> str:
-    """'integer' or 'number': what an option's type annotation (int, float, Optional[...]) asks for."""
-    kinds = {arg for arg in (typing.get_args(annotation) or (annotation,)) if arg is not type(None)}
-    if kinds == {int}:
-        return "integer"
-    if kinds == {float}:
-        return "number"
-    raise TypeError(f"DecodingOptions annotation {annotation!r} is neither int nor float: teach option_kind")
+KINDS = {int: "integer", float: "number"}  # a DecodingOptions field's declared kind, in JavaScript's words
+
+
+def option_field(f: dataclasses.Field) -> dict[str, Any]:
+    """What verify_options checks of one DecodingOptions field, as its ``option(...)`` declares it."""
+    spec = f.metadata
+    return {"kind": KINDS[spec["kind"]], "optional": f.default is None,
+            **{key: spec[key] for key in ("minimum", "above", "maximum", "limit")}}
 
 
 def constants() -> dict[str, tuple[str, Any]]:
     """Each exported name -> (its comment, its value), in the order written."""
-    hints = typing.get_type_hints(decoding.DecodingOptions)
     options = dataclasses.fields(decoding.DecodingOptions)
     return {
         "DEFAULT_OPTIONS": ("DecodingOptions(): every option and its default (runtime/decoding.py)",
                             {f.name: f.default for f in options}),
-        "OPTION_KINDS": ("each option's type: 'integer' or 'number' (its annotation in DecodingOptions)",
-                         {f.name: option_kind(hints[f.name]) for f in options}),
-        "REQUIRED_OPTIONS": ("the options that may not be null (not Optional in DecodingOptions)",
-                             [f.name for f in options if type(None) not in typing.get_args(hints[f.name])]),
+        "OPTION_CHECKS": ("each option's declared check, in DecodingOptions' order (runtime/decoding.py option()): "
+                          "kind, null allowed, range minimum <= v or above < v <= maximum, the Limits field",
+                          {f.name: option_field(f) for f in options}),
         "DEFAULT_LIMITS": ("Limits(): every limit and its default (runtime/limits.py)",
                            dataclasses.asdict(DEFAULT_LIMITS)),
         "SPECIAL_TOKENS": ("the first words of every vocabulary, in id order (runtime/vocab.py)",
                            list(vocab.SPECIAL_TOKENS)),
         "SPECIAL_TOKEN_IDS": ("a manifest's special_tokens: each one's id (Vocabulary.special_token_ids)",
                               vocab.Vocabulary(vocab.SPECIAL_TOKENS).special_token_ids()),
-        "FORMAT_VERSION": ("the manifest's format_version that this runtime reads (runtime/bundle.py)",
-                           bundle.FORMAT_VERSION),
-        "MANIFEST_NAME": ("the manifest's file name in a bundle", bundle.MANIFEST_NAME),
-        "MAX_MANIFEST_DEPTH": ("most nesting of arrays and objects in a manifest", bundle.MAX_MANIFEST_DEPTH),
-        "PRECISIONS": ("a manifest's precision values", list(bundle.PRECISIONS)),
-        "GRAPH_FORMATS": ("a manifest's graph_format values", list(bundle.GRAPH_FORMATS)),
-        "DECODING_FIELDS": ("a manifest's decoding keys (max_length is top level)", list(bundle.DECODING_FIELDS)),
+        "FORMAT_VERSION": ("the manifest's format_version that this runtime reads (runtime/manifest.py)",
+                           manifest.FORMAT_VERSION),
+        "MANIFEST_NAME": ("the manifest's file name in a bundle", manifest.MANIFEST_NAME),
+        "MAX_MANIFEST_DEPTH": ("most nesting of arrays and objects in a manifest", manifest.MAX_MANIFEST_DEPTH),
+        "PRECISIONS": ("a manifest's precision values", list(manifest.MANIFEST_PRECISIONS)),
+        "GRAPH_FORMATS": ("a manifest's graph_format values", list(manifest.GRAPH_FORMATS)),
+        "DECODING_FIELDS": ("a manifest's decoding keys (max_length is top level)", list(manifest.DECODING_FIELDS)),
         "LEGACY_DECODING_KEYS": ("decoding keys of older exports -> the option they mean (null: ignored)",
-                                 dict(bundle.LEGACY_DECODING_KEYS)),
+                                 dict(manifest.LEGACY_DECODING_KEYS)),
         "PREPROCESS_KEYS": ("a manifest's preprocess keys; all but the last are required (PreprocessSpec.KEYS)",
                             list(PreprocessSpec.KEYS)),
         "INTERPOLATIONS": ("a manifest's preprocess.interpolation values (runtime/preprocess.py)",

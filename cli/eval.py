@@ -10,6 +10,7 @@ and decoding options as ``capkit caption``.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import click
@@ -54,7 +55,8 @@ def eval_command(model: Optional[str], checkpoint: Optional[str], data: Optional
                  split: str, temps: Optional[str], limit: Optional[int], batch_size: int, device: str,
                  threads: Optional[int], progress: bool, as_json: bool, **options) -> None:
     """BLEU-1..4 and CIDEr on a split, per temperature (the seed report's Table 2 with --temps), of a
-    checkpoint (default: runs/latest) or, with --model, a bundle."""
+    checkpoint (default: runs/latest) or, with --model, a bundle; on synthetic data also fact accuracy: the
+    share of captions that state the scene the generator recorded exactly right, and each kind of fact."""
     decoding = pop_decoding(options)
     temperature, sweep = decoding.pop("temperature"), parse_temperatures(temps)
     if sweep is not None and temperature is not None:
@@ -63,7 +65,8 @@ def eval_command(model: Optional[str], checkpoint: Optional[str], data: Optional
     decoding["seed"] = EVAL_SEED if decoding["seed"] is None else decoding["seed"]
     with user_errors():
         from capkit.training.datasets import load_dataset
-        from capkit.training.evaluate import evaluate, format_table
+        from capkit.training.evaluate import FACTS_LEGEND, evaluate, format_table
+        from capkit.training.synthetic import fact_check
 
         for t in temperatures:
             check_given_options(temperature=t, **decoding)  # before the model and the data are loaded
@@ -74,9 +77,12 @@ def eval_command(model: Optional[str], checkpoint: Optional[str], data: Optional
         splits = load_dataset(source, image_dir)
         if not splits.get(split):
             raise CapkitError(f"{source}: split {split!r} is empty or missing")
+        facts = fact_check(source, split) if os.path.isdir(source) else None  # synthetic data: its scenes
         results = evaluate(captioner, splits[split], temperatures, limit=limit, progress=progress, status=status,
-                           batch_size=batch_size, **decoding)
+                           batch_size=batch_size, facts=facts, **decoding)
     status(f"{results[0].images} {split} images of {source}")
+    if results[0].facts is not None:
+        status(FACTS_LEGEND)
     if as_json:
         echo_json({"split": split, "data": source, "results": [r.to_dict() for r in results],
                    "ceiling": results.ceiling})

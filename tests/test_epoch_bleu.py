@@ -12,7 +12,7 @@ from capkit.models import CaptionModelConfig
 from capkit.training.checkpoint import LAST
 from capkit.training.data import resolve_dataset
 from capkit.training.evaluate import evaluate
-from capkit.training.synthetic import generate_synthetic
+from capkit.training.synthetic import fact_check, generate_synthetic
 from capkit.training.torch_inference import checkpoint_captioner
 from capkit.training.train import TrainConfig, plot_history, train
 
@@ -40,8 +40,22 @@ def test_history_has_the_greedy_bleu4_of_the_validation_subset(dataset, tmp_path
     # the last epoch's figure is what evaluating last.pt on the same 5 images gives
     _, splits = resolve_dataset(str(dataset), None, progress=False)
     report = evaluate(checkpoint_captioner(result.run_dir / LAST, device="cpu"), splits["val"][:5], (0.0,),
-                      progress=False, ceiling=False)
+                      progress=False, ceiling=False, facts=fact_check(dataset, "val"))
     assert history[-1]["val_bleu4"] == pytest.approx(report[0].bleu4, abs=1e-9)
+    # and the share of those captions stating their scene exactly right, as `capkit eval` computes it
+    assert history[-1]["val_facts"] == report[0].facts["exact"]
+
+
+def test_data_without_scenes_has_no_fact_accuracy(dataset, tmp_path):
+    """A foreign folder (here: the synthetic set without its meta.json) records no scenes: absent, not zero."""
+    import shutil
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(dataset, foreign)
+    (foreign / "meta.json").unlink()
+    assert fact_check(foreign, "val") is None
+    result = run(foreign, tmp_path / "runs", epochs=1, bleu_images=5)
+    assert "val_bleu4" in result.history[0] and "val_facts" not in result.history[0]
 
 
 def test_bleu_images_zero_turns_it_off(dataset, tmp_path):

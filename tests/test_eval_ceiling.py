@@ -87,7 +87,13 @@ def test_eval_cli_shows_the_ceiling(tmp_path):
     report = json.loads(out.stdout)
     assert set(report["ceiling"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider"}
     assert 0 < report["ceiling"]["bleu1"] <= 1
+    facts = report["results"][0]["facts"]  # synthetic data: fact accuracy, each kind of fact apart
+    assert list(facts) == ["exact", "objects", "sizes", "colours", "shapes", "background", "position"]
+    assert all(0.0 <= v <= 1.0 for v in facts.values()) and facts["exact"] <= min(facts["objects"], facts["shapes"])
     text = runner.invoke(main, ["eval", "--checkpoint", str(result.run_dir), "--no-progress", "--device", "cpu"])
     assert text.exit_code == 0, text.output
     last = text.stdout.strip().splitlines()[-1]
     assert last.startswith(CEILING_LABEL) and f"{report['ceiling']['bleu4']:.3f}" in last
+    assert text.stdout.splitlines()[0].split()[-7:] == ["facts", "objects", "sizes", "colours", "shapes", "background",
+                                                        "position"]
+    assert "exactly right" in text.stderr

@@ -23,6 +23,7 @@ from capkit.runtime.image_files import ImageError
 from capkit.runtime.vocab import tokenize
 from capkit.training import log_to_stderr
 from capkit.training.datasets import CaptionedImage
+from capkit.training.synthetic.facts import FactCheck
 
 DEFAULT_TEMPERATURES = (0.0, 0.1, 0.2, 0.7, 1.0, 1.5, 2.0)  # the seed report's Table 2
 
@@ -40,9 +41,14 @@ class EvalResult:
     bleu4: float
     cider: float
     images: int
+    facts: Optional[dict[str, float]] = None  # fact accuracy (synthetic data: FactCheck.score); None: no scenes
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The JSON form; ``facts`` is absent (not zero) for data that records no scenes."""
+        data = asdict(self)
+        if self.facts is None:
+            del data["facts"]
+        return data
 
 
 class EvalReport(list):
@@ -117,11 +123,12 @@ def generate_captions(captioner: Captioner, records: Sequence[CaptionedImage], t
 def evaluate(captioner: Captioner, records: Sequence[CaptionedImage],
              temperatures: Sequence[Optional[float]] = DEFAULT_TEMPERATURES, *, limit: Optional[int] = None,
              progress: bool = True, status: Status = log_to_stderr, batch_size: int = DEFAULT_BATCH_SIZE,
-             ceiling: bool = True, **options: Any) -> EvalReport:
+             ceiling: bool = True, facts: Optional[FactCheck] = None, **options: Any) -> EvalReport:
     """BLEU-1..4 and CIDEr of ``captioner``'s captions of ``records``, one result per temperature (an
     :class:`EvalReport`, a list), with the references' own ceiling on the images scored (``ceiling``:
-    whether to compute it). ``options``: the other decoding options (top_k, top_p, beam, max_length,
-    seed), as ``captioner.options``."""
+    whether to compute it), and fact accuracy against ``facts``' scenes (synthetic data:
+    ``capkit.training.synthetic.fact_check``). ``options``: the other decoding options (top_k, top_p, beam,
+    max_length, seed), as ``captioner.options``."""
     records = list(records)[:limit] if limit else list(records)
     captions = generate_captions(captioner, records, temperatures, progress=progress, status=status,
                                  batch_size=batch_size, **options)
@@ -132,7 +139,8 @@ def evaluate(captioner: Captioner, records: Sequence[CaptionedImage],
             raise EvaluationError("no readable image to evaluate")
         scores = score_captions(references, captions[t])
         results.append(EvalResult(temperature=captioner.options(temperature=t, **options).temperature,
-                                  images=len(references), **scores))
+                                  images=len(references), facts=facts.score(captions[t]) if facts else None,
+                                  **scores))
     if ceiling:
         scored = [r for r in records if r.image_id in captions[temperatures[0]]]
         results.ceiling = reference_ceiling(scored)
@@ -140,6 +148,8 @@ def evaluate(captioner: Captioner, records: Sequence[CaptionedImage],
 
 
 CEILING_LABEL = "references (ceiling)"
+FACTS_LEGEND = ("facts: the share of captions stating their scene exactly right; objects: every object with every "
+                "attribute; then each attribute and each scene-wide fact (right, or not stated)")
 
 
 def format_table(results: Sequence[EvalResult], ceiling: Optional[dict[str, float]] = None) -> str:
@@ -148,11 +158,18 @@ def format_table(results: Sequence[EvalResult], ceiling: Optional[dict[str, floa
     if ceiling is None:
         ceiling = getattr(results, "ceiling", None)
     width = max(11, len(CEILING_LABEL)) if ceiling else 11
-    lines = [f"{'Temperature':>{width}}  {'BLEU-1':>6}  {'BLEU-2':>6}  {'BLEU-3':>6}  {'BLEU-4':>6}  {'CIDEr':>6}"]
+    fact_keys = list(results[0].facts) if results and results[0].facts else []
+    header = f"{'Temperature':>{width}}  {'BLEU-1':>6}  {'BLEU-2':>6}  {'BLEU-3':>6}  {'BLEU-4':>6}  {'CIDEr':>6}"
+    lines = [header + "".join(f"  {_fact_label(k):>10}" for k in fact_keys)]
     rows = [("0 (greedy)" if r.temperature == 0 else f"{r.temperature:g}", asdict(r)) for r in results]
     if ceiling:
         rows.append((CEILING_LABEL, ceiling))
     for label, s in rows:
+        facts = "".join(f"  {s['facts'][k]:10.1%}" for k in fact_keys) if s.get("facts") else ""
         lines.append(f"{label:>{width}}  {s['bleu1']:6.3f}  {s['bleu2']:6.3f}  {s['bleu3']:6.3f}  {s['bleu4']:6.3f}  "
-                     f"{s['cider']:6.3f}")
+                     f"{s['cider']:6.3f}" + facts)
     return "\n".join(lines)
+
+
+def _fact_label(key: str) -> str:
+    return "facts" if key == "exact" else key

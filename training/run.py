@@ -29,6 +29,7 @@ from capkit.runtime.vocab import MIN_VOCAB_SIZE, SPECIAL_TOKENS, Vocabulary
 from capkit.training.checkpoint import (LAST, checkpoint_payload, load_checkpoint, model_from_payload,
                                         resolve_checkpoint, save_checkpoint)
 from capkit.training.config import LR_SCHEDULES, TrainConfig
+from capkit.training.synthetic import fact_check
 from capkit.training.data import (Batch, CaptionedImages, collate, compute_features, resolve_dataset,
                                   spec_for_backbone, synthetic_image_size)
 from capkit.training.torch_inference import resolve_torch_device
@@ -167,6 +168,7 @@ class TrainingRun:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.source, self.splits = self._load_data()
+        self.val_facts = fact_check(self.source, "val")  # synthetic data: the validation scenes; else None
         self.epoch, self.step, self.best_val_loss, self.history = 0, 0, math.inf, []
         if payload is None:
             try:
@@ -314,24 +316,26 @@ class TrainingRun:
         totals = self.dist.all_sum(totals)
         return (totals[0] / totals[1].clamp(min=1)).item()
 
-    def greedy_bleu4(self) -> Optional[float]:
-        """Greedy BLEU-4 of the first ``bleu_images`` validation images (the same ones every epoch),
-        through the runtime's own decoding loop over the PyTorch model; None when off or nothing is
-        readable."""
+    def greedy_scores(self) -> tuple[Optional[float], Optional[float]]:
+        """Greedy BLEU-4 of the first ``bleu_images`` validation images (the same ones every epoch), and on
+        synthetic data the share of their captions stating the scene exactly right (None elsewhere),
+        through the runtime's own decoding loop over the PyTorch model; (None, None) when off or nothing
+        is readable."""
         from capkit.runtime.captioner import Captioner
         from capkit.training.evaluate import EvaluationError, evaluate
         from capkit.training.torch_inference import TorchInference
 
         records = self.splits["val"][:self.config.bleu_images]
         if not records:
-            return None
+            return None, None
         captioner = Captioner.from_inference(TorchInference(self.model, self.device), self.vocab, self.spec,
                                              self.config.max_length)
         try:
-            report = evaluate(captioner, records, (0.0,), progress=False, status=lambda _: None, ceiling=False)
+            report = evaluate(captioner, records, (0.0,), progress=False, status=lambda _: None, ceiling=False,
+                              facts=self.val_facts)
         except EvaluationError:
-            return None
-        return report[0].bleu4
+            return None, None
+        return report[0].bleu4, (report[0].facts or {}).get("exact")
 
     def payload(self) -> dict[str, Any]:
         """The checkpoint: the model as :func:`checkpoint_payload` has it, and what resuming needs."""

@@ -45,7 +45,8 @@ def write_history(run_dir: Path, history: list[dict[str, Any]], title: str) -> N
 
 def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
     """Train and validation loss per epoch (the seed's Figures 2-4), and beside them the greedy
-    BLEU-4 of the validation subset when the history has it (``val_bleu4``)."""
+    BLEU-4 of the validation subset when the history has it (``val_bleu4``), with the share of its
+    captions stating their scene exactly right on synthetic data (``val_facts``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,9 +65,14 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.legend()
     if scored:
         bleu = axes[0][1]
-        bleu.plot([e for e, _ in scored], [b for _, b in scored], marker="o", color="tab:green")
+        bleu.plot([e for e, _ in scored], [b for _, b in scored], marker="o", color="tab:green", label="BLEU-4")
+        facts = [(h["epoch"], h["val_facts"]) for h in history if h.get("val_facts") is not None]
+        if facts:
+            bleu.plot([e for e, _ in facts], [f for _, f in facts], marker="s", color="tab:purple",
+                      label="facts exactly right")
+            bleu.legend()
         bleu.set_xlabel("epoch")
-        bleu.set_ylabel("greedy BLEU-4")
+        bleu.set_ylabel("greedy captions")
         bleu.set_ylim(0, 1)
         bleu.set_title(f"validation subset ({history[-1].get('val_bleu_images', '?')} images)")
         bleu.grid(alpha=0.3)

@@ -141,7 +141,9 @@ def _one_epoch(run: TrainingRun, on_epoch: Optional[EpochHook]) -> tuple[bool, b
     entry = {"epoch": run.epoch, "step": run.step, "train_loss": train_loss, "val_loss": val_loss,
              "val_perplexity": math.exp(min(val_loss, 50.0)), "seconds": round(time.time() - started, 2)}
     if run.dist.master and run.config.bleu_images:
-        entry["val_bleu4"] = run.greedy_bleu4()  # greedy, on a fixed validation subset
+        entry["val_bleu4"], facts = run.greedy_scores()  # greedy, on a fixed validation subset
+        if facts is not None:  # synthetic data: the share of those captions stating their scene exactly right
+            entry["val_facts"] = facts
         entry["val_bleu_images"] = min(run.config.bleu_images, len(run.splits["val"]))
     if run.dist.master and on_epoch is not None:
         on_epoch(run, entry)
@@ -155,6 +157,7 @@ def _one_epoch(run: TrainingRun, on_epoch: Optional[EpochHook]) -> tuple[bool, b
     run.status(f"epoch {run.epoch}/{run.config.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                f"val perplexity {entry['val_perplexity']:.2f}"
                + (f", val BLEU-4 {entry['val_bleu4']:.3f}" if entry.get("val_bleu4") is not None else "")
+               + (f", facts right {entry['val_facts']:.0%}" if entry.get("val_facts") is not None else "")
                + f" ({entry['seconds']:.0f}s)" + (" *best" if improved else ""))
     return improved, reached
 

@@ -22,12 +22,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 from capkit.runtime.errors import CapkitError, check_int
+from capkit.training.synthetic.facts import FactReader
 
 META_FILE = "meta.json"
 SPLITS = ("train", "val", "test")
@@ -167,6 +168,7 @@ class Family:
     default_image_size: int  # pixels a side when the caller names no size
     templates: dict[str, tuple[str, ...]]  # recorded in meta.json: which wordings the captions come from
     cache_tag: str  # cache folder tag (training.data.synthetic_dir); "" keeps the demo's old folder names
+    facts: Optional[FactReader] = None  # reads the facts of a caption and of a scene record (fact accuracy)
 
     def params(self, count: int, seed: int, image_size: int, splits: Sequence[float]) -> dict[str, Any]:
         return {"generator": self.generator, "version": self.version, "count": count, "seed": seed,

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from capkit.runtime.vocab import tokenize
+from capkit.training.synthetic.facts import FactReader, Facts, parse_objects
 from capkit.training.synthetic.family import CAPTIONS_PER_IMAGE, Family, article, jittered, palette
 
 OBJECTS_VERSION = 1  # bump when the images or captions change, so that cached copies are regenerated
@@ -162,25 +163,32 @@ def captions_for(scene: ObjectScene, rng: np.random.Generator) -> list[str]:
     return [templates[int(j)].format(**values) for j in chosen]
 
 
-FACTS = ("objects", "colours", "backdrop")  # what a caption of this family states, checked by caption_facts
+# -- fact accuracy: an object is (colour, kind), in the scene's order (the upper one first, or the left one);
+# the scene-wide fact is the backdrop. "{a2} {c2} {o2} below/beside {a1} {c1} {o1}" names the second one first.
+_COLOUR_WORDS = {w: (0, w) for w in COLOURS}
+_OBJECT_WORDS = {**{w: (w, 1) for w in OBJECTS}, **{plural: (w, 1) for w, plural in OBJECTS.items()}}
+_BACKDROP_WORDS = {**{w: w for w in BACKDROPS}, **{noun: w for w, noun in BACKDROPS.items()}}
+_COUNT_WORDS = {word: n for n, word in COUNT_WORDS.items()}
+_SECOND_FIRST = ("below", "beside")  # the relation words of the templates that name the second object first
 
 
-def caption_facts(text: str) -> dict[str, frozenset[str]]:
-    """The objects (singular), colours and backdrop (adjective) a caption names, each as a set: what
-    BLEU cannot tell apart from wording ("a gold ring" scores nearly as well as "a gold hexagon")."""
-    singular = {plural: kind for kind, plural in OBJECTS.items()}
-    adjective = {noun: name for name, noun in BACKDROPS.items()}
+def caption_facts(text: str) -> Facts:
+    """The objects (colour, kind), in the scene's order, and the backdrop a caption states."""
     words = tokenize(text)
-    return {"objects": frozenset(singular.get(w, w) for w in words if w in OBJECTS or w in singular),
-            "colours": frozenset(w for w in words if w in COLOURS),
-            "backdrop": frozenset(adjective.get(w, w) for w in words if w in BACKDROPS or w in adjective)}
+    objects = parse_objects(words, _COLOUR_WORDS, _OBJECT_WORDS, _COUNT_WORDS, width=2)
+    if any(w in _SECOND_FIRST for w in words):
+        objects.reverse()
+    backdrop = next((_BACKDROP_WORDS[w] for w in words if w in _BACKDROP_WORDS), None)
+    return Facts(tuple(tuple(o) for o in objects), (backdrop,))
 
 
-def scene_facts(record: dict[str, Any]) -> dict[str, frozenset[str]]:
-    """The same facts from a scene as the annotations record it (``images[i]["scene"]``)."""
-    return {"objects": frozenset(o["kind"] for o in record["objects"]),
-            "colours": frozenset(o["colour"] for o in record["objects"]),
-            "backdrop": frozenset([record["backdrop"]])}
+def scene_facts(record: dict[str, Any]) -> Facts:
+    """The same facts from a scene record (:func:`_scene_record`)."""
+    return Facts(tuple((o["colour"], o["kind"]) for o in record["objects"]), (record["backdrop"],))
+
+
+FACT_READER = FactReader(attributes=("colours", "kinds"), scene_facts=("backdrop",), caption=caption_facts,
+                         scene=scene_facts)
 
 
 # ------------------------------------------------------------------------------------------- drawing
@@ -279,4 +287,4 @@ OBJECTS_FAMILY = Family(
     name="objects", generator="capkit.training.synthetic_objects", version=OBJECTS_VERSION,
     description="capkit synthetic objects-on-backdrops captioning dataset", draw=_draw_objects, extension="jpg",
     save_options={"format": "JPEG", "quality": JPEG_QUALITY, "subsampling": 0}, default_count=DEFAULT_COUNT,
-    default_image_size=DEFAULT_IMAGE_SIZE, templates=TEMPLATES, cache_tag="objects")
+    default_image_size=DEFAULT_IMAGE_SIZE, templates=TEMPLATES, cache_tag="objects", facts=FACT_READER)

@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from capkit.runtime.vocab import tokenize
+from capkit.training.synthetic.facts import FactReader, Facts, parse_objects
 from capkit.training.synthetic.family import DEFAULT_SPLITS, Family, article, jittered, palette
 
 SYNTHETIC_VERSION = 2  # bump when the images or captions change, so that cached copies are regenerated
@@ -171,12 +173,37 @@ def _draw_shapes(rng: np.random.Generator, image_size: int) -> tuple[Image.Image
     return render_scene(scene, image_size, rng), captions_for(scene), _scene_record(scene)
 
 
+# -- fact accuracy: an object is (size, colour, shape); the scene-wide facts are the background and, for one
+# shape, its position. In "{a} {c} {h}, {s}," the size follows the shape it belongs to.
+_ATTRIBUTE_WORDS = {**{w: (0, w) for w in SIZES}, **{w: (1, w) for w in COLOURS}}
+_SHAPE_WORDS = {w: (w, 2) for w in SHAPES}
+
+
+def caption_facts(text: str) -> Facts:
+    """The shapes (size, colour, shape, left to right), background and position a caption states."""
+    words = tokenize(text)
+    objects = parse_objects(words, _ATTRIBUTE_WORDS, _SHAPE_WORDS, {}, width=3, trailing=0)
+    background = next((w for w in words if w in BACKGROUNDS), None)
+    position = next((w for w in words if w in POSITIONS), None) if len(objects) == 1 else None
+    return Facts(tuple(tuple(o) for o in objects), (background, position))
+
+
+def scene_facts(record: dict[str, Any]) -> Facts:
+    """The same facts from a scene record (:func:`_scene_record`)."""
+    objects = tuple((s["size"], s["colour"], s["kind"]) for s in record["shapes"])
+    return Facts(objects, (record["background"], record["position"]))
+
+
+FACT_READER = FactReader(attributes=("sizes", "colours", "shapes"), scene_facts=("background", "position"),
+                         caption=caption_facts, scene=scene_facts)
+
+
 SHAPES_FAMILY = Family(
     name="shapes", generator="capkit.training.synthetic", version=SYNTHETIC_VERSION,
     description="capkit synthetic shapes captioning dataset", draw=_draw_shapes, extension="png",
     save_options={"format": "PNG", "compress_level": 6}, default_count=DEFAULT_COUNT,
     default_image_size=DEFAULT_IMAGE_SIZE, templates={"one shape": SINGLE_TEMPLATES, "two shapes": PAIR_TEMPLATES},
-    cache_tag="")
+    cache_tag="", facts=FACT_READER)
 
 
 def is_complete(out_dir: str | os.PathLike, count: int = DEFAULT_COUNT, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,

@@ -14,7 +14,7 @@ import click
 from click.core import ParameterSource
 
 from capkit.cli.options import config_option, device_option, echo_json, json_option, status, user_errors
-from capkit.models.config import DECODER_KINDS, CaptionModelConfig
+from capkit.models.config import DECODER_KINDS, MAX_GRID, CaptionModelConfig
 from capkit.models.presets import PRESETS
 from capkit.runtime.vocab import MIN_VOCAB_SIZE
 from capkit.training.config import LR_SCHEDULES, TrainConfig
@@ -49,6 +49,8 @@ def typed_on_command_line(name: str) -> bool:
 @config_option(TrainConfig, "embeddings", type=click.Path(exists=True, dir_okay=False),
                help="Pretrained word vectors (GloVe / word2vec text format).")
 @config_option(CaptionModelConfig, "freeze_embeddings", is_flag=True)
+@config_option(CaptionModelConfig, "image_grid", type=click.IntRange(1, MAX_GRID),
+               help="Pool the backbone's last feature map to N x N cells kept apart (1: global pooling, the seed's).")
 @config_option(CaptionModelConfig, "forget_bias", type=float,
                help="LSTM forget-gate bias at init (of bias_ih; 0 sets it to 0, not to PyTorch's small random values).")
 @config_option(TrainConfig, "epochs", type=click.IntRange(1))

@@ -110,6 +110,18 @@ def load_encoder_weights(weights_file: str | Path, backbone: nn.Module, name: st
     backbone.load_state_dict(state)
 
 
+def keep_grid(backbone: nn.Module, grid: int, width: int, name: str) -> int:
+    """Makes the backbone pool its last feature map to ``grid`` x ``grid`` cells instead of one (its flatten
+    then keeps every cell's features apart); returns the new feature width."""
+    if grid == 1:
+        return width
+    if not isinstance(getattr(backbone, "avgpool", None), nn.AdaptiveAvgPool2d):
+        raise ModelConfigError(f"image_grid {grid} needs a backbone that ends in adaptive average pooling "
+                               f"(resnet, mobilenet, efficientnet ...); {name} does not")
+    backbone.avgpool = nn.AdaptiveAvgPool2d(grid)
+    return width * grid * grid
+
+
 def build_backbone(name: str, pretrained: bool = False, weights_file: Optional[str | Path] = None) -> tuple[nn.Module, int]:
     """A torchvision backbone without its classifier, and its feature width.
 
@@ -153,7 +165,8 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, config: CaptionModelConfig, weights_file: Optional[str | Path] = None):
         super().__init__()
-        self.backbone, self.feature_dim = build_backbone(config.encoder, config.pretrained, weights_file)
+        self.backbone, width = build_backbone(config.encoder, config.pretrained, weights_file)
+        self.feature_dim = keep_grid(self.backbone, config.image_grid, width, config.encoder)
         if not (config.pretrained or weights_file):
             fresh_batch_norm_momentum(self.backbone)
         projection = [nn.Linear(self.feature_dim, config.embed_dim)]

@@ -17,8 +17,9 @@ DECODER_KINDS = tuple(STATE_NAMES)
 MAX_WIDTH = 65536  # embed_dim and hidden_dim
 MAX_LAYERS = 64  # stacked recurrent layers
 MAX_VOCAB_SIZE = DEFAULT_LIMITS.max_vocab_size  # the runtime's own limit on a manifest's vocabulary
+MAX_GRID = 16  # image_grid: 16 x 16 cells of the feature map
 INT_BOUNDS = {"vocab_size": (MIN_VOCAB_SIZE, MAX_VOCAB_SIZE), "embed_dim": (1, MAX_WIDTH), "hidden_dim": (1, MAX_WIDTH),
-              "layers": (1, MAX_LAYERS)}
+              "layers": (1, MAX_LAYERS), "image_grid": (1, MAX_GRID)}
 BOOL_FIELDS = ("pretrained", "freeze_encoder", "freeze_embeddings", "project_norm")
 
 
@@ -41,6 +42,9 @@ class CaptionModelConfig:
     freeze_embeddings: bool = False  # keep pretrained word vectors fixed
     project_norm: bool = True  # BatchNorm1d after the projection: the image step's input at the scale of word
     # embeddings; from-scratch training on the synthetic set reaches a given BLEU in about half the epochs
+    image_grid: int = 1  # the backbone's last feature map pooled to image_grid x image_grid cells, kept apart (1:
+    # global average pooling, the seed's): pooling the map to one vector mixes two objects' features, so
+    # that a caption can bind a colour to the wrong shape
     forget_bias: float = 1.0  # LSTM forget-gate bias at init (Jozefowicz et al. 2015): the image, seen only at
     # step 0, must survive to the words that describe it; PyTorch's ~0 halves the memory at every step
 

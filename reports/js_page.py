@@ -8,11 +8,11 @@ headless Chromium, right after it captioned one image with a bundle (greedy, in 
     .venv/bin/python reports/js_page.py --model BUNDLE --image photo.jpg --out page.png
 
 Without ``--image`` the image is one of the demo's test images (``--test-image N``, from the folder
-``capkit data synthetic`` prints). Those are 64x64 pixels and the page shows an image at its own size, so
-it is enlarged first (``--scale``, nearest neighbour: each pixel a block; the bundle's own resize brings it
-back). The caption the page showed is printed beside the Python runtime's for the same file; they must be
-equal (the parity tests/test_js_parity.py checks), else the script exits 1. It needs node, clients/js's npm
-packages and Chromium (scripts/setup.sh installs them).
+``capkit data synthetic`` prints), the one `scripts/demo.sh` captions first by default. Those are 64x64
+pixels, so the page's preview of the image is shown ``--scale`` times its size (pixelated) in the picture;
+the page captions the file itself. The caption the page showed is printed beside the Python runtime's for
+the same file; they must be equal (the parity tests/test_js_parity.py checks), else the script exits 1. It
+needs node, clients/js's npm packages and Chromium (scripts/setup.sh installs them).
 """
 
 from __future__ import annotations
@@ -44,19 +44,9 @@ def demo_test_image(index: int) -> Path:
     return folder / "images" / images[index]["file_name"]
 
 
-def enlarged(image: Path, scale: int, folder: Path) -> Path:
-    """``image`` as a PNG ``scale`` times its size (nearest neighbour), in ``folder``."""
-    from PIL import Image
-
-    out = folder / f"{image.stem}-x{scale}.png"
-    with Image.open(image) as img:
-        img.convert("RGB").resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST).save(out)
-    return out
-
-
-def page_caption(bundle: Path, image: Path, screenshot: Path, work: Path) -> dict:
+def page_caption(bundle: Path, image: Path, scale: int, screenshot: Path, work: Path) -> dict:
     """What the page shows after captioning ``image`` with ``bundle`` ({state, caption, error, ...}); its
-    picture is saved as ``screenshot``."""
+    picture, with the preview ``scale`` times the image's size, is saved as ``screenshot``."""
     from capkit.cli.serve_web import make_server
 
     node = shutil.which("node")
@@ -67,7 +57,7 @@ def page_caption(bundle: Path, image: Path, screenshot: Path, work: Path) -> dic
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         job = {"url": f"http://localhost:{server.server_address[1]}/", "image": str(image), "outDir": str(work),
-               "screenshot": str(screenshot), "screenshotOnly": True, "chromium": chromium}
+               "screenshot": str(screenshot), "screenshotOnly": True, "previewScale": scale, "chromium": chromium}
         (work / "job.json").write_text(json.dumps(job))
         proc = subprocess.run([node, str(BROWSER_CHECK), str(work / "job.json"), str(work / "out.json")],
                               capture_output=True, text=True, timeout=300)
@@ -83,7 +73,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--model", type=Path, default=REPO / "runs" / "latest" / "bundle", help="the bundle")
     parser.add_argument("--image", type=Path, default=None, help="the image [default: a demo test image]")
     parser.add_argument("--test-image", type=int, default=0, help="which demo test image (without --image)")
-    parser.add_argument("--scale", type=int, default=4, help="enlarge the image this many times for the picture")
+    parser.add_argument("--scale", type=int, default=4, help="the preview this many times the image's size")
     parser.add_argument("--out", type=Path, default=PAGE_IMAGE, help="where the picture goes")
     parser.add_argument("--print", dest="print_section", action="store_true",
                         help="print the captions only, writing no picture")
@@ -94,9 +84,9 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="capkit-page-") as folder:
         work = Path(folder)
-        image = enlarged(args.image or demo_test_image(args.test_image), max(1, args.scale), work)
+        image = args.image or demo_test_image(args.test_image)
         python = Captioner(args.model, device="cpu").caption(image).text
-        shown = page_caption(args.model, image, work / "page.png", work)
+        shown = page_caption(args.model, image, max(1, args.scale), work / "page.png", work)
         say(f"page: {shown['caption']!r}; Python runtime: {python!r}")
         if shown["state"] != "done" or shown["caption"] != python:
             raise SystemExit(f"the page did not show the Python runtime's caption ({shown['state']}: "

@@ -2,8 +2,9 @@
 // Used by tests/test_js_parity.py: drives the page (clients/web) in headless Chromium with puppeteer-core.
 //   node tools/browser-check.mjs job.json out.json
 // job: {url, tamperedUrl, image, corrupt, outDir, repeats, threads: [1, 4]}; the page captioning `image` is saved as
-// outDir/page.png, or as job.screenshot. With job.screenshotOnly (reports/js_page.py, the README's picture of the
-// page) nothing else is checked.
+// outDir/page.png, or as job.screenshot, with the preview shown job.previewScale times its size (pixelated; the
+// caption is of the file as it is). With job.screenshotOnly (reports/js_page.py, the README's picture of the page)
+// nothing else is checked.
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -80,6 +81,13 @@ try {
   out.loaded = await read(page);
   out.good = await upload(page, job.image);
   out.good.tokens = await page.evaluate(() => window.capkitLast && window.capkitLast.tokens);
+  if (job.previewScale) {
+    await page.evaluate((scale) => {
+      const preview = document.getElementById('preview');
+      preview.style.width = `${preview.naturalWidth * scale}px`;
+      preview.style.imageRendering = 'pixelated';
+    }, job.previewScale);
+  }
   await page.screenshot({ path: job.screenshot || join(job.outDir, 'page.png') });
   if (!job.screenshotOnly) await checks(page);
 } finally {

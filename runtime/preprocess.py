@@ -22,7 +22,7 @@ from capkit.runtime.limits import DEFAULT_LIMITS, Limits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Fast decoding of large JPEGs (see preprocess): on by default, chosen by benchmarks/phone_photos.py
+# Fast decoding of large JPEGs (see preprocess): on by default, chosen by reports/phone_photos.py
 FAST_DECODE = True
 
 INTERPOLATIONS = {
@@ -134,7 +134,7 @@ def preprocess(source: ImageSource, spec: PreprocessSpec, limits: Limits = DEFAU
     times ``spec.resize`` on its shorter side, a phone photo, is decoded at 1/2, 1/4 or 1/8 scale by
     libjpeg's DCT scaling (:func:`~capkit.runtime.image_files.draft_scale`), then resized as always:
     for a 12-megapixel photo several times faster and 16 times fewer pixels, within a few 8-bit
-    levels of full decoding (benchmarks/phone_photos.py measures it). False: every image decoded in
+    levels of full decoding (reports/phone_photos.py measures it). False: every image decoded in
     full, bit-identical to torchvision's transforms on ``load_image``'s image (what training sees).
     Other formats, arrays, Pillow images and smaller JPEGs are decoded in full either way."""
     fast = FAST_DECODE if fast_decode is None else bool(fast_decode)

@@ -1,12 +1,16 @@
-"""benchmarks/edge.py's pure parts: reading a bench report, marking the goals, rendering the markdown and
-placing it in README.md. Nothing is timed here (the script measures; these check what it says about it)."""
+"""reports/edge.py's pure parts: reading a bench report, marking the goals, rendering the markdown and
+placing it in its page, docs/edge.md. Nothing is timed here (the script measures; these check what it says about it)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from capkit.benchmarks import edge
-from capkit.benchmarks.common import replace_section
+from capkit.reports import edge
+from capkit.reports.common import REPO, replace_section, shown_path, write_page
+
+DEMO_DATA = str(Path.home() / ".cache" / "capkit" / "demo")  # a measuring machine's path: shown as ~/...
 
 
 def fig(size_mb: float = 7.3, caption_ms: float = 9.7, **extra: float) -> dict:
@@ -17,7 +21,7 @@ def fig(size_mb: float = 7.3, caption_ms: float = 9.7, **extra: float) -> dict:
 
 def measured(edge_bleu: float, default_bleu: float) -> dict:
     def scores(run: str, bleu: float) -> dict:
-        return {"bleu4": bleu, "cider": 1.5, "images": 480, "data": "/data/demo", "split": "test", "run": run,
+        return {"bleu4": bleu, "cider": 1.5, "images": 480, "data": DEMO_DATA, "split": "test", "run": run,
                 "model": "m"}
     return {"status": "measured", "scores": {"edge": scores("runs/e", edge_bleu), "default": scores("runs/d", default_bleu)},
             "commands": ["capkit eval --checkpoint runs/e", "capkit eval --checkpoint runs/d"]}
@@ -80,14 +84,14 @@ def render(bleu: dict) -> str:
     figs["edge fp32"]["caption_ms"] = 17.0
     specs = {p: {"resize": 256, "crop": 224} for p in edge.PRESET_NAMES}
     return edge.render(report_with(bundles), figs, edge.goals(figs, bleu), ["capkit", "bench", "--threads", "1"], bleu,
-                       120.0, specs, "benchmarks/edge.py --edge-resize 240")
+                       120.0, specs, "reports/edge.py --edge-resize 240")
 
 
 def test_render_has_markers_goals_reference_and_one_row_per_bundle():
     text = render(PENDING)
     lines = text.split("\n")
     assert lines[0] == edge.MARK_START and lines[-1] == edge.MARK_END
-    assert "Reproduce: `benchmarks/edge.py --edge-resize 240`" in text
+    assert "Reproduce: `reports/edge.py --edge-resize 240`" in text
     assert "`capkit bench --threads 1`" in text and "2 min here" in text
     goal_rows = [line for line in lines if line.startswith("| (")]
     assert [row.rsplit("|", 2)[1].strip() for row in goal_rows] == ["met", "met", "pending"]
@@ -104,26 +108,37 @@ def test_render_has_markers_goals_reference_and_one_row_per_bundle():
 def test_render_marks_a_missed_goal_and_shows_the_bleu_table():
     text = render(measured(0.40, 0.53))
     assert "| **missed** |" in text and "delta -0.1300" in text
-    assert "| edge: runs/e | m | /data/demo (test) | 480 | 0.4000 | 1.5000 |" in text
+    assert "| edge: runs/e | m | ~/.cache/capkit/demo (test) | 480 | 0.4000 | 1.5000 |" in text
     assert "`capkit eval --checkpoint runs/e` and `capkit eval --checkpoint runs/d`" in text
 
 
-README_TEXT = ("# capkit\n\nintro\n\n## Performance\n\n<!-- bench:start -->\nseed table\n<!-- bench:end -->\n\n"
-               "## After\n\nmore text\n")
+PAGE_TEXT = "# The edge preset\n\nWhat it measures.\n\n<!-- edge:start -->\nold\n<!-- edge:end -->\n\nHistory.\n"
 
 
-def test_section_goes_under_its_heading_after_the_seed_section_then_is_replaced_in_place():
-    first = edge.with_section(README_TEXT, f"{edge.MARK_START}\nv1\n{edge.MARK_END}")
-    assert first == README_TEXT.replace("<!-- bench:end -->\n", f"<!-- bench:end -->\n\n{edge.HEADING}\n\n"
-                                                                 f"{edge.MARK_START}\nv1\n{edge.MARK_END}\n")
-    second = edge.with_section(first, f"{edge.MARK_START}\nv2\nmore\n{edge.MARK_END}")
-    assert second == first.replace("\nv1\n", "\nv2\nmore\n")  # everything else kept, the heading not repeated
-    assert second.count(edge.HEADING) == 1 and edge.with_section(second, f"{edge.MARK_START}\nv2\nmore\n{edge.MARK_END}") == second
+def test_page_section_is_replaced_in_place_and_the_page_text_kept(tmp_path):
+    page = tmp_path / "edge.md"
+    page.write_text(PAGE_TEXT)
+    write_page(page, "unused", edge.MARK_START, edge.MARK_END, f"{edge.MARK_START}\nv1\nmore\n{edge.MARK_END}")
+    assert page.read_text() == PAGE_TEXT.replace("\nold\n", "\nv1\nmore\n")
+    write_page(page, "unused", edge.MARK_START, edge.MARK_END, f"{edge.MARK_START}\nv1\nmore\n{edge.MARK_END}")
+    assert page.read_text() == PAGE_TEXT.replace("\nold\n", "\nv1\nmore\n")  # the same section twice: no change
 
 
-def test_section_without_a_seed_section_is_appended_under_the_performance_title():
-    text = edge.with_section("# capkit\n\nintro\n", f"{edge.MARK_START}\nv1\n{edge.MARK_END}")
-    assert text == f"# capkit\n\nintro\n\n## Performance\n\n{edge.HEADING}\n\n{edge.MARK_START}\nv1\n{edge.MARK_END}\n"
+def test_a_missing_page_is_created_under_its_title_and_a_page_without_markers_gets_the_section_at_its_end(tmp_path):
+    page = tmp_path / "new.md"
+    section = f"{edge.MARK_START}\nv1\n{edge.MARK_END}"
+    write_page(page, "The edge preset, measured", edge.MARK_START, edge.MARK_END, section)
+    assert page.read_text() == f"# The edge preset, measured\n\n{edge.MARK_START}\nv1\n{edge.MARK_END}\n"
+    page.write_text("# Edge\n\nprose\n\n")
+    write_page(page, "unused", edge.MARK_START, edge.MARK_END, f"{edge.MARK_START}\nv2\n{edge.MARK_END}")
+    assert page.read_text() == f"# Edge\n\nprose\n\n{edge.MARK_START}\nv2\n{edge.MARK_END}\n"
+
+
+def test_shown_paths_name_no_folder_of_the_measuring_machine():
+    assert shown_path(REPO / "reports" / ".cache" / "edge") == "reports/.cache/edge"
+    assert shown_path(Path.home() / ".cache" / "capkit" / "x") == "~/.cache/capkit/x"
+    assert shown_path("/tmp/demo/runs/latest/best.pt") == ".../runs/latest/best.pt"
+    assert shown_path("runs/latest") == "runs/latest"  # relative: as typed
 
 
 def test_replace_section_needs_both_markers():

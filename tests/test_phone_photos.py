@@ -2,7 +2,7 @@
 ``draft``) when ``preprocess(..., fast_decode=True)``, full decoding (torchvision parity) otherwise.
 
 The tolerance of fast decoding against full decoding on a generated 12-megapixel JPEG (resize 256,
-crop 224; decoded at 1/4 scale), measured by benchmarks/phone_photos.py on three such photos at a
+crop 224; decoded at 1/4 scale), measured by reports/phone_photos.py on three such photos at a
 largest difference of 4 and a mean of 0.24 8-bit levels, is asserted with headroom: PHONE_MAX_LEVELS
 and PHONE_MEAN_LEVELS. The small generated JPEGs of the other tests (sharp edges, small outputs)
 get the looser MAX_LEVELS and MEAN_LEVELS.

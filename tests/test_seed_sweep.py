@@ -1,11 +1,12 @@
-"""The seed sweep's own logic (benchmarks/seed_sweep.py): the colour probe, what counts as landed,
-the table, and the README blocks of each family. The sweep itself is a benchmark, not a test."""
+"""The seed sweep's own logic (reports/seed_sweep.py): the colour probe, what counts as landed,
+the table, and the blocks of each family in its page, docs/seed-sweep.md. The sweep itself is a benchmark,
+not a test."""
 
 from __future__ import annotations
 
 import pytest
 
-from capkit.benchmarks import seed_sweep
+from capkit.reports import seed_sweep
 
 COLOURS = ("red", "blue", "green")
 
@@ -45,16 +46,24 @@ def test_parse_seeds():
     assert seed_sweep.parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
 
 
-def test_each_family_has_its_own_readme_block(tmp_path, monkeypatch):
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n\nbefore\n")
-    monkeypatch.setattr(seed_sweep, "README", readme)
-    seed_sweep.write_readme("shapes", "shapes one")
-    seed_sweep.write_readme("objects", "objects one")
-    seed_sweep.write_readme("shapes", "shapes two")
-    text = readme.read_text()
+def test_each_family_has_its_own_block_in_the_page(tmp_path, monkeypatch):
+    page = tmp_path / "seed-sweep.md"
+    page.write_text("# x\n\nbefore\n")
+    monkeypatch.setattr(seed_sweep, "PAGE", page)
+    seed_sweep.write_block("shapes", "shapes one")
+    seed_sweep.write_block("objects", "objects one")
+    seed_sweep.write_block("shapes", "shapes two")
+    text = page.read_text()
     assert text.startswith("# x\n\nbefore\n") and "shapes one" not in text
     assert text.index("shapes two") < text.index("objects one") < text.index(seed_sweep.MARK_END)
+
+
+def test_a_missing_page_is_created_under_its_title(tmp_path, monkeypatch):
+    page = tmp_path / "seed-sweep.md"
+    monkeypatch.setattr(seed_sweep, "PAGE", page)
+    seed_sweep.write_block("objects", "objects one")
+    assert page.read_text() == (f"# {seed_sweep.PAGE_TITLE}\n\n{seed_sweep.MARK_START}\n<!-- sweep:objects:start -->\n"
+                                f"objects one\n<!-- sweep:objects:end -->\n{seed_sweep.MARK_END}\n")
 
 
 def test_table_shows_the_facts_column_only_when_rows_have_facts():

@@ -24,7 +24,7 @@ class TrainConfig:
     batch_size: int = 32  # images per step; each brings captions_per_image of its captions
     captions_per_image: Optional[int] = None  # None: all of them (five on the synthetic set and COCO); n: a fresh
     # random subset of n per epoch. The image is encoded once for all of them. With 2 the image gets two captions'
-    # gradient a step, and one seed in four sat on a plateau with the colours confused (benchmarks/seed_sweep.py)
+    # gradient a step, and one seed in four sat on a plateau with the colours confused (reports/seed_sweep.py)
     lr: float = 1e-3  # Adam, the seed's Table 1
     weight_decay: float = 1e-5  # L2 penalty, the seed's Table 1
     lr_schedule: str = "cosine"  # constant (the seed's) | cosine: decays to 0 over the run, a surer finish

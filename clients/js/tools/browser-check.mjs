@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // Used by tests/test_js_parity.py: drives the page (clients/web) in headless Chromium with puppeteer-core.
 //   node tools/browser-check.mjs job.json out.json
-// job: {url, tamperedUrl, image, corrupt, outDir, repeats, threads: [1, 4]}
+// job: {url, tamperedUrl, image, corrupt, outDir, repeats, threads: [1, 4]}; the page captioning `image` is saved as
+// outDir/page.png, or as job.screenshot, with the preview shown job.previewScale times its size (pixelated; the
+// caption is of the file as it is). With job.screenshotOnly (reports/js_page.py, the README's picture of the page)
+// nothing else is checked.
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -36,12 +39,8 @@ async function upload(page, file) {
   return read(page);
 }
 
-try {
-  const page = await open(`${job.url}?threads=1`);
-  out.loaded = await read(page);
-  out.good = await upload(page, job.image);
-  out.good.tokens = await page.evaluate(() => window.capkitLast && window.capkitLast.tokens);
-  await page.screenshot({ path: join(job.outDir, 'page.png') });
+// the checks after the first caption: errors on the page, speed, a tampered bundle
+async function checks(page) {
   // bad option: one line on the page, and the page goes on
   await page.evaluate(() => { document.body.dataset.state = 'busy'; });
   await page.type('#temperature', '-1');
@@ -75,6 +74,22 @@ try {
   const tampered = await open(job.tamperedUrl);
   out.tampered = await read(tampered);
   await tampered.close();
+}
+
+try {
+  const page = await open(`${job.url}?threads=1`);
+  out.loaded = await read(page);
+  out.good = await upload(page, job.image);
+  out.good.tokens = await page.evaluate(() => window.capkitLast && window.capkitLast.tokens);
+  if (job.previewScale) {
+    await page.evaluate((scale) => {
+      const preview = document.getElementById('preview');
+      preview.style.width = `${preview.naturalWidth * scale}px`;
+      preview.style.imageRendering = 'pixelated';
+    }, job.previewScale);
+  }
+  await page.screenshot({ path: job.screenshot || join(job.outDir, 'page.png') });
+  if (!job.screenshotOnly) await checks(page);
 } finally {
   await browser.close();
 }

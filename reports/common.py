@@ -1,8 +1,8 @@
-"""What the benchmark scripts share: running capkit commands as subprocesses and showing them as typed,
+"""What the report scripts share: running capkit commands as subprocesses and showing them as typed,
 random-weight checkpoints of a given size, exporting fp32 + int8 bundles, greedy scores from
-``capkit eval --json``, and replacing a marked section of README.md.
+``capkit eval --json``, and writing the marked section of a report page in docs/.
 
-Importable as ``capkit.benchmarks.common`` (benchmarks/ is a namespace folder of the package), so a
+Importable as ``capkit.reports.common`` (reports/ is a namespace folder of the package), so a
 script works both when run as a file and when a test imports it."""
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from capkit.runtime.errors import first_line
+
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+DOCS = REPO / "docs"  # the report pages, one per script
 
 
 def say(message: str) -> None:
@@ -31,14 +33,23 @@ def capkit(*args: str) -> list[str]:
 
 
 def display(command: list[str]) -> str:
-    """A command as a reader would type it: `capkit ...`, paths relative to the repository."""
+    """A command as a reader would type it: `capkit ...`, paths as :func:`shown_path` shows them."""
     words = ["capkit" if i == 0 and w.endswith("capkit") else w for i, w in enumerate(command)]
-    return " ".join(shlex.quote(os.path.relpath(w, REPO) if os.path.isabs(w) and w.startswith(str(REPO)) else w)
-                    for w in words)
+    shown = [shown_path(w) for w in words]
+    return " ".join("~/" + shlex.quote(w[2:]) if w.startswith("~/") else shlex.quote(w) for w in shown)
 
 
-def first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+def shown_path(path: Any) -> str:
+    """A path as a report page shows it: relative inside the repository, ``~/...`` under the home folder,
+    else ``.../`` and its last three parts (the measuring machine's own folders mean nothing to a reader)."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    for root, shown in ((REPO, None), (Path.home(), "~")):
+        if text == str(root) or text.startswith(str(root) + os.sep):
+            relative = os.path.relpath(text, root)
+            return relative if shown is None else f"{shown}/{relative}"
+    return ".../" + "/".join(Path(text).parts[-3:])
 
 
 # -- models and bundles ---------------------------------------------------------------------------------------------
@@ -106,28 +117,25 @@ def greedy_scores(command: list[str]) -> dict[str, Any]:
             "data": result["data"], "split": result["split"]}
 
 
-# -- README sections ------------------------------------------------------------------------------------------------
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of every script that writes a README section: --no-readme, --json FILE, --from-json FILE."""
-    parser.add_argument("--no-readme", action="store_true", help="print the section instead of writing README.md")
+# -- report pages ---------------------------------------------------------------------------------------------------
+def add_report_arguments(parser: argparse.ArgumentParser, page: Path) -> None:
+    """The options of every script that writes a report page: --print, --json FILE, --from-json FILE."""
+    parser.add_argument("--print", dest="print_section", action="store_true",
+                        help=f"print the section instead of writing it into {shown_path(page)}")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
     parser.add_argument("--from-json", type=Path, default=None,
                         help="measure nothing: render the section from a --json file written before")
 
 
-def start_report(parser: argparse.ArgumentParser,
+def start_report(parser: argparse.ArgumentParser, page: Path,
                  work: Path) -> tuple[argparse.Namespace, float, Optional[dict[str, Any]]]:
-    """The first steps of every script that writes a README section: the report options added to
-    ``parser`` and the command line parsed, the clock started, the repository root the working folder
-    with ``work`` made, and the measurements of a --from-json run read. (args, start time from
-    ``time.perf_counter``, those measurements or None)."""
-    add_report_arguments(parser)
+    """The first steps of every script that writes a report page: the report options added to ``parser``
+    and the command line parsed, the clock started, then :func:`prepare`. (args, start time from
+    ``time.perf_counter``, the measurements of --from-json or None)."""
+    add_report_arguments(parser, page)
     args = parser.parse_args()
     started = time.perf_counter()
-    os.chdir(REPO)
-    work.mkdir(parents=True, exist_ok=True)
-    saved = json.loads(args.from_json.read_text()) if args.from_json is not None else None
-    return args, started, saved
+    return args, started, prepare(args, work)
 
 
 def replace_section(text: str, start: str, end: str, section: str) -> Optional[str]:
@@ -140,5 +148,37 @@ def replace_section(text: str, start: str, end: str, section: str) -> Optional[s
     return head + section + tail
 
 
-__all__ = ["README", "REPO", "add_report_arguments", "capkit", "display", "export_bundles", "first_line", "greedy_scores", "random_checkpoint",
-           "replace_section", "run_json", "say", "start_report"]
+def write_page(page: Path, title: str, start: str, end: str, section: str) -> None:
+    """Writes ``section`` (markers included) into the report page ``page``: in place of the one between
+    ``start`` and ``end`` (the page's other text kept), else at the page's end; a missing page is created
+    with ``title`` as its heading."""
+    text = page.read_text() if page.is_file() else f"# {title}\n"
+    replaced = replace_section(text, start, end, section)
+    page.write_text(replaced if replaced is not None else text.rstrip("\n") + f"\n\n{section}\n")
+
+
+def prepare(args: argparse.Namespace, work: Path) -> Optional[dict[str, Any]]:
+    """The start of a report script's run: the repository as the current folder (the commands it shows are
+    typed from there) and its ``work`` folder made; the measurements of --from-json, or None to measure."""
+    os.chdir(REPO)
+    work.mkdir(parents=True, exist_ok=True)
+    return json.loads(args.from_json.read_text()) if args.from_json is not None else None
+
+
+def publish(args: argparse.Namespace, page: Path, title: str, start: str, end: str, section: str,
+            measurements: dict[str, Any]) -> None:
+    """What a report script does with its section (options of :func:`add_report_arguments`): ``measurements``
+    to the --json file (unless they came from --from-json), then the section printed (--print) or written
+    into ``page`` (see :func:`write_page`)."""
+    if args.json is not None and args.from_json is None:
+        args.json.write_text(json.dumps(measurements, indent=2) + "\n")
+    if args.print_section:
+        print(section)
+    else:
+        write_page(page, title, start, end, section)
+        say(f"{shown_path(page)} updated")
+
+
+__all__ = ["DOCS", "REPO", "add_report_arguments", "capkit", "display", "export_bundles", "greedy_scores",
+           "prepare", "publish", "random_checkpoint", "replace_section", "run_json", "say", "shown_path", "start_report",
+           "write_page"]

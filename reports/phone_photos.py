@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Phone-size photos: decoding large JPEGs at reduced scale (libjpeg's DCT scaling), measured.
 
-    .venv/bin/python benchmarks/phone_photos.py                  # a few minutes; prints the figures
-    .venv/bin/python benchmarks/phone_photos.py --json out.json  # also writes them as JSON
-    .venv/bin/python benchmarks/phone_photos.py --skip-bleu      # (a) and (b) only, a minute
+    .venv/bin/python reports/phone_photos.py                  # a few minutes; writes docs/phone-photos.md
+    .venv/bin/python reports/phone_photos.py --json out.json  # also writes the figures as JSON
+    .venv/bin/python reports/phone_photos.py --skip-bleu      # (a) and (b) only, a minute
+    .venv/bin/python reports/phone_photos.py --print          # print the section, not writing the page
 
 The runtime's ``preprocess(..., fast_decode=True)`` asks Pillow's ``draft`` for a JPEG at least twice
 the spec's ``resize`` on its shorter side: libjpeg then decodes it at 1/2, 1/4 or 1/8 scale, and the
@@ -17,7 +18,7 @@ reduced image is resized as always. This script decides whether that is the defa
 (c) greedy BLEU-4 on the demo's test split with every image upscaled (bicubic) to ``--size`` square
     and saved as a JPEG at quality 90: full decoding against fast decoding, and the original PNGs.
     It needs a trained demo model (``--model`` bundle, else ``--checkpoint``, default runs/latest);
-    without one the BLEU part is reported pending. The large JPEGs are kept under benchmarks/.cache/.
+    without one the BLEU part is reported pending. The large JPEGs are kept under reports/.cache/.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -34,8 +34,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-CACHE = REPO / "benchmarks" / ".cache" / "phone-photos"
+from capkit.reports.common import DOCS, REPO, add_report_arguments, publish, shown_path
+
+CACHE = REPO / "reports" / ".cache" / "phone-photos"
+PAGE = DOCS / "phone-photos.md"
+PAGE_TITLE = "Phone-size photos, measured"
+MARK_START, MARK_END = "<!-- phone-photos:start -->", "<!-- phone-photos:end -->"
 DEMO_DATA = Path.home() / ".cache" / "capkit" / "synthetic-n4800-s0-px64"
 
 
@@ -131,12 +135,12 @@ def open_model(model: Optional[str], checkpoint: Optional[str]) -> tuple[Any, st
 
     bundle = Path(model) if model else REPO / "runs" / "latest" / "bundle"
     if (bundle / "capkit.json").is_file():
-        return Captioner(str(bundle), device="cpu"), f"bundle {os.path.relpath(bundle, REPO)}"
+        return Captioner(str(bundle), device="cpu"), f"bundle {shown_path(bundle.resolve())}"
     from capkit.training.checkpoint import resolve_checkpoint
     from capkit.training.torch_inference import checkpoint_captioner
 
     path = resolve_checkpoint(checkpoint or str(REPO / "runs" / "latest"))
-    return checkpoint_captioner(path, "cpu"), f"checkpoint {os.path.relpath(path, REPO)} (PyTorch)"
+    return checkpoint_captioner(path, "cpu"), f"checkpoint {shown_path(path)} (PyTorch)"
 
 
 def large_jpegs(records: list[Any], side: int) -> dict[str, Path]:
@@ -169,7 +173,7 @@ def bleu(model: Optional[str], checkpoint: Optional[str], data: Path, side: int,
         return {"pending": f"no trained demo model ({' '.join(str(e).split())[:200]}): train one with "
                            "`capkit train --epochs 2 --no-progress`"}
     if not data.is_dir():
-        return {"pending": f"no demo data at {data}: `capkit data synthetic`"}
+        return {"pending": f"no demo data at {shown_path(data)}: `capkit data synthetic`"}
     records = list(load_dataset(str(data))["test"])[:limit] if limit else list(load_dataset(str(data))["test"])
     say(f"(c) {len(records)} test images upscaled to {side}x{side} JPEGs; model: {what}")
     jpegs = large_jpegs(records, side)
@@ -202,39 +206,46 @@ def bleu(model: Optional[str], checkpoint: Optional[str], data: Path, side: int,
             "preprocess_ms_per_image": {"full": full_s * 1e3 / len(records), "fast": fast_s * 1e3 / len(records)}}
 
 
+def _ms(figures: dict[str, float]) -> str:
+    return f"{figures['median_ms']:.1f} ms ({figures['p90_ms']:.1f})"
+
+
 def render(result: dict[str, Any]) -> str:
-    t = result["time"]
-    lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; figures are median (p90)",
-             f"(a) 12 MP JPEG ({result['photo_size'][0]}x{result['photo_size'][1]}, {result['photo_mb']} MB), "
-             f"resize {result['spec']['resize']} / crop {result['spec']['crop']}, per photo:",
-             f"    read + preprocess, full decoding:  {t['preprocess_full']['median_ms']:.1f} ms "
-             f"({t['preprocess_full']['p90_ms']:.1f})",
-             f"    read + preprocess, draft decoding: {t['preprocess_draft']['median_ms']:.1f} ms "
-             f"({t['preprocess_draft']['p90_ms']:.1f})  -> {result['speedup']:.1f}x faster; decoded at 1/"
-             f"{result['draft_scale']} scale, {result['decoded_size_with_draft'][0]}x"
-             f"{result['decoded_size_with_draft'][1]} (DRAFT_OVERSAMPLE 2, the default)",
-             f"    read + preprocess, draft at 1/{result['draft_scale_oversample_1']} (DRAFT_OVERSAMPLE 1): "
-             f"{t['preprocess_draft_oversample_1']['median_ms']:.1f} ms ({t['preprocess_draft_oversample_1']['p90_ms']:.1f})",
-             f"    JPEG decoding alone: {t['decode_full']['median_ms']:.1f} ms full, {t['decode_draft']['median_ms']:.1f} ms "
-             f"at 1/{result['draft_scale']}, {t['decode_draft_oversample_1']['median_ms']:.1f} ms at "
-             f"1/{result['draft_scale_oversample_1']}; a 640x480 JPEG's read + preprocess: "
-             f"{t['preprocess_640x480']['median_ms']:.1f} ms"]
-    for key, label in (("pixels", f"1/{result['draft_scale']}"), ("pixels_oversample_1",
-                                                                      f"1/{result['draft_scale_oversample_1']}")):
-        px = result[key]
-        lines.append(f"(b) preprocessed tensor, draft at {label} vs full decoding: max |diff| {px['max_abs_levels']:.2f}, "
-                     f"mean {px['mean_abs_levels']:.3f}, 99th percentile {px['p99_abs_levels']:.2f} (8-bit levels)")
+    """The page's section, markers included: (a), (b) and (c) as one table, full decoding beside fast."""
+    t, spec, machine = result["time"], result["spec"], result.get("machine", {})
+    scale, smallest = result["draft_scale"], result["draft_scale_oversample_1"]
+    px, px1 = result["pixels"], result["pixels_oversample_1"]
+    width, height = result["photo_size"]
+    lines = [
+        MARK_START,
+        "<!-- written by reports/phone_photos.py; edit the script, not this section -->",
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, load average "
+        f"{machine.get('load_average')} before (1, 5, 15 min). {result['photos']} generated "
+        f"{width}x{height} JPEGs (about {max(result['photo_mb']):.1f} MB each at quality 90), resize "
+        f"{spec['resize']} / crop {spec['crop']}; times per photo, median (p90) of {result.get('repeats', '?')} runs after warm-up.",
+        "",
+        "| 12 MP JPEG | full decoding | fast decoding (default) |",
+        "|---|---|---|",
+        f"| read + preprocess | {_ms(t['preprocess_full'])} | {_ms(t['preprocess_draft'])} (1/{scale} scale, "
+        f"{result['speedup']:.1f}x less; at 1/{smallest}: {t['preprocess_draft_oversample_1']['median_ms']:.1f} ms) |",
+        f"| JPEG decoding alone | {_ms(t['decode_full'])} | {_ms(t['decode_draft'])} (at 1/{smallest}: "
+        f"{t['decode_draft_oversample_1']['median_ms']:.1f} ms) |",
+        f"| preprocessed tensor vs full decoding (8-bit levels) | identical | max {px['max_abs_levels']:.0f}, mean "
+        f"{px['mean_abs_levels']:.2f}, 99th percentile {px['p99_abs_levels']:.0f} (at 1/{smallest}: max "
+        f"{px1['max_abs_levels']:.0f}, mean {px1['mean_abs_levels']:.2f}) |",
+    ]
     b = result.get("bleu", {})
-    if "pending" in b:
-        lines.append(f"(c) BLEU-4: pending: {b['pending']}")
-    elif b:
+    if b and "pending" not in b:
         s = b["bleu4"]
-        lines.append(f"(c) greedy BLEU-4 on {b['images']} demo test images as {b['jpeg_side']}x{b['jpeg_side']} JPEGs "
-                     f"({b['model']}): full decoding {s['jpeg_full']:.4f}, draft {s['jpeg_fast']:.4f} "
-                     f"(change {b['bleu4_change']:+.4f}; {b['captions_changed']} captions differ); original PNGs "
-                     f"{s['png']:.4f}; tensor max |diff| {b['pixels']['max_abs_levels']:.2f}, mean "
-                     f"{b['pixels']['mean_abs_levels']:.3f} levels; preprocess {b['preprocess_ms_per_image']['full']:.1f} "
-                     f"-> {b['preprocess_ms_per_image']['fast']:.1f} ms per image")
+        lines.append(f"| greedy BLEU-4, {b['images']} demo test images as {b['jpeg_side']}x{b['jpeg_side']} JPEGs | "
+                     f"{s['jpeg_full']:.4f} | {s['jpeg_fast']:.4f} ({b['bleu4_change']:+.4f}; {b['captions_changed']} "
+                     "captions differ) |")
+    lines += ["", f"A 640x480 JPEG's read + preprocess: {t['preprocess_640x480']['median_ms']:.1f} ms."]
+    if "pending" in b:
+        lines.append(f"BLEU-4: pending: {b['pending']}.")
+    elif b:
+        lines.append(f"BLEU-4 model: {b['model']}; the original PNGs give it {b['bleu4']['png']:.4f}.")
+    lines.append(MARK_END)
     return "\n".join(lines)
 
 
@@ -249,14 +260,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=3024, help="side of the upscaled test JPEGs for (c)")
     parser.add_argument("--limit", type=int, default=None, help="test images for (c) [default: all]")
     parser.add_argument("--skip-bleu", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
+    add_report_arguments(parser, PAGE)
     args = parser.parse_args()
-    result = speed_and_pixels(args.photos, args.repeats, args.warmup)
-    if not args.skip_bleu:
-        result["bleu"] = bleu(args.model, args.checkpoint, args.data, args.size, args.limit)
-    print(render(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.from_json is not None:
+        result = json.loads(args.from_json.read_text())
+    else:
+        result = speed_and_pixels(args.photos, args.repeats, args.warmup)
+        from capkit.bench import machine_info
+
+        result["machine"] = machine_info()
+        result["repeats"] = args.repeats
+        if not args.skip_bleu:
+            result["bleu"] = bleu(args.model, args.checkpoint, args.data, args.size, args.limit)
+    publish(args, PAGE, PAGE_TITLE, MARK_START, MARK_END, render(result), result)
 
 
 if __name__ == "__main__":

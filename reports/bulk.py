@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Bulk captioning throughput: `capkit caption FOLDER --out F` without and with reader overlap, and on Ray.
 
-    .venv/bin/python benchmarks/bulk.py                  # 2,000 images; updates README.md
-    .venv/bin/python benchmarks/bulk.py --images 300 --no-readme
+    .venv/bin/python reports/bulk.py                  # 2,000 images; writes docs/bulk.md
+    .venv/bin/python reports/bulk.py --images 300 --print
 
 The folder holds generated photos: 640x480 JPEGs, one phone-size (4032x3024) in every 100, and a few
 bad files (a truncated JPEG, text named .jpg). The bundles are the seed configuration's fp32 and
-int8 (benchmarks/.cache/seed-config/, from benchmarks/seed_config.py) when they are there, else a
+int8 (reports/.cache/seed-config/, from reports/seed_config.py) when they are there, else a
 random-weight ResNet-18 + LSTM (embedding 300, hidden 512, 10,000 words, 20 tokens, 224x224) exported
 here in fp32 and int8. Every figure is a fresh `capkit caption` process; the rate is the one its
 summary line reports (model loading excluded; Ray's actor start-up included). Ray runs on a local
@@ -25,11 +25,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
-REPO = Path(__file__).resolve().parents[1]
-CACHE = REPO / "benchmarks" / ".cache"
+from capkit.reports.common import DOCS, REPO, shown_path, write_page
+
+CACHE = REPO / "reports" / ".cache"
 SEED = CACHE / "seed-config"
 WORK = CACHE / "bulk"
-README = REPO / "README.md"
+PAGE = DOCS / "bulk.md"
+PAGE_TITLE = "Bulk captioning throughput"
 MARK_START, MARK_END = "<!-- bulk:start -->", "<!-- bulk:end -->"
 RATE = re.compile(r"captioned ([\d,]+) images, ([\d,]+) failed.* in ([\d.]+) s \(([\d.]+) images/s\)")
 
@@ -53,7 +55,7 @@ def find_bundles() -> tuple[Path, Path, str]:
     fp32, int8 = WORK / "bundle", WORK / "bundle-int8"
     if not ((fp32 / "capkit.json").is_file() and (int8 / "capkit.json").is_file()):
         build_random(fp32)
-    return fp32, int8, "a random-weight ResNet-18 + LSTM (no seed-configuration bundles in benchmarks/.cache/seed-config/)"
+    return fp32, int8, "a random-weight ResNet-18 + LSTM (no seed-configuration bundles in reports/.cache/seed-config/)"
 
 
 def build_random(out: Path) -> None:
@@ -136,23 +138,13 @@ def table(results: dict, what: str, count: int, ray: bool) -> str:
     return "\n".join(lines)
 
 
-def update_readme(section: str, command: str) -> None:
-    text = README.read_text()
-    block = f"{MARK_START}\n```\n{command}\n```\n\n{section}\n{MARK_END}"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    README.write_text(text)
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--readers", type=int, default=2)
     parser.add_argument("--no-ray", action="store_true")
-    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--print", dest="print_section", action="store_true",
+                        help=f"print the section only, not writing it into {shown_path(PAGE)}")
     args = parser.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     fp32, int8, what = find_bundles()
@@ -171,11 +163,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         if use_ray:
             runs["ray, 1 worker"] = measure(photos, bundle, "--ray", "--workers", "1", "--threads", "1")
             runs["ray, 2 workers"] = measure(photos, bundle, "--ray", "--workers", "2", "--threads", "1")
-    command = "python benchmarks/bulk.py" + (f" --images {args.images}" if args.images != 2000 else "")
+    command = ".venv/bin/python reports/bulk.py" + (f" --images {args.images}" if args.images != 2000 else "")
     section = table(results, what, args.images, use_ray)
     print(section)
-    if not args.no_readme:
-        update_readme(section, command)
+    if not args.print_section:
+        block = f"{MARK_START}\n```\n{command}\n```\n\n{section}\n{MARK_END}"
+        write_page(PAGE, PAGE_TITLE, MARK_START, MARK_END, block)
+        say(f"{shown_path(PAGE)} updated")
 
 
 if __name__ == "__main__":

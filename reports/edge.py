@@ -2,13 +2,13 @@
 """The edge preset, measured on one core beside the default and seed presets: bundle size, cold start,
 peak memory, the latency of a 640x480 JPEG caption and its parts, and greedy BLEU-4 of trained runs.
 
-    .venv/bin/python benchmarks/edge.py --edge-run RUN --default-run RUN   # minutes; updates README.md
-    .venv/bin/python benchmarks/edge.py --no-readme                        # print the section only
+    .venv/bin/python reports/edge.py --edge-run RUN --default-run RUN   # minutes; writes docs/edge.md
+    .venv/bin/python reports/edge.py --print                            # print the section only
 
 Each preset (models/presets.py: edge = MobileNetV3-Small + LSTM 128/256, default = ResNet-18 + LSTM
 300/512, seed = ResNet-50 + LSTM 300/512) gets a random-weight checkpoint (seed 0) at the seed's
 10,000-word vocabulary and 20-token captions, with its backbone's own preprocessing
-(``spec_for_backbone``: crop 224), built once under benchmarks/.cache/edge/<preset>/ and exported
+(``spec_for_backbone``: crop 224), built once under reports/.cache/edge/<preset>/ and exported
 there as fp32 and int8 bundles. Random-weight greedy captions never produce <end>, so every caption
 runs all 20 steps (a realistic length). One ``capkit bench --threads 1`` run then measures the six
 bundles: ``--threads`` sets ONNX Runtime's intra-op threads of both graphs (the step graph's
@@ -18,7 +18,7 @@ The goals: (a) the edge int8 bundle under 8 MB; (b) a 640x480 JPEG captioned end
 12 ms by it; (c) greedy BLEU-4 of a trained edge run within 0.03 of a trained default run on the
 same test split (``capkit eval --checkpoint RUN --temps 0``; pending without ``--edge-run`` and
 ``--default-run``). The seed preset's int8 bundle is the reference (the issue: about 31 ms on one
-core). The markdown goes between ``<!-- edge:start -->`` and ``<!-- edge:end -->`` in README.md.
+core). The markdown goes between ``<!-- edge:start -->`` and ``<!-- edge:end -->`` in docs/edge.md.
 
 The edge preset resizes photos to 240 (not MobileNetV3's 256) before its 224 crop: a 640x480 JPEG
 (shorter side 480, twice 240) is then decoded at half scale by libjpeg and needs no resize after it,
@@ -29,21 +29,21 @@ which takes about half of the preprocessing (the largest part of the edge captio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from capkit.benchmarks.common import (README, REPO, capkit, display, export_bundles, first_line, greedy_scores,
-                                      random_checkpoint, replace_section, run_json, say, start_report)
-from capkit.benchmarks.seed_config import MARK_END as SEED_MARK_END
-from capkit.benchmarks.seed_config import MAX_LENGTH, SECTION_TITLE, VOCAB_SIZE
+from capkit.reports.common import (DOCS, REPO, capkit, display, export_bundles, greedy_scores, publish,
+                                   random_checkpoint, run_json, say, shown_path, start_report)
+from capkit.runtime.errors import first_line
+from capkit.reports.seed_config import MAX_LENGTH, VOCAB_SIZE
 from capkit.models.presets import PRESETS
 
-WORK = REPO / "benchmarks" / ".cache" / "edge"
+WORK = REPO / "reports" / ".cache" / "edge"
+PAGE = DOCS / "edge.md"
+PAGE_TITLE = "The edge preset, measured"
 MARK_START, MARK_END = "<!-- edge:start -->", "<!-- edge:end -->"
-HEADING = "### Edge preset"
 PRESET_NAMES = ("edge", "default", "seed")  # the table's order
 EDGE_PRECISIONS = ("int8", "fp32")  # the bundles measured per preset, in the table's order
 THREADS = 1
@@ -185,14 +185,14 @@ def mark(met: Optional[bool]) -> str:
     return {True: "met", False: "**missed**", None: "pending"}[met]
 
 
-# -- the README section -----------------------------------------------------------------------------------------------
+# -- the report page's section ----------------------------------------------------------------------------------------
 def _cell(value: Optional[float], digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
 def render(report: dict[str, Any], figs: dict[str, dict[str, Any]], rows: list[dict[str, Any]], command: list[str],
            bleu: dict[str, Any], elapsed: float, specs: dict[str, dict[str, Any]], reproduce: str) -> str:
-    """The README section, markers included. ``specs``: each preset's preprocessing (PreprocessSpec.to_dict());
+    """The page's section, markers included. ``specs``: each preset's preprocessing (PreprocessSpec.to_dict());
     ``reproduce``: the script's command line, as typed."""
     machine = report["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
@@ -200,7 +200,7 @@ def render(report: dict[str, Any], figs: dict[str, dict[str, Any]], rows: list[d
     inputs = "; ".join(f"{name} resize {specs[name]['resize']}, crop {specs[name]['crop']}" for name in PRESET_NAMES)
     lines = [
         MARK_START,
-        "<!-- written by benchmarks/edge.py; edit the script, not this section -->",
+        "<!-- written by reports/edge.py; edit the script, not this section -->",
         f"`capkit train --preset edge`: {PRESETS['edge'].summary}, beside the default preset ({PRESETS['default'].summary})"
         f" and the seed preset ({PRESETS['seed'].summary}). Each at a {VOCAB_SIZE:,}-word vocabulary and "
         f"{MAX_LENGTH}-token greedy captions, random weights (so every caption runs all {MAX_LENGTH} steps), with "
@@ -210,7 +210,7 @@ def render(report: dict[str, Any], figs: dict[str, dict[str, Any]], rows: list[d
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {load}. {versions}.",
         "",
         f"Reproduce: `{reproduce}` (builds the models and "
-        f"bundles under benchmarks/.cache/edge/, then runs `{display(command)}`; {elapsed / 60:.0f} min here). "
+        f"bundles under reports/.cache/edge/, then runs `{display(command)}`; {elapsed / 60:.0f} min here). "
         "Figures are medians of repeated runs after warm-up; caption is a 640x480 JPEG file to text, and its parts "
         "are measured apart (encoder alone; decode right after the encoder).",
         "",
@@ -240,24 +240,12 @@ def render(report: dict[str, Any], figs: dict[str, dict[str, Any]], rows: list[d
         lines += ["", "| trained run | model | data (split) | images | greedy BLEU-4 | CIDEr |", "|---|---|---|---|---|---|"]
         for name in ("edge", "default"):
             s = bleu["scores"][name]
-            lines.append(f"| {name}: {s['run']} | {s['model']} | {s['data']} ({s['split']}) | {s['images']} | "
+            lines.append(f"| {name}: {shown_path(s['run'])} | {s['model']} | {shown_path(s['data'])} ({s['split']}) | "
+                         f"{s['images']} | "
                          f"{s['bleu4']:.4f} | {s['cider']:.4f} |")
         lines += ["", "BLEU-4: " + " and ".join(f"`{c}`" for c in bleu["commands"]) + "."]
     lines.append(MARK_END)
     return "\n".join(lines)
-
-
-def with_section(text: str, section: str) -> str:
-    """README text with the edge section in place: replacing the one there, else under a new heading
-    right after the seed configuration's section, else at the end of the performance section's file."""
-    replaced = replace_section(text, MARK_START, MARK_END, section)
-    if replaced is not None:
-        return replaced
-    if SEED_MARK_END in text:
-        head, tail = text.split(SEED_MARK_END, 1)
-        tail = tail if tail.startswith("\n") else "\n" + tail
-        return f"{head}{SEED_MARK_END}\n\n{HEADING}\n\n{section}{tail}"
-    return text.rstrip("\n") + f"\n\n{SECTION_TITLE}\n\n{HEADING}\n\n{section}\n"
 
 
 def main() -> None:
@@ -269,14 +257,14 @@ def main() -> None:
     parser.add_argument("--edge-resize", type=int, default=None,
                         help="another resize for the edge preset (shorter side before its 224 crop) than its own 240")
     parser.add_argument("--rebuild", action="store_true", help="export the bundles again even when cached")
-    args, started, saved = start_report(parser, WORK)
+    args, started, saved = start_report(parser, PAGE, WORK)
     if saved is not None:
         report, command, bleu, elapsed, specs, reproduce = (saved[k] for k in ("report", "command", "bleu", "seconds",
                                                                                 "specs", "reproduce"))
         bundles = {k: Path(v) for k, v in saved["bundles"].items()}
     else:
         bundles, specs = {}, {}
-        reproduce = ".venv/bin/python benchmarks/edge.py --edge-run RUN --default-run RUN" + \
+        reproduce = ".venv/bin/python reports/edge.py --edge-run RUN --default-run RUN" + \
             (f" --edge-resize {args.edge_resize}" if args.edge_resize is not None else "")
         for name in PRESET_NAMES:
             resize = args.edge_resize if name == "edge" else None
@@ -290,15 +278,10 @@ def main() -> None:
     figs = figures(report, bundles)
     rows = goals(figs, bleu)
     section = render(report, figs, rows, command, bleu, elapsed, specs, reproduce)
-    if args.json is not None and args.from_json is None:
-        args.json.write_text(json.dumps({"report": report, "command": command, "bleu": bleu, "seconds": elapsed,
-                                         "specs": specs, "reproduce": reproduce, "bundles": {k: str(v) for k, v in bundles.items()},
-                                         "figures": figs, "goals": rows}, indent=2))
-    if args.no_readme:
-        print(section)
-    else:
-        README.write_text(with_section(README.read_text(), section))
-        say(f"README.md updated ({HEADING}), {time.perf_counter() - started:.0f}s in all")
+    publish(args, PAGE, PAGE_TITLE, MARK_START, MARK_END, section,
+            {"report": report, "command": command, "bleu": bleu, "seconds": elapsed, "specs": specs,
+             "reproduce": reproduce, "bundles": {k: str(v) for k, v in bundles.items()}, "figures": figs,
+             "goals": rows})
     for r in rows:
         say(f"{r['goal'].split(' ', 1)[0]} {mark(r['met']).strip('*')}: {r['measured']}")
 

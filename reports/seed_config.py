@@ -1,19 +1,19 @@
 #!/usr/bin/env python
 """The seed configuration, measured: ONNX fp32 and int8 bundles against PyTorch eager, side by side.
 
-    .venv/bin/python benchmarks/seed_config.py               # minutes (export, then every figure); updates README.md
-    .venv/bin/python benchmarks/seed_config.py --no-readme   # print the section only
+    .venv/bin/python reports/seed_config.py           # minutes (export, then every figure); writes docs/seed-config.md
+    .venv/bin/python reports/seed_config.py --print   # print the section only
 
 The seed's model is a ResNet-50 encoder, an LSTM (embedding 300, hidden 512, 1 layer), a 10,000-word
 vocabulary, 20-token captions and 224x224 inputs (resize 256, crop 224). A trained checkpoint of
 that size is used when ``--checkpoint`` (default: runs/latest) has one; otherwise the model gets
-random weights (seed 0), saved once as a checkpoint under benchmarks/.cache/ so that
+random weights (seed 0), saved once as a checkpoint under reports/.cache/ so that
 ``capkit bench --checkpoint`` and ``capkit caption --checkpoint`` work on it. Random-weight greedy
 captions never produce <end>, so every caption runs the full 20 steps (a realistic length).
 
 The script exports the fp32 and int8 bundles, runs ``capkit bench`` once over all three targets
 (one process, so every ratio comes from one run), checks the issue's targets, and writes the
-markdown between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in README.md. BLEU-4 of int8
+markdown between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in docs/seed-config.md. BLEU-4 of int8
 against fp32 needs a trained model: with a trained run at ``--trained`` (default runs/latest) both
 its bundles are evaluated with ``capkit eval --model``; without one that check is reported pending.
 """
@@ -21,19 +21,19 @@ its bundles are evaluated with ``capkit eval --model``; without one that check i
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from capkit.benchmarks.common import (README, REPO, capkit, display, export_bundles, first_line, greedy_scores,
-                                      random_checkpoint, replace_section, run_json, say, start_report)
+from capkit.reports.common import (DOCS, REPO, capkit, display, export_bundles, greedy_scores, publish,
+                                   random_checkpoint, run_json, say, shown_path, start_report)
+from capkit.runtime.errors import first_line
 from capkit.models.presets import PRESETS
 
-WORK = REPO / "benchmarks" / ".cache" / "seed-config"
+WORK = REPO / "reports" / ".cache" / "seed-config"
+PAGE = DOCS / "seed-config.md"
+PAGE_TITLE = "The seed configuration, measured"
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
-SECTION_TITLE = "## Performance"
 SEED_MODEL = PRESETS["seed"].model  # the report's ResNet-50 + LSTM 300/512 (`capkit train --preset seed`)
 VOCAB_SIZE, MAX_LENGTH, RESIZE, CROP = 10_000, 20, 256, 224
 BATCH_SIZES = "1,8,16,32"
@@ -198,7 +198,7 @@ def targets(report: dict[str, Any], bleu: dict[str, Any], auto: Optional[dict[st
     return rows
 
 
-# -- the README section -------------------------------------------------------------------------------------------
+# -- the report page's section --------------------------------------------------------------------------------------
 def render(report: dict[str, Any], rows: list[dict[str, Any]], command: list[str], origin: str,
            bleu: dict[str, Any], elapsed: float) -> str:
     from capkit.bench import render_text
@@ -208,7 +208,7 @@ def render(report: dict[str, Any], rows: list[dict[str, Any]], command: list[str
     load = f"load average {machine['load_average']} before, {report['load_after']} after (1, 5, 15 min)"
     lines = [
         MARK_START,
-        "<!-- written by benchmarks/seed_config.py; edit the script, not this section -->",
+        "<!-- written by reports/seed_config.py; edit the script, not this section -->",
         f"Seed configuration: ResNet-50 encoder, LSTM (embedding 300, hidden 512), {VOCAB_SIZE:,}-word vocabulary, "
         f"{MAX_LENGTH}-token greedy captions, {CROP}x{CROP} input (resize {RESIZE}). Weights: {origin}"
         + (" (random-weight greedy captions never produce `<end>`, so every caption runs all 20 steps)."
@@ -216,7 +216,7 @@ def render(report: dict[str, Any], rows: list[dict[str, Any]], command: list[str
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {load}. {versions}.",
         "",
-        "Reproduce: `.venv/bin/python benchmarks/seed_config.py` (builds the model and both bundles, then runs:",
+        "Reproduce: `.venv/bin/python reports/seed_config.py` (builds the model and both bundles, then runs:",
         f"`{display(command)}`; {elapsed / 60:.0f} min here). Figures are the median (p90) of repeated runs after "
         "warm-up; ratios are computed from the medians shown.",
         "",
@@ -231,17 +231,11 @@ def render(report: dict[str, Any], rows: list[dict[str, Any]], command: list[str
         lines += ["", *notes]
     if bleu["status"] == "measured":
         lines += ["", f"BLEU-4: `{bleu['commands'][0]}` and `{bleu['commands'][1]}` "
-                      f"({os.path.relpath(bleu['checkpoint'], REPO)} exported with `capkit export --quantize int8`)."]
+                      f"({shown_path(bleu['checkpoint'])} exported with `capkit export --quantize int8`)."]
     body = render_text(report, markdown=True).split("\n")
     tables = body[body.index("") + 1:]  # the machine and settings lines are said above
     lines += ["", *tables, MARK_END]
     return "\n".join(lines)
-
-
-def write_readme(section: str) -> None:
-    text = README.read_text()
-    replaced = replace_section(text, MARK_START, MARK_END, section)
-    README.write_text(replaced if replaced is not None else text.rstrip("\n") + f"\n\n{SECTION_TITLE}\n\n{section}\n")
 
 
 def main() -> None:
@@ -252,7 +246,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    args, started, saved = start_report(parser, WORK)
+    args, started, saved = start_report(parser, PAGE, WORK)
     if saved is not None:
         report, command, origin, bleu, auto = (saved[k] for k in ("report", "command", "origin", "bleu", "auto_cold_start"))
         elapsed = saved["seconds"]
@@ -266,14 +260,9 @@ def main() -> None:
         elapsed = time.perf_counter() - started
     rows = targets(report, bleu, auto)
     section = render(report, rows, command, origin, bleu, elapsed)
-    if args.json is not None and args.from_json is None:
-        args.json.write_text(json.dumps({"report": report, "command": command, "origin": origin, "bleu": bleu,
-                                         "auto_cold_start": auto, "seconds": elapsed, "targets": rows}, indent=2))
-    if args.no_readme:
-        print(section)
-    else:
-        write_readme(section)
-        say(f"README.md updated ({SECTION_TITLE}), {time.perf_counter() - started:.0f}s in all")
+    publish(args, PAGE, PAGE_TITLE, MARK_START, MARK_END, section,
+            {"report": report, "command": command, "origin": origin, "bleu": bleu, "auto_cold_start": auto,
+             "seconds": elapsed, "targets": rows})
     for r in rows:
         say(f"({r['target']}) {'met' if r['met'] else 'pending' if r['met'] is None else 'MISSED'}: {r['measured']}")
 

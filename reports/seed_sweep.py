@@ -1,25 +1,25 @@
 #!/usr/bin/env python
 """Does the default recipe land for any seed? The default `capkit train` for several seeds, side by side.
 
-    .venv/bin/python benchmarks/seed_sweep.py                    # seeds 0-9 on the demo data; updates README.md
-    .venv/bin/python benchmarks/seed_sweep.py --seeds 1 --epochs 4 --no-readme   # a shorter probe
-    .venv/bin/python benchmarks/seed_sweep.py --family objects   # the second synthetic family (not tuned on)
+    .venv/bin/python reports/seed_sweep.py                    # seeds 0-9 on the demo data; writes docs/seed-sweep.md
+    .venv/bin/python reports/seed_sweep.py --seeds 1 --epochs 4 --print   # a shorter probe
+    .venv/bin/python reports/seed_sweep.py --family objects   # the second synthetic family (not tuned on)
 
 Each seed draws its own synthetic set and its own initial weights (``capkit train --seed N``), trains
 with every other option at its default, and is then scored on its test split: greedy BLEU-4 with
 pycocoevalcap's scorer, beside the references' own leave-one-out ceiling (``capkit eval``'s).
 After every epoch a probe captions the first validation images greedily and counts how many name
 exactly the colours of their references: the first epoch where that reaches COLOURS_LEARNED is the
-table's "colours learned" column (the failure the README reported: a run that learns shapes and
+table's "colours learned" column (the failure docs/seed-sweep.md reports: a run that learns shapes and
 layout but confuses colours). On the objects family, whose annotations record each scene, the
 table also gives the share of test captions naming exactly the scene's objects, colours and
 backdrop (:func:`facts_right`): a caption can score well against the references with a wrong word.
 
 Seeds run as separate processes (``--jobs``, each with its share of the cores' threads); each
-seed's result is saved under benchmarks/.cache/sweep/ as soon as it is done and reused by the next
-call with the same settings, so a sweep can be stopped and continued. The README's table (between
-``<!-- sweep:start -->`` and ``<!-- sweep:end -->``, one block per family) is rewritten from the
-saved results of the full default run only; a probe with other settings prints its table.
+seed's result is saved under reports/.cache/sweep/ as soon as it is done and reused by the next
+call with the same settings, so a sweep can be stopped and continued. The table of docs/seed-sweep.md
+(between ``<!-- sweep:start -->`` and ``<!-- sweep:end -->``, one block per family) is rewritten from
+the saved results of the full default run only; a probe with other settings prints its table.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):  # run as a file: the repository's parent makes `capkit` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from capkit.benchmarks.common import README, REPO, replace_section, say  # noqa: E402
+from capkit.reports.common import DOCS, REPO, replace_section, say, shown_path, write_page  # noqa: E402
 
-WORK = REPO / "benchmarks" / ".cache" / "sweep"
+WORK = REPO / "reports" / ".cache" / "sweep"
+PAGE = DOCS / "seed-sweep.md"
+PAGE_TITLE = "The seed sweep: does the recipe land for any seed?"
 MARK_START, MARK_END = "<!-- sweep:start -->", "<!-- sweep:end -->"
 LANDED_BLEU4 = 0.80  # a seed "lands" on the demo data at this greedy BLEU-4 (test split)
 LANDED_CEILING = 0.85  # ... and on another family at this fraction of its references' ceiling
@@ -230,22 +232,22 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def command_for(family: str, seeds: Sequence[int], epochs: Optional[int] = None) -> str:
-    words = [".venv/bin/python", "benchmarks/seed_sweep.py", "--family", family,
+    words = [".venv/bin/python", "reports/seed_sweep.py", "--family", family,
              "--seeds", ",".join(str(s) for s in seeds), *(["--epochs", str(epochs)] if epochs else [])]
     return " ".join(words)
 
 
-def write_readme(family: str, block: str) -> None:
-    """Rewrites this family's block inside the sweep section (other families' blocks are kept)."""
-    text = README.read_text()
+def write_block(family: str, block: str) -> None:
+    """Rewrites this family's block inside the sweep section of the page (other families' blocks are kept)."""
+    if not PAGE.is_file() or MARK_START not in PAGE.read_text():
+        write_page(PAGE, PAGE_TITLE, MARK_START, MARK_END, f"{MARK_START}\n{MARK_END}")
+    text = PAGE.read_text()
     start, end = f"<!-- sweep:{family}:start -->", f"<!-- sweep:{family}:end -->"
     inner = f"{start}\n{block}\n{end}"
-    if MARK_START not in text:
-        text = text.rstrip("\n") + f"\n\n{MARK_START}\n{MARK_END}\n"
     replaced = replace_section(text, start, end, inner)
     if replaced is None:
         replaced = text.replace(MARK_END, f"{inner}\n{MARK_END}", 1)
-    README.write_text(replaced)
+    PAGE.write_text(replaced)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -263,7 +265,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="a shorter probe [default: the recipe's]")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per seed [default: cores / jobs]")
-    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--print", dest="print_section", action="store_true",
+                        help=f"print the table only, not writing it into {shown_path(PAGE)}")
     parser.add_argument("--facts", metavar="CHECKPOINT", default=None,
                         help="only print which facts CHECKPOINT's greedy test captions get right (objects family, "
                              "the first of --seeds)")
@@ -290,8 +293,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise SystemExit("no seed finished")
     block = f"```\n{command_for(args.family, [r['seed'] for r in rows], args.epochs)}\n```\n\n{table(rows)}"
     print(block)
-    if not args.no_readme and args.epochs is None:
-        write_readme(args.family, block)
+    if not args.print_section and args.epochs is None:
+        write_block(args.family, block)
+        say(f"{shown_path(PAGE)} updated ({args.family})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""The measured report pages in docs/: each script of reports/ finds its page there with its markers, the
+README's links to docs/ lead to pages that exist, and no page (nor the README) names a folder of the machine
+that measured it (a reader has none of them: a page shows commands and paths relative to the repository)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from capkit.reports import bulk, edge, phone_photos, seed_config, seed_sweep
+from capkit.reports.common import DOCS, REPO
+
+PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+@pytest.mark.parametrize("script", [bulk, edge, phone_photos, seed_config, seed_sweep], ids=lambda m: m.__name__)
+def test_each_report_script_has_its_page_in_docs_with_one_marked_section(script):
+    text = script.PAGE.read_text()
+    assert script.PAGE.parent == DOCS and text.startswith("# ")
+    assert text.count(script.MARK_START) == 1 and text.count(script.MARK_END) == 1
+    assert text.index(script.MARK_START) < text.index(script.MARK_END)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_no_page_names_a_folder_of_the_measuring_machine(page):
+    assert re.findall(r"(?:/tmp/|/root/|/home/)\S*", page.read_text()) == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_links_between_pages_lead_to_files_that_exist(page):
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text())
+    missing = [link for link in links if not (page.parent / link).exists()]
+    assert missing == []

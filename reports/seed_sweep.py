@@ -11,9 +11,9 @@ pycocoevalcap's scorer, beside the references' own leave-one-out ceiling (``capk
 After every epoch a probe captions the first validation images greedily and counts how many name
 exactly the colours of their references: the first epoch where that reaches COLOURS_LEARNED is the
 table's "colours learned" column (the failure docs/seed-sweep.md reports: a run that learns shapes and
-layout but confuses colours). On the objects family, whose annotations record each scene, the
-table also gives the share of test captions naming exactly the scene's objects, colours and
-backdrop (:func:`facts_right`): a caption can score well against the references with a wrong word.
+layout but confuses colours). The table also gives fact accuracy (:func:`facts_right`, ``capkit
+eval``'s): the share of test captions stating the scene the generator recorded exactly right, and each
+kind of fact apart; a caption can score well against the references with a wrong word.
 
 Seeds run as separate processes (``--jobs``, each with its share of the cores' threads); each
 seed's result is saved under reports/.cache/sweep/ as soon as it is done and reused by the next
@@ -87,32 +87,26 @@ def colour_accuracy(captions: dict[Any, str], references: dict[Any, Sequence[str
     return hits / max(1, len(references))
 
 
+FACTS_GOAL = 0.95  # the share of test captions that must state their scene exactly right
+
+
 def facts_right(family: str, seed: int, checkpoint: Path) -> Optional[dict[str, float]]:
-    """For the objects family, whose annotations record each test image's scene: the share of test
-    images whose greedy caption names exactly the scene's objects, colours and backdrop (a caption
-    naming no backdrop gets it wrong). BLEU against the references cannot tell "a gold ring" from "a
-    gold hexagon" by much. None for the demo family (its scenes are not checked here)."""
-    if family != "objects":
-        return None
+    """Fact accuracy (``capkit eval``'s) of CHECKPOINT's greedy captions of the seed's test split: the share
+    stating the scene exactly right, and each kind of fact apart; None where the data records no scenes.
+    BLEU against the references cannot tell "a gold ring" from "a gold hexagon" by much; this can."""
     from capkit.training.data import resolve_dataset
     from capkit.training.evaluate import generate_captions
-    from capkit.training.synthetic import annotations_file
-    from capkit.training.synthetic.objects import FACTS, caption_facts, scene_facts
+    from capkit.training.synthetic import fact_check
     from capkit.training.torch_inference import checkpoint_captioner
 
     captioner = checkpoint_captioner(checkpoint, device="cpu")  # a bad checkpoint fails before any data is read
     folder = family_data(family, seed, progress=False)
-    coco = json.loads(annotations_file(folder, "test").read_text())
-    scenes = {str(image["id"]): image["scene"] for image in coco["images"]}
+    check = fact_check(folder, "test")
+    if check is None:
+        return None
     _, splits = resolve_dataset(folder, None, progress=False)
-    records = splits["test"]
-    captions = generate_captions(captioner, records, (0.0,), progress=False)[0.0]
-    right = dict.fromkeys(FACTS, 0)
-    for record in records:
-        said, truth = caption_facts(captions[record.image_id]), scene_facts(scenes[str(record.image_id)])
-        for fact in FACTS:
-            right[fact] += said[fact] == truth[fact]
-    return {fact: round(count / max(1, len(records)), 3) for fact, count in right.items()}
+    captions = generate_captions(captioner, splits["test"], (0.0,), progress=False)[0.0]
+    return {key: round(value, 3) for key, value in check.score(captions).items()}
 
 
 # -- one seed (a worker process) --------------------------------------------------------------------------------------
@@ -140,7 +134,7 @@ def run_seed(family: str, seed: int, epochs: Optional[int], out: Path, threads: 
         entry["val_colour_accuracy"] = colour_accuracy(captions, {r.image_id: r.captions for r in records}, colours)
 
     started = time.perf_counter()
-    result = train(config, log=lambda message: say(f"[seed {seed}] {message}"), on_epoch=on_epoch)
+    result = train(config, status=lambda message: say(f"[seed {seed}] {message}"), on_epoch=on_epoch)
     minutes = (time.perf_counter() - started) / 60
     from capkit.training.data import resolve_dataset
 
@@ -212,9 +206,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     family = rows[0]["family"]
     goal = (f"greedy BLEU-4 >= {LANDED_BLEU4}" if family == "shapes"
             else f"greedy BLEU-4 >= {LANDED_CEILING} of the references' ceiling")
-    facts = any(r.get("facts") for r in rows)  # the objects family: a column of what the captions get right
+    keys = next((list(r["facts"]) for r in rows if r.get("facts")), [])  # fact accuracy: what the captions get right
+    facts = bool(keys)
     lines = ["| seed | final val loss | greedy BLEU-4 | ceiling BLEU-4 | of ceiling | colours learned (epoch) | "
-             "colours right, last epoch | " + ("test captions right: objects / colours / backdrop | " if facts else "")
+             "colours right, last epoch | " + (f"test captions right: {' / '.join(keys)} | " if facts else "")
              + "train min | landed |", "|---|---|---|---|---|---|---|" + ("---|" if facts else "") + "---|---|"]
     for r in rows:
         ceiling = r["ceiling_bleu4"]
@@ -228,6 +223,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     count = sum(landed(r) for r in rows)
     lines.append("")
     lines.append(f"{count} of {len(rows)} seeds landed ({goal}).")
+    if facts:
+        right = sum(bool(r.get("facts")) and r["facts"]["exact"] >= FACTS_GOAL for r in rows)
+        lines.append(f"{right} of {len(rows)} seeds state the scene exactly right in at least {FACTS_GOAL:.0%} of "
+                     f"their test captions.")
     return "\n".join(lines)
 
 
@@ -268,8 +267,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--print", dest="print_section", action="store_true",
                         help=f"print the table only, not writing it into {shown_path(PAGE)}")
     parser.add_argument("--facts", metavar="CHECKPOINT", default=None,
-                        help="only print which facts CHECKPOINT's greedy test captions get right (objects family, "
-                             "the first of --seeds)")
+                        help="only print which facts CHECKPOINT's greedy test captions get right (the data of the "
+                             "first of --seeds)")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
@@ -279,8 +278,6 @@ def main(argv: Optional[list[str]] = None) -> None:
         save_row(folder / f"seed-{args.worker}.json", row)
         return
     if args.facts is not None:
-        if args.family != "objects":
-            parser.error("--facts needs --family objects (the demo family's scenes are not checked)")
         from capkit.runtime.errors import CapkitError
 
         try:

@@ -67,17 +67,14 @@ def test_a_missing_page_is_created_under_its_title(tmp_path, monkeypatch):
 
 
 def test_table_shows_the_facts_column_only_when_rows_have_facts():
-    facts = {"objects": 0.627, "colours": 1.0, "backdrop": 0.213}
-    text = seed_sweep.table([row(family="objects", bleu4=0.622, ceiling_bleu4=0.587, facts=facts)])
-    assert "| 63% / 100% / 21% | 6.2 | yes |" in text and "objects / colours / backdrop" in text
+    facts = {"exact": 0.5, "objects": 0.627, "colours": 1.0, "kinds": 0.63, "backdrop": 0.213}
+    good = {**facts, "exact": 0.96}
+    text = seed_sweep.table([row(family="objects", bleu4=0.622, ceiling_bleu4=0.587, facts=facts),
+                             row(family="objects", bleu4=0.622, ceiling_bleu4=0.587, facts=good)])
+    assert "| 50% / 63% / 100% / 63% / 21% | 6.2 | yes |" in text
+    assert "exact / objects / colours / kinds / backdrop" in text
+    assert "1 of 2 seeds state the scene exactly right in at least 95%" in text
     assert "backdrop" not in seed_sweep.table([row()])
-    assert seed_sweep.facts_right("shapes", 0, None) is None
-
-
-def test_facts_option_is_for_the_objects_family_only(capsys):
-    with pytest.raises(SystemExit) as stop:
-        seed_sweep.main(["--family", "shapes", "--facts", "no-such.pt"])
-    assert stop.value.code == 2 and "--facts needs --family objects" in capsys.readouterr().err
 
 
 def test_facts_with_a_bad_checkpoint_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):

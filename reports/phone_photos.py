@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from capkit.reports.common import DOCS, REPO, add_report_arguments, publish, shown_path
+from capkit.runtime.errors import one_line
 
 CACHE = REPO / "reports" / ".cache" / "phone-photos"
 PAGE = DOCS / "phone-photos.md"
@@ -170,7 +171,7 @@ def bleu(model: Optional[str], checkpoint: Optional[str], data: Path, side: int,
     try:
         captioner, what = open_model(model, checkpoint)
     except Exception as e:
-        return {"pending": f"no trained demo model ({' '.join(str(e).split())[:200]}): train one with "
+        return {"pending": f"no trained demo model ({one_line(e, 200)}): train one with "
                            "`capkit train --epochs 2 --no-progress`"}
     if not data.is_dir():
         return {"pending": f"no demo data at {shown_path(data)}: `capkit data synthetic`"}

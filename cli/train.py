@@ -49,6 +49,8 @@ def typed_on_command_line(name: str) -> bool:
 @config_option(TrainConfig, "embeddings", type=click.Path(exists=True, dir_okay=False),
                help="Pretrained word vectors (GloVe / word2vec text format).")
 @config_option(CaptionModelConfig, "freeze_embeddings", is_flag=True)
+@config_option(CaptionModelConfig, "image_each_step", "--image-each-step/--image-first-only",
+               help="Add the image embedding to every step's input, or give it as the first step only (the seed's).")
 @config_option(CaptionModelConfig, "image_grid", type=click.IntRange(1, MAX_GRID),
                help="Pool the backbone's last feature map to N x N cells kept apart (1: global pooling, the seed's).")
 @config_option(CaptionModelConfig, "forget_bias", type=float,

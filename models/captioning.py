@@ -216,9 +216,17 @@ class CaptionModel(nn.Module):
         out, next_state = self.core(inputs, state)  # (B, T, H)
         return out, (tuple(next_state) if isinstance(next_state, tuple) else (next_state,))
 
+    def _split(self, state: RecurrentState) -> tuple[RecurrentState, Optional[torch.Tensor]]:
+        """The recurrent core's state, and the image embedding (1, B, E) it carries with image_each_step."""
+        if self.config.image_each_step:
+            return state[:-1], state[-1]
+        return state, None
+
     def state_from_image_embedding(self, image_embedding: torch.Tensor) -> RecurrentState:
         _, state = self._run_core(image_embedding.unsqueeze(1), None)  # image as step 0, from a zero state
-        return state  # each (L, B, H)
+        if self.config.image_each_step:
+            state = (*state, image_embedding.unsqueeze(0))  # + (1, B, E): read again at every step
+        return state  # each (L, B, H), then (1, B, E)
 
     def image_step(self, images: torch.Tensor) -> RecurrentState:
         """float32 (B, 3, H, W) normalised images -> the state after the image step."""
@@ -226,8 +234,12 @@ class CaptionModel(nn.Module):
 
     def step(self, tokens: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
         """int64 (B,) tokens and state -> logits (B, V) and the next state."""
-        out, state = self._run_core(self.embed(tokens).unsqueeze(1), state)  # (B, 1, H)
-        return self.head(out[:, 0]), state  # (B, V)
+        core, image = self._split(state)
+        words = self.embed(tokens).unsqueeze(1)  # (B, 1, E)
+        if image is not None:
+            words = words + image[0].unsqueeze(1)  # (B, 1, E)
+        out, core = self._run_core(words, core)  # (B, 1, H)
+        return self.head(out[:, 0]), (*core, image) if image is not None else core  # (B, V)
 
     def forward(self, images: torch.Tensor, inputs: torch.Tensor, owners: Optional[torch.Tensor] = None,
                 features: bool = False) -> torch.Tensor:
@@ -240,9 +252,12 @@ class CaptionModel(nn.Module):
         image_embedding = self.encoder.project(images) if features else self.encoder(images)  # (B, E)
         if owners is not None:
             image_embedding = image_embedding.index_select(0, owners)  # (N, E)
-        state = self.state_from_image_embedding(image_embedding)  # each (L, N, H)
-        out, _ = self._run_core(self.embed(inputs), state)  # (B, T, H)
-        return self.head(out)  # (B, T, V)
+        core, image = self._split(self.state_from_image_embedding(image_embedding))  # each (L, N, H)
+        words = self.embed(inputs)  # (N, T, E)
+        if image is not None:
+            words = words + image_embedding.unsqueeze(1)  # (N, T, E)
+        out, _ = self._run_core(words, core)  # (N, T, H)
+        return self.head(out)  # (N, T, V)
 
 
 def greedy_choice(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,8 @@ PRESETS: dict[str, Preset] = {
     # CaptionModelConfig's own defaults: ResNet-18 + LSTM 300/512, minutes on a laptop CPU
     "default": Preset(summary="ResNet-18 + LSTM 300/512"),
     # the course report's model: ResNet-50 -> 300-d image embedding -> LSTM with hidden 512
-    "seed": Preset({"encoder": "resnet50", "decoder": "lstm", "layers": 1, "embed_dim": 300, "hidden_dim": 512},
+    "seed": Preset({"encoder": "resnet50", "decoder": "lstm", "layers": 1, "embed_dim": 300, "hidden_dim": 512,
+                    "image_each_step": False},
                    summary="the report's ResNet-50 + LSTM 300/512"),
     # for phones and small boards: MobileNetV3-Small (2.5M parameters with its head, 0.06 GFLOPs at
     # 224 px) and a decoder whose vocabulary-sized tables dominate the bundle: at 10,000 words, the

@@ -15,17 +15,21 @@ def tiny(decoder="lstm", layers=1, encoder="resnet18", **kw):
                                            embed_dim=16, hidden_dim=24, **kw)).eval()
 
 
+@pytest.mark.parametrize("each_step", [True, False], ids=["image-each-step", "image-first-only"])
 @pytest.mark.parametrize("decoder, layers", [("lstm", 1), ("rnn", 2), ("gru", 1), ("lstm", 2)])
-def test_shapes_and_stepwise_equals_teacher_forcing(decoder, layers):
-    model = tiny(decoder, layers)
+def test_shapes_and_stepwise_equals_teacher_forcing(decoder, layers, each_step):
+    model = tiny(decoder, layers, image_each_step=each_step)
     images = torch.randn(3, 3, 32, 32)  # (B, 3, H, W)
     inputs = torch.randint(4, 30, (3, 6))  # (B, T)
     inputs[:, 0] = 1
     with torch.no_grad():
         full = model(images, inputs)  # (B, T, V)
         state = model.image_step(images)
-        assert len(state) == (2 if decoder == "lstm" else 1)
-        assert all(s.shape == (layers, 3, 24) for s in state)
+        assert len(state) == len(model.config.state_names) == (2 if decoder == "lstm" else 1) + each_step
+        assert all(s.shape == (layers, 3, 24) for s in state[:len(state) - each_step])
+        if each_step:  # the image embedding rides along, and the step graph passes it on unchanged
+            assert state[-1].shape == (1, 3, 16) and model.config.state_names[-1] == "image_embedding"
+            torch.testing.assert_close(model.step(inputs[:, 0], state)[1][-1], state[-1], atol=0, rtol=0)
         steps = []
         for t in range(inputs.shape[1]):
             logits, state = model.step(inputs[:, t], state)  # (B, V)
@@ -43,6 +47,21 @@ def test_owners_encode_each_image_once_for_several_captions():
         shared = model(images, inputs, owners)
         repeated = model(images[owners], inputs)
     torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=0)
+
+
+def test_the_image_each_step_changes_every_step_and_old_configs_keep_the_first_step_only():
+    """With image_each_step the image reaches every step (another image changes a step's logits given the same
+    recurrent core state); a configuration saved before the field existed builds the seed's model."""
+    model = tiny()
+    state = model.image_step(torch.randn(2, 3, 32, 32))
+    other = model.image_step(torch.randn(2, 3, 32, 32))
+    mixed = (*state[:-1], other[-1])
+    tokens = torch.tensor([5, 6])
+    with torch.no_grad():
+        assert not torch.allclose(model.step(tokens, state)[0], model.step(tokens, mixed)[0])
+    saved = {k: v for k, v in model.config.to_dict().items() if k not in ("image_each_step", "image_grid")}
+    old = CaptionModelConfig.from_dict(saved)
+    assert old.image_each_step is False and old.image_grid == 1 and old.state_names == ("h", "c")
 
 
 def test_cached_features_give_the_same_logits():

@@ -176,10 +176,16 @@ def _connect(address: str, workers: int) -> bool:
     else:
         ray.init(address=address, **kwargs)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # status goes to stderr; Ray's INFO lines drown it
+    return True
+
+
+def _ordered() -> None:
+    """Ray Data keeps the listing's order (and draws no bars of its own), also on a cluster the caller started."""
+    import ray
+
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows in the listing's order
     context.enable_progress_bars = False
-    return True
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -264,6 +270,7 @@ def run_on_ray(sources: Iterable[Union[str, os.PathLike]], out: Union[str, os.Pa
     summary = BulkSummary(out=out, torn_bytes=done.torn_bytes if done else 0,
                           unreadable_lines=done.unreadable if done else 0)
     started = _connect(address, workers)
+    _ordered()
     shipped = [ray.put(bundle_payload(loaded))]
     bar = progress_bar(progress)
     writer = _ParquetOut(out) if parquet else LineWriter(out)

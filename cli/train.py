@@ -14,7 +14,7 @@ import click
 from click.core import ParameterSource
 
 from capkit.cli.options import config_option, device_option, echo_json, json_option, status, user_errors
-from capkit.models.config import DECODER_KINDS, MAX_GRID, CaptionModelConfig
+from capkit.models.config import DECODER_KINDS, MAX_GRID, MAX_STAGES, CaptionModelConfig
 from capkit.models.presets import PRESETS
 from capkit.runtime.vocab import MIN_VOCAB_SIZE
 from capkit.training.config import LR_SCHEDULES, TrainConfig
@@ -51,8 +51,11 @@ def typed_on_command_line(name: str) -> bool:
 @config_option(CaptionModelConfig, "freeze_embeddings", is_flag=True)
 @config_option(CaptionModelConfig, "image_each_step", "--image-each-step/--image-first-only",
                help="Add the image embedding to every step's input, or give it as the first step only (the seed's).")
+@config_option(CaptionModelConfig, "backbone_stages", type=click.IntRange(1, MAX_STAGES),
+               help="Residual stages of a ResNet backbone kept [default: the preset's; all four without one].")
 @config_option(CaptionModelConfig, "image_grid", type=click.IntRange(1, MAX_GRID),
-               help="Pool the backbone's last feature map to N x N cells kept apart (1: global pooling, the seed's).")
+               show_default=False, help="Pool the backbone's last feature map to N x N cells kept apart (1: global "
+                                        "pooling, the seed's) [default: the preset's; 1 without one].")
 @config_option(CaptionModelConfig, "forget_bias", type=float,
                help="LSTM forget-gate bias at init (of bias_ih; 0 sets it to 0, not to PyTorch's small random values).")
 @config_option(TrainConfig, "epochs", type=click.IntRange(1))

@@ -110,6 +110,20 @@ def load_encoder_weights(weights_file: str | Path, backbone: nn.Module, name: st
     backbone.load_state_dict(state)
 
 
+def keep_stages(backbone: nn.Module, stages: Optional[int], width: int, name: str) -> int:
+    """Cuts a ResNet-family backbone after its first ``stages`` residual stages (``layer1`` ...); returns the
+    feature width of the last stage kept (None: all, ``width`` as it is)."""
+    if stages is None:
+        return width
+    layers = [getattr(backbone, f"layer{i}", None) for i in range(1, 5)]
+    if not all(isinstance(layer, nn.Sequential) for layer in layers):
+        raise ModelConfigError(f"backbone_stages needs a ResNet-family backbone (layer1 .. layer4); {name} is not one")
+    for i in range(stages, 4):
+        setattr(backbone, f"layer{i + 1}", nn.Identity())
+    norms = [m for m in layers[stages - 1].modules() if isinstance(m, nn.BatchNorm2d)]
+    return norms[-1].num_features  # the stage's output channels
+
+
 def keep_grid(backbone: nn.Module, grid: int, width: int, name: str) -> int:
     """Makes the backbone pool its last feature map to ``grid`` x ``grid`` cells instead of one (its flatten
     then keeps every cell's features apart); returns the new feature width."""
@@ -166,6 +180,7 @@ class ImageEncoder(nn.Module):
     def __init__(self, config: CaptionModelConfig, weights_file: Optional[str | Path] = None):
         super().__init__()
         self.backbone, width = build_backbone(config.encoder, config.pretrained, weights_file)
+        width = keep_stages(self.backbone, config.backbone_stages, width, config.encoder)
         self.feature_dim = keep_grid(self.backbone, config.image_grid, width, config.encoder)
         if not (config.pretrained or weights_file):
             fresh_batch_norm_momentum(self.backbone)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Optional
 
 from capkit.runtime.errors import CapkitError, check_int
 from capkit.runtime.limits import DEFAULT_LIMITS
@@ -18,12 +18,13 @@ MAX_WIDTH = 65536  # embed_dim and hidden_dim
 MAX_LAYERS = 64  # stacked recurrent layers
 MAX_VOCAB_SIZE = DEFAULT_LIMITS.max_vocab_size  # the runtime's own limit on a manifest's vocabulary
 MAX_GRID = 16  # image_grid: 16 x 16 cells of the feature map
+MAX_STAGES = 4  # backbone_stages: a ResNet has four residual stages
 INT_BOUNDS = {"vocab_size": (MIN_VOCAB_SIZE, MAX_VOCAB_SIZE), "embed_dim": (1, MAX_WIDTH), "hidden_dim": (1, MAX_WIDTH),
               "layers": (1, MAX_LAYERS), "image_grid": (1, MAX_GRID)}
 BOOL_FIELDS = ("pretrained", "freeze_encoder", "freeze_embeddings", "project_norm", "image_each_step")
 IMAGE_STATE = "image_embedding"  # the state tensor that carries the image embedding to every step (image_each_step)
 # A configuration saved before a field existed meant the model of its time: the value that field then had.
-SAVED_BEFORE = {"image_each_step": False, "image_grid": 1}
+SAVED_BEFORE = {"image_each_step": False, "image_grid": 1, "backbone_stages": None}
 
 
 class ModelConfigError(CapkitError):
@@ -49,6 +50,9 @@ class CaptionModelConfig:
     # given as step 0 (the seed's Show-and-Tell): the decoder reads the image again when it names each object;
     # on the demo data this takes greedy captions that state their scene exactly right from 54% to 97%
     # (docs/seed-sweep.md). The embedding rides in the recurrent state as one more tensor, IMAGE_STATE.
+    backbone_stages: Optional[int] = None  # residual stages of a ResNet-family backbone kept (None: all four). On
+    # 64-pixel images the fourth stage works on a 2 x 2 map; three stages keep a 4 x 4 one, train faster and
+    # name the shapes better (docs/seed-sweep.md)
     image_grid: int = 1  # the backbone's last feature map pooled to image_grid x image_grid cells, kept apart (1:
     # global average pooling, the seed's): pooling the map to one vector mixes two objects' features, so
     # that a caption can bind a colour to the wrong shape
@@ -64,6 +68,7 @@ class CaptionModelConfig:
             raise ModelConfigError(f"encoder must be the name of a torchvision model, got {self.encoder!r}")
         for name, (low, high) in INT_BOUNDS.items():
             check_int(getattr(self, name), name, low, high, error=ModelConfigError)
+        check_int(self.backbone_stages, "backbone_stages", 1, MAX_STAGES, error=ModelConfigError, optional=True)
         for name in BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise ModelConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -93,5 +98,5 @@ class CaptionModelConfig:
         return cls(**{**SAVED_BEFORE, **{k: v for k, v in data.items() if k in known}})
 
 
-__all__ = ["CaptionModelConfig", "DECODER_KINDS", "IMAGE_STATE", "MAX_LAYERS", "MAX_WIDTH", "ModelConfigError",
-           "STATE_NAMES"]
+__all__ = ["CaptionModelConfig", "DECODER_KINDS", "IMAGE_STATE", "MAX_GRID", "MAX_LAYERS", "MAX_STAGES", "MAX_WIDTH",
+           "ModelConfigError", "STATE_NAMES"]

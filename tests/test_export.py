@@ -43,13 +43,15 @@ def max_abs(a, b) -> float:
 
 def test_graph_contract(export_kit, kind: str, layers: int) -> None:
     bundle = export_kit.bundle(kind, layers)
-    states = ["h", "c"] if kind == "lstm" else ["h"]
+    # the core's state, then the image embedding every step reads ([1, batch, embed]; docs/bundle.md)
+    states = ["h", "c", "image_embedding"] if kind == "lstm" else ["h", "image_embedding"]
+    shapes = [[layers, "batch", 32]] * (len(states) - 1) + [[1, "batch", 16]]
     encoder, decoder = onnx.load(str(bundle.encoder_path)), onnx.load(str(bundle.decoder_path))
     assert [i.name for i in encoder.graph.input] == ["image"]
     assert dims(encoder.graph.input[0]) == ["batch", 3, 32, 32]
     assert encoder.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert [o.name for o in encoder.graph.output] == states
-    assert all(dims(o) == [layers, "batch", 32] for o in encoder.graph.output)
+    assert [dims(o) for o in encoder.graph.output] == shapes
     assert [i.name for i in decoder.graph.input] == ["token", *states]
     assert decoder.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
     assert dims(decoder.graph.input[0]) == ["batch"]
@@ -57,7 +59,7 @@ def test_graph_contract(export_kit, kind: str, layers: int) -> None:
     assert [o.name for o in decoder.graph.output] == ["logits", *(s + "_next" for s in states), "next_token",
                                                       "next_logprob"]
     assert dims(decoder.graph.output[0]) == ["batch", len(export_kit.vocab)]
-    assert all(dims(o) == [layers, "batch", 32] for o in decoder.graph.output[1:-2])
+    assert [dims(o) for o in decoder.graph.output[1:-2]] == shapes
     assert [dims(o) for o in decoder.graph.output[-2:]] == [["batch"], ["batch"]]
     assert [o.type.tensor_type.elem_type for o in decoder.graph.output[-2:]] == [onnx.TensorProto.INT64,
                                                                                  onnx.TensorProto.DOUBLE]
@@ -142,10 +144,11 @@ def test_reference_evaluator_matches_onnxruntime(export_kit) -> None:
     reference_state = ReferenceEvaluator(str(bundle.encoder_path)).run(None, {"image": images})
     ort_state = ort_session(bundle.encoder_path).run(None, {"image": images})
     assert max(max_abs(r, o) for r, o in zip(reference_state, ort_state)) <= TOLERANCE
-    feed = {"token": tokens, "h": ort_state[0], "c": ort_state[1]}
+    feed = {"token": tokens, **dict(zip(bundle.manifest.decoder.state_inputs, ort_state))}
     reference_step = ReferenceEvaluator(str(bundle.decoder_path)).run(None, feed)
     ort_step = ort_session(bundle.decoder_path).run(None, feed)
-    assert [r.shape for r in reference_step] == [(2, len(export_kit.vocab)), (1, 2, 32), (1, 2, 32), (2,), (2,)]
+    assert [r.shape for r in reference_step] == [(2, len(export_kit.vocab)), (1, 2, 32), (1, 2, 32), (1, 2, 16), (2,),
+                                                 (2,)]
     assert max(max_abs(r, o) for r, o in zip(reference_step, ort_step)) <= TOLERANCE
 
 
@@ -155,16 +158,17 @@ def test_manifest_round_trip_and_tampering(export_kit, tmp_path: Path) -> None:
     manifest = loaded.manifest
     assert manifest.vocab == export_kit.vocab and manifest.preprocess == export_kit.spec
     assert manifest.max_length == export_kit.max_length and manifest.precision == "fp32"
-    assert manifest.encoder.image_input == "image" and manifest.encoder.state_outputs == ("h",)
-    assert (manifest.decoder.token_input, manifest.decoder.state_inputs) == ("token", ("h",))
-    assert (manifest.decoder.logits_output, manifest.decoder.state_outputs) == ("logits", ("h_next",))
+    assert manifest.encoder.image_input == "image" and manifest.encoder.state_outputs == ("h", "image_embedding")
+    assert (manifest.decoder.token_input, manifest.decoder.state_inputs) == ("token", ("h", "image_embedding"))
+    assert (manifest.decoder.logits_output, manifest.decoder.state_outputs) == ("logits", ("h_next",
+                                                                                          "image_embedding_next"))
     assert manifest.encoder.sha256 == sha256_file(loaded.encoder_path)
     assert manifest.decoder.sha256 == sha256_file(loaded.decoder_path)
     assert manifest.model["decoder"] == "rnn" and manifest.model["layers"] == 2
     assert manifest.provenance["opset"] == 17 and manifest.provenance["exporter"] == "torchscript"
     assert {"capkit", "torch", "onnx"} <= set(manifest.provenance["versions"])
     data = json.loads((source.folder / MANIFEST_NAME).read_text())
-    assert data["graphs"]["decoder_step"]["inputs"] == ["token", "h"]
+    assert data["graphs"]["decoder_step"]["inputs"] == ["token", "h", "image_embedding"]
 
     copy = tmp_path / "bundle"
     copy.mkdir()

@@ -159,7 +159,7 @@ def test_bundle_without_greedy_outputs(export_kit, tmp_path: Path) -> None:
     model, images, vocab = export_kit.model("gru"), export_kit.images, export_kit.vocab
     old = export_model(model, vocab, export_kit.spec, export_kit.max_length, tmp_path / "old", greedy_outputs=False)
     data = json.loads((old.folder / MANIFEST_NAME).read_text())["graphs"]["decoder_step"]
-    assert "next_token_output" not in data and data["outputs"] == ["logits", "h_next"]
+    assert "next_token_output" not in data and data["outputs"] == ["logits", "h_next", "image_embedding_next"]
     inference = OnnxInference(old, device="cpu")
     assert old.manifest.decoder.greedy_outputs is None
     chosen, logprobs, _ = inference.greedy_step(np.array([1, 1], np.int64), inference.encode(images[:2]))
@@ -172,7 +172,7 @@ def test_manifest_greedy_names(export_kit, tmp_path: Path) -> None:
     source = export_kit.bundle("lstm")
     manifest = json.loads((source.folder / MANIFEST_NAME).read_text())
     graph = manifest["graphs"]["decoder_step"]
-    assert graph["outputs"] == ["logits", "h_next", "c_next", "next_token", "next_logprob"]
+    assert graph["outputs"] == ["logits", "h_next", "c_next", "image_embedding_next", "next_token", "next_logprob"]
     assert (graph["next_token_output"], graph["next_logprob_output"]) == ("next_token", "next_logprob")
     folder = tmp_path / "b"
     folder.mkdir()

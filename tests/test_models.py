@@ -119,3 +119,21 @@ def test_lstm_forget_gate_bias_starts_at_the_configured_value():
     gru = CaptionModel(CaptionModelConfig(vocab_size=30, encoder="resnet18", embed_dim=16, hidden_dim=hidden,
                                           decoder="gru", forget_bias=1.5))
     assert gru.core.bias_ih_l0.abs().max() <= hidden ** -0.5  # only the LSTM has a forget gate
+
+
+def test_backbone_stages_and_image_grid_keep_the_spatial_features():
+    """Three of ResNet-18's stages end at 256 channels; a 4 x 4 grid keeps 16 cells apart: 4,096 features."""
+    model = tiny(backbone_stages=3, image_grid=4)
+    assert model.encoder.feature_dim == 256 * 16
+    assert isinstance(model.encoder.backbone.layer4, torch.nn.Identity)
+    with torch.no_grad():
+        assert model.encoder.features(torch.randn(2, 3, 64, 64)).shape == (2, 4096)
+        assert model.image_step(torch.randn(2, 3, 64, 64))[-1].shape == (1, 2, 16)
+    assert tiny(backbone_stages=2).encoder.feature_dim == 128
+    from capkit.models.config import ModelConfigError
+
+    for bad in (0, 5, True, 2.0):
+        with pytest.raises(ModelConfigError, match="backbone_stages must be an integer from 1 to 4"):
+            tiny(backbone_stages=bad)
+    with pytest.raises(ModelConfigError, match="needs a ResNet-family backbone"):
+        tiny(encoder="mobilenet_v3_small", backbone_stages=3)

@@ -79,7 +79,7 @@ def test_plain_select_gathers_rows(export_kit) -> None:
     inference = OnnxInference(export_kit.bundle("lstm"), device="cpu")
     state = inference.encode(export_kit.images[:3])
     picked = inference.select(state, np.array([2, 2, 0]))
-    assert [s.shape for s in picked] == [(1, 3, 32), (1, 3, 32)]
+    assert [s.shape for s in picked] == [(1, 3, 32), (1, 3, 32), (1, 3, 16)]  # h, c, image_embedding
     assert np.array_equal(picked[1][:, 0], state[1][:, 2]) and np.array_equal(picked[0][:, 2], state[0][:, 0])
 
 

@@ -64,10 +64,11 @@ def write_vectors(path: Path, words, dim: int) -> None:
 @pytest.mark.parametrize("seed_config", ["lstm", "rnn-2-layers", "lstm-glove"])
 def test_the_seed_configurations_learn(seed_config, dataset, tmp_path):
     kw: dict = {}
+    seed_model = {"image_each_step": False}  # the report's model: the image as the first step only
     if seed_config == "rnn-2-layers":
-        mc = model_config(decoder="rnn", layers=2)
+        mc = model_config(decoder="rnn", layers=2, **seed_model)
     else:
-        mc = model_config(decoder="lstm", layers=1)
+        mc = model_config(decoder="lstm", layers=1, **seed_model)
     if seed_config == "lstm-glove":
         vectors = tmp_path / "glove.txt"
         write_vectors(vectors, ["a", "red", "circle", "square", "blue", "notaword"], 300)

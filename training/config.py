@@ -20,7 +20,9 @@ class TrainConfig:
     preset: Optional[str] = None  # models.presets name (default | seed | edge): the model's sizes when not given one by
     # one, and export's default (edge: int8 too); saved here so that `capkit export` knows it
     image_size: Optional[int] = None  # square input side; None: the backbone's own preset (64 for synthetic)
-    epochs: int = 6  # passes over the training images (on the synthetic default: 6 x 120 steps, all captions)
+    epochs: int = 8  # passes over the training images (on the synthetic default: 8 x 120 steps, all captions); on
+    # the demo data, seed 0's greedy captions state their scene exactly right for 94.6% of test images after 6
+    # epochs and 99.8% after 8 (docs/fact-accuracy.md)
     batch_size: int = 32  # images per step; each brings captions_per_image of its captions
     captions_per_image: Optional[int] = None  # None: all of them (five on the synthetic set and COCO); n: a fresh
     # random subset of n per epoch. The image is encoded once for all of them. With 2 the image gets two captions'

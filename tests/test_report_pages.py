@@ -8,13 +8,14 @@ import re
 
 import pytest
 
-from capkit.reports import bulk, edge, phone_photos, seed_config, seed_sweep
+from capkit.reports import bulk, edge, fact_accuracy, phone_photos, seed_config, seed_sweep
 from capkit.reports.common import DOCS, REPO
 
 PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
-@pytest.mark.parametrize("script", [bulk, edge, phone_photos, seed_config, seed_sweep], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("script", [bulk, edge, fact_accuracy, phone_photos, seed_config, seed_sweep],
+                         ids=lambda m: m.__name__)
 def test_each_report_script_has_its_page_in_docs_with_one_marked_section(script):
     text = script.PAGE.read_text()
     assert script.PAGE.parent == DOCS and text.startswith("# ")
@@ -32,3 +33,19 @@ def test_links_between_pages_lead_to_files_that_exist(page):
     links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text())
     missing = [link for link in links if not (page.parent / link).exists()]
     assert missing == []
+
+
+def test_fact_accuracy_section_and_plot(tmp_path):
+    """The candidates' table (each row's facts, shapes, colours, training minutes and command) and the plot of
+    validation fact accuracy against cumulative training minutes."""
+    facts = {"exact": 0.535, "objects": 0.535, "sizes": 0.98, "colours": 0.827, "shapes": 0.613}
+    rows = [{"name": name, "train": "capkit train --seed 0 " + " ".join(options), "bleu4": 0.849, "facts": facts,
+             "minutes": 6.0, "curve": [(50.0, None), (50.0, 0.25), (50.0, 0.5)]}
+            for name, _, options in fact_accuracy.CANDIDATES]
+    text = fact_accuracy.section(rows, "CMD")
+    assert text.startswith(fact_accuracy.MARK_START) and text.endswith(fact_accuracy.MARK_END)
+    assert "| old default | ResNet-18, global pooling, the image as the first step only | 0.849 | 53.5% | 61.3% | 82.7% | 6.0 |" in text
+    assert "- old default: `capkit train --seed 0 --image-first-only --backbone-stages 4 --image-grid 1`" in text
+    plot = tmp_path / "facts.png"
+    fact_accuracy.plot(rows, plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -20,6 +20,7 @@ from capkit.runtime.vocab import MIN_VOCAB_SIZE
 from capkit.training.config import LR_SCHEDULES, TrainConfig
 
 MODEL_FIELDS = {f.name for f in dataclasses.fields(CaptionModelConfig)} - {"vocab_size"}
+ENCODER_CUT = ("backbone_stages", "image_grid")  # a preset's cut of its own backbone: not applied to a typed --encoder
 
 
 def typed_on_command_line(name: str) -> bool:
@@ -97,7 +98,8 @@ def train(resume: Optional[str], as_json: bool, **options: Any) -> None:
             name = sorted(set(typed) & MODEL_FIELDS)[0]
             raise click.UsageError(f"--{name.replace('_', '-')} cannot change when resuming (the model is the run's)")
         preset = PRESETS[options["preset"] or "default"]
-        model_options.update({k: v for k, v in preset.model.items() if k not in typed})  # typed options win
+        cut = ENCODER_CUT if "encoder" in typed else ()  # a typed backbone is used whole unless told otherwise
+        model_options.update({k: v for k, v in preset.model.items() if k not in typed and k not in cut})
         model_config = CaptionModelConfig(vocab_size=MIN_VOCAB_SIZE, **model_options)  # train() sets the vocabulary's
         result = run_training(TrainConfig(**options), model_config, resume=resume, status=status,
                               overrides=typed if resume is not None else None)

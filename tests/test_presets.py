@@ -120,3 +120,17 @@ def test_export_writes_the_edge_presets_int8_bundle_unless_told_not_to(dataset, 
                                        "--quantize", "none", "--no-check", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["variants"] == [] and not (tmp_path / "plain-int8").exists()
+
+
+def test_a_typed_encoder_is_used_whole_under_the_default_preset(dataset, tmp_path):
+    """The default preset cuts its ResNet-18 to three stages and 4 x 4 cells; a typed --encoder (here one that
+    has no such stages) gets its whole backbone instead of a one-line refusal, unless the cut is typed too."""
+    args = ["train", "--data", str(dataset), "--image-size", "32", "--epochs", "1", "--max-steps", "1",
+            "--bleu-images", "0", "--out", str(tmp_path), "--no-progress", "--json", "--hidden-dim", "16",
+            "--embed-dim", "8"]
+    result = CliRunner().invoke(main, [*args, "--encoder", "mobilenet_v3_small", "--name", "whole"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "whole" / "config.json").read_text())["model"]
+    assert saved["backbone_stages"] is None and saved["image_grid"] == 1 and saved["image_each_step"] is True
+    result = CliRunner().invoke(main, [*args, "--encoder", "mobilenet_v3_small", "--backbone-stages", "3"])
+    assert result.exit_code == 1 and "needs a ResNet-family backbone" in result.output

@@ -6,6 +6,7 @@ An error's message is one line naming the problem; the CLI prints it and exits n
 
 from __future__ import annotations
 
+import numbers
 import unicodedata
 from typing import Any, Callable, Optional
 
@@ -49,10 +50,9 @@ def one_line(error: BaseException | str, limit: Optional[int] = None) -> str:
 
 
 def is_int(value: Any) -> bool:
-    """An integer (Python's or numpy's), not a bool: what every "integer >= 1" option accepts."""
-    import numbers
-
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+    """An integer (Python's or numpy's), not a bool: what every "integer >= 1" option accepts. (numpy's bool_
+    is not an Integral; Python's bool is.)"""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_int(value: Any, name: str, minimum: int = 1, maximum: Optional[int] = None,

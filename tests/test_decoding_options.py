@@ -64,3 +64,12 @@ def test_overrides_are_the_field_names() -> None:
     assert with_overrides(base, {"max_length": 7, "seed": None}) == DecodingOptions(beam=4, max_length=7)
     with pytest.raises(TypeError, match="unknown decoding option 'temp'"):
         with_overrides(base, {"temp": 0.5})
+
+
+def test_is_int_takes_integers_of_python_and_numpy_but_no_bool():
+    import numpy as np
+
+    from capkit.runtime.errors import is_int
+
+    assert [is_int(v) for v in (3, np.int64(3), np.uint8(3))] == [True, True, True]
+    assert [is_int(v) for v in (True, np.bool_(True), 3.0, "3", None)] == [False] * 5

@@ -100,11 +100,11 @@ def facts_right(family: str, seed: int, checkpoint: Path) -> Optional[dict[str, 
     from capkit.training.torch_inference import checkpoint_captioner
 
     captioner = checkpoint_captioner(checkpoint, device="cpu")  # a bad checkpoint fails before any data is read
-    folder = family_data(family, seed, progress=False)
+    folder, splits = resolve_dataset(family_data(family, seed, progress=False), None, synthetic_seed=seed,
+                                     progress=False)  # the demo's own set is a folder in the cache too
     check = fact_check(folder, "test")
     if check is None:
         return None
-    _, splits = resolve_dataset(folder, None, progress=False)
     captions = generate_captions(captioner, splits["test"], (0.0,), progress=False)[0.0]
     return {key: round(value, 3) for key, value in check.score(captions).items()}
 
@@ -177,7 +177,7 @@ def sweep(family: str, seeds: Sequence[int], epochs: Optional[int], jobs: int, t
     for path in (folder / f"seed-{s}.json" for s in seeds):
         if path.is_file():
             row = json.loads(path.read_text())
-            if "facts" not in row:  # computed once from the saved run, then kept with the row
+            if row.get("facts") is None:  # computed once from the saved run, then kept with the row
                 say(f"seed {row['seed']}: checking the facts its test captions state")
                 row["facts"] = facts_right(family, row["seed"], Path(row["run"]) / "best.pt")
                 save_row(path, row)

@@ -88,3 +88,13 @@ def test_facts_with_a_bad_checkpoint_is_one_line_and_exit_1(tmp_path, capsys, mo
             seed_sweep.main(["--family", "objects", "--seeds", "0", "--facts", str(checkpoint)])
         err = capsys.readouterr().err
         assert stop.value.code == 1 and str(checkpoint) in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_facts_are_checked_on_the_demo_set_too(export_kit, tmp_path):
+    """The demo family trains on `capkit train`'s own synthetic set (no --data folder): its facts are read
+    from that set's recorded scenes, not reported as absent."""
+    checkpoint = export_kit.checkpoint(tmp_path / "tiny.pt")
+    facts = seed_sweep.facts_right("shapes", 0, checkpoint)
+    assert facts is not None and set(facts) >= {"exact", "shapes", "colours", "sizes"}
+    assert all(0.0 <= share <= 1.0 for share in facts.values())

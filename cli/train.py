@@ -71,6 +71,13 @@ def typed_on_command_line(name: str) -> bool:
 @config_option(TrainConfig, "max_length", type=click.IntRange(2))
 @config_option(TrainConfig, "bleu_images", type=click.IntRange(0),
                help="Validation images captioned after each epoch for a greedy BLEU-4 (0: off).")
+@config_option(TrainConfig, "teacher", type=click.Path(exists=True),
+               help="Distil from this trained run (or checkpoint): its word distributions at every step become soft "
+                    "targets beside the references. Same data and preprocessing; any model.")
+@config_option(TrainConfig, "distill_temperature", type=click.FloatRange(0, min_open=True),
+               help="With --teacher: softmax temperature of both distributions.")
+@config_option(TrainConfig, "distill_weight", type=click.FloatRange(0, 1),
+               help="With --teacher: the soft targets' share of the loss.")
 @config_option(TrainConfig, "patience", type=click.IntRange(1), help="Early-stopping patience in epochs.")
 @config_option(TrainConfig, "image_size", type=click.IntRange(16),
                help="Input side [default: the backbone's; 64 on synthetic].")

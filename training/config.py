@@ -36,6 +36,11 @@ class TrainConfig:
     max_length: int = 20  # longest training caption (tokens after <start>) and default decoding length
     bleu_images: int = 48  # validation images captioned greedily after each epoch for history's val_bleu4 (0: off);
     # a few dozen cost about a second on a CPU and show quality, which the loss alone does not
+    teacher: Optional[str] = None  # a trained run (or checkpoint) whose per-step word distributions the model learns
+    # beside the references (training/distill.py); same vocabulary and preprocessing, any architecture
+    distill_temperature: float = 2.0  # softens both distributions before they are compared: above 1, the teacher's
+    # ranking of the wrong words (a circle is nearer a ring than a star) carries weight too
+    distill_weight: float = 0.5  # the soft targets' share of the loss, the references' is the rest (1: teacher only)
     patience: Optional[int] = None  # stop after this many epochs without a better validation loss
     cache_features: bool = False  # with a frozen encoder: compute backbone features once, train on them
     encoder_weights: Optional[str] = None  # local weights file for the backbone (weights_only load)

@@ -29,6 +29,7 @@ from capkit.runtime.vocab import MIN_VOCAB_SIZE, SPECIAL_TOKENS, Vocabulary
 from capkit.training.checkpoint import (LAST, checkpoint_payload, load_checkpoint, model_from_payload,
                                         resolve_checkpoint, save_checkpoint)
 from capkit.training.config import LR_SCHEDULES, TrainConfig
+from capkit.training.distill import Teacher, load_teacher, soft_target_loss
 from capkit.training.synthetic import fact_check
 from capkit.training.data import (Batch, CaptionedImages, collate, compute_features, resolve_dataset,
                                   spec_for_backbone, synthetic_image_size)
@@ -180,7 +181,25 @@ class TrainingRun:
             self._restore(payload, resume)
         if config.cache_features and not self.model_config.freeze_encoder:
             raise TrainingError("--cache-features needs --freeze-encoder (features of a trained backbone change)")
+        self.teacher = self._teacher()
         self._prepare(payload)
+
+    def _teacher(self) -> Optional[Teacher]:
+        """The run that lends its word distributions (``config.teacher``), checked against this one; None without."""
+        config = self.config
+        if config.teacher is None:
+            return None
+        if config.cache_features:
+            raise TrainingError("--teacher needs the images themselves, not --cache-features (the teacher has its own "
+                                "backbone)")
+        if not (math.isfinite(config.distill_temperature) and config.distill_temperature > 0):
+            raise TrainingError(f"--distill-temperature must be above 0, got {config.distill_temperature}")
+        if not 0 <= config.distill_weight <= 1:
+            raise TrainingError(f"--distill-weight must be from 0 to 1, got {config.distill_weight}")
+        teacher = load_teacher(config.teacher, self.vocab, self.spec, self.device)
+        # the checkpoint itself, saved with the run: `runs/latest` moves on, a resumed run keeps its teacher
+        self.config = dataclasses.replace(config, teacher=str(teacher.path.resolve()))
+        return teacher
 
     def _load_data(self) -> tuple[str, dict[str, list]]:
         """(source, splits); rank 0 generates the synthetic set (if needed) while the others wait."""
@@ -256,9 +275,18 @@ class TrainingRun:
                 if self.dist.master:
                     warnings.warn(f"skipping unreadable image: {reason}")
 
-    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, batch: Batch, teach: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the objective summed over real tokens, its cross-entropy part, the number of real tokens). With
+        ``teach`` and a teacher the objective mixes in the teacher's soft targets (training/distill.py); the
+        validation loss stays the references' cross-entropy, comparable across runs."""
         logits = self.ddp_model(batch.images, batch.inputs, batch.owners, features=self.config.cache_features)  # (N, T, V)
-        return token_loss(logits, batch.targets, self.vocab.pad_id)
+        cross_entropy, tokens = token_loss(logits, batch.targets, self.vocab.pad_id)
+        if not (teach and self.teacher is not None):
+            return cross_entropy, cross_entropy, tokens
+        soft = soft_target_loss(logits, self.teacher.logits(batch.images, batch.inputs, batch.owners), batch.targets,
+                                self.vocab.pad_id, self.config.distill_temperature)
+        weight = self.config.distill_weight
+        return (1 - weight) * cross_entropy + weight * soft, cross_entropy, tokens
 
     def train_epoch(self) -> tuple[float, bool]:
         """Mean training token loss of the epoch, and whether max_steps was reached."""
@@ -275,8 +303,8 @@ class TrainingRun:
             if len(batch.images) < 2 and not self.config.cache_features:
                 continue  # nothing left, or a single image (batch norm needs two in train mode)
             batch = batch.to(self.device)
-            loss_sum, tokens = self._loss(batch)
-            loss = loss_sum / tokens.clamp(min=1)
+            objective, loss_sum, tokens = self._loss(batch, teach=True)
+            loss = objective / tokens.clamp(min=1)
             if self.dist.broadcast_flag(not torch.isfinite(loss).item(), self.device):
                 raise TrainingError(f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; "
                                     f"stopped, the last good checkpoint is {self.run_dir / LAST}")
@@ -311,7 +339,7 @@ class TrainingRun:
             self._note_skipped(batch)
             if not len(batch.owners):
                 continue
-            loss_sum, tokens = self._loss(batch.to(self.device))
+            _, loss_sum, tokens = self._loss(batch.to(self.device))
             totals += torch.stack([loss_sum, tokens.to(totals.dtype)])
         totals = self.dist.all_sum(totals)
         return (totals[0] / totals[1].clamp(min=1)).item()

@@ -112,6 +112,8 @@ def _started_line(run: TrainingRun, resumed: bool) -> str:
     return (f"run {run.run_dir}: {run.model_config.encoder} + {run.model_config.layers}-layer "
             f"{run.model_config.decoder}, {n_params / 1e6:.1f}M parameters, vocabulary {len(run.vocab)}, "
             f"{len(run.splits['train'])} train / {len(run.splits['val'])} val images, device {run.device}"
+            + (f", distilled from {run.teacher.path} (T {run.config.distill_temperature:g}, weight "
+               f"{run.config.distill_weight:g})" if run.teacher is not None else "")
             + (f", resuming after epoch {run.epoch}" if resumed else "")
             + (f" ({', '.join(f'{k} {v}' for k, v in run.overridden.items())} as given)" if run.overridden else ""))
 

@@ -33,6 +33,11 @@ INTERPOLATIONS = {
 }
 
 
+# what mean and std must be besides finite numbers, as messages say it (the JavaScript runtime says the same)
+FLOAT32_RULES = {"mean": "must be 3 numbers that are finite in float32",
+                 "std": "must be 3 numbers > 0 for which (x - mean) / std is finite in float32 for pixels x from 0 to 1"}
+
+
 class PreprocessError(CapkitError):
     """A preprocessing spec with a value of the wrong type or out of range; the message names the field."""
 
@@ -67,6 +72,19 @@ class PreprocessSpec:
                 raise PreprocessError(f"preprocess.{name}: must be 3 finite numbers{' > 0' if positive else ''}, "
                                       f"got {short(values)}")
             object.__setattr__(self, name, tuple(float(v) for v in values))
+            if not self._finite_in_float32(name):
+                raise PreprocessError(f"preprocess.{name}: " + FLOAT32_RULES[name] + f", got {short(values)}")
+
+    def _finite_in_float32(self, name: str) -> bool:
+        """Whether ``mean`` (checked first), or ``std``, keeps :func:`normalize`'s float32 arithmetic finite:
+        (x - mean) / std for pixels x from 0 to 1. A value can pass in float64 and fail there: a std of 1e-300
+        is 0 in float32, a mean of 1e39 is infinite."""
+        with np.errstate(all="ignore"):  # the overflow or division by zero is what is looked for, quietly
+            mean = np.asarray(self.mean, np.float32)  # (3,)
+            if name == "mean":
+                return bool(np.isfinite(mean).all())
+            ends = (np.float32([[0.0], [1.0]]) - mean) / np.asarray(self.std, np.float32)  # (2, 3): darkest, brightest
+            return bool(np.isfinite(ends).all())
 
     @staticmethod
     def _finite(value: Any) -> bool:

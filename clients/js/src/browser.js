@@ -6,8 +6,8 @@
 //   const captioner = await Captioner.create('./bundle/');
 //   const { text } = await captioner.caption(file);   // a File, Blob, ArrayBuffer, Uint8Array or URL
 
-import { Captioner as Core, checkThreads } from './captioner.js';
-import { BundleError, ImageError } from './errors.js';
+import { Captioner as Core, checkThreads, fileTooBig, missingFile } from './captioner.js';
+import { BundleError, ImageError, pythonRepr } from './errors.js';
 import { checkImageSize, rgbaToRgb } from './preprocess.js';
 
 export * from './errors.js';
@@ -77,24 +77,34 @@ export class Captioner extends Core {
     }
     ort.env.wasm.numThreads = threads;
     const where = String(bundleUrl);
+    // In the browser there are no links to follow: a name stays inside the bundle when its URL does (the manifest's
+    // check has refused `..` and absolute names already; this is the lexical check again, on the URL)
+    const url = (/** @type {string} */ name) => {
+      const found = new URL(name, base);
+      if (!found.href.startsWith(base.href)) throw new BundleError(`${where}: ${pythonRepr(name)} points outside the bundle`);
+      return found;
+    };
     const platform = {
       ort,
-      readFile: async (name, maxBytes = 4 * 1024 ** 3) => {
-        const url = new URL(name, base);
-        if (!url.href.startsWith(base.href)) throw new BundleError(`${where}: ${name} points outside the bundle`);
+      readFile: async (/** @type {string} */ name, maxBytes = 4 * 1024 ** 3) => {
         let response;
         try {
-          response = await fetch(url, { cache: 'no-store' });
+          response = await fetch(url(name), { cache: 'no-store' });
         } catch (e) {
           throw new BundleError(`${where}: ${name} cannot be fetched (${e.message})`);
         }
-        if (!response.ok) {
-          throw new BundleError(name === 'capkit.json' && response.status === 404 ? `${where}: not a bundle, capkit.json is missing`
-            : `${where}: ${name} cannot be fetched (HTTP ${response.status})`);
-        }
-        const length = Number(response.headers.get('content-length'));
-        if (length > maxBytes) throw new BundleError(`${where}: ${name} is over the limit of ${maxBytes} bytes`);
+        if (response.status === 404) throw missingFile(where, name);
+        if (!response.ok) throw new BundleError(`${where}: ${name} cannot be fetched (HTTP ${response.status})`);
+        if (Number(response.headers.get('content-length')) > maxBytes) throw fileTooBig(where, name, maxBytes);
         return new Uint8Array(await response.arrayBuffer());
+      },
+      isFile: async (/** @type {string} */ name) => {
+        const address = url(name);
+        try {
+          return (await fetch(address, { method: 'HEAD', cache: 'no-store' })).ok;
+        } catch {
+          return false;
+        }
       },
       sha256: async (bytes) => hex(await crypto.subtle.digest('SHA-256', bytes)),
       decodeImage,

@@ -1,9 +1,13 @@
 // The Captioner of runtime/captioner.py over ONNX Runtime's JavaScript API. The platform (node.js,
 // browser.js) gives it the ort module, a way to read the bundle's files, sha256 and image decoding.
 
-import { BundleError, CapkitError, DEFAULT_LIMITS, DecodingOptionsError, checkLimit, pythonRepr } from './errors.js';
+import {
+  BundleError, CapkitError, DEFAULT_LIMITS, DecodingOptionsError, checkLimit, formatG, oneLine, pythonRepr,
+} from './errors.js';
 import { decode } from './decoding.js';
+import { checkGraphs, vocabMismatch } from './graph-checks.js';
 import { MANIFEST_NAME, parseManifest } from './manifest.js';
+import { externalDataFiles } from './onnx-io.js';
 import { OPTION_NAMES, verifyOptions } from './options.js';
 import { preprocessRgb } from './preprocess.js';
 
@@ -18,7 +22,10 @@ import { preprocessRgb } from './preprocess.js';
 /**
  * @typedef {object} Platform
  * @property {any} ort onnxruntime-node or onnxruntime-web
- * @property {(name: string, maxBytes?: number) => Promise<Uint8Array>} readFile a file of the bundle, by its relative name
+ * @property {(name: string, maxBytes?: number) => Promise<Uint8Array>} readFile a file of the bundle, by its relative name;
+ *   BundleError (Python's words) when the name leads outside the bundle, or the file is missing or not a regular file
+ * @property {(name: string) => Promise<boolean>} isFile whether a name inside the bundle is a file (BundleError when it
+ *   leads outside the bundle)
  * @property {(bytes: Uint8Array) => Promise<string>} sha256 hex digest
  * @property {(source: any, limits: Limits) => Promise<{image: import('./preprocess.js').RgbImage, name: string}>} decodeImage
  */
@@ -63,7 +70,7 @@ async function readManifest(where, platform, limits) {
   const bytes = await platform.readFile(MANIFEST_NAME, limits.max_manifest_bytes);
   let text;
   try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes); // a BOM stays, and JSON refuses it, as in Python
   } catch {
     throw new BundleError(`${where}: ${MANIFEST_NAME}: not a manifest, not UTF-8 text`);
   }
@@ -75,8 +82,18 @@ async function readManifest(where, platform, limits) {
   }
 }
 
+/** A bundle's file that is not there, in load_bundle's words (for the platforms). @param {string} where @param {string} name */
+export const missingFile = (where, name) => new BundleError(name === MANIFEST_NAME ? `${where}: not a bundle, ${name} is missing` : `${where}: ${name} is missing`);
+
+/** A bundle's file over ``maxBytes`` (capkit.json's limit is Limits.max_manifest_bytes). @param {string} where @param {string} name @param {number} maxBytes */
+export const fileTooBig = (where, name, maxBytes) => new BundleError(`${where}: ${name} is over the limit of ${formatG(maxBytes)} bytes`
+  + `${name === MANIFEST_NAME ? ' (Limits.max_manifest_bytes; raise it to allow more)' : ''}`);
+
+const plainName = (/** @type {string} */ name) => name && !name.includes('\0') && !name.startsWith('/') && !name.split('/').includes('..');
+
 /**
- * A graph's bytes, once their sha256 is the manifest's.
+ * A graph's bytes, once their sha256 is the manifest's and the external-data files they name are files inside the
+ * bundle (load_bundle's checks, in its order and words).
  * @param {string} where @param {Platform} platform @param {{file: string, sha256: string}} graph
  */
 async function readGraph(where, platform, graph) {
@@ -85,26 +102,24 @@ async function readGraph(where, platform, graph) {
   if (actual !== graph.sha256) {
     throw new BundleError(`${where}: ${graph.file} has sha256 ${actual.slice(0, 12)}..., the manifest says ${graph.sha256.slice(0, 12)}...`);
   }
+  for (const name of externalDataFiles(bytes)) {
+    if (!plainName(name)) throw new BundleError(`${where}: file name ${pythonRepr(name)} must be a plain name inside the bundle`);
+    if (!(await platform.isFile(name))) throw new BundleError(`${where}: external data file ${pythonRepr(name)} of ${graph.file} is missing`);
+  }
   return bytes;
 }
 
 /**
- * An ONNX Runtime session over a graph's bytes, which must have the inputs and outputs the manifest names.
+ * An ONNX Runtime session over a graph's bytes; ONNX Runtime's refusal becomes one BundleError line, as in Python.
  * @param {string} where @param {any} ort @param {string} file @param {Uint8Array} bytes @param {object} options
- * @param {string[]} inputs @param {string[]} outputs
  */
-async function openSession(where, ort, file, bytes, options, inputs, outputs) {
-  let session;
+async function openSession(where, ort, file, bytes, options) {
   try {
-    session = await ort.InferenceSession.create(bytes, options);
+    return { session: await ort.InferenceSession.create(bytes, options), bytes };
   } catch (e) {
-    throw new BundleError(`${where}: ${file} is not a graph ONNX Runtime can load (${String(e.message || e).split('\n')[0]})`);
+    const first = String(e?.message || e).trim().split('\n')[0];
+    throw new BundleError(`${where.replace(/\/+$/, '')}/${file}: ONNX Runtime cannot load it (${first})`);
   }
-  for (const [kind, wanted, have] of [['input', inputs, session.inputNames], ['output', outputs, session.outputNames]]) {
-    const missing = wanted.find((/** @type {string} */ n) => !have.includes(n));
-    if (missing) throw new BundleError(`${where}: ${file} has no ${kind} ${JSON.stringify(missing)} (the manifest names it)`);
-  }
-  return session;
 }
 
 export class Captioner {
@@ -139,11 +154,23 @@ export class Captioner {
     }
     const { encoder: enc, decoder: dec } = manifest;
     const [encBytes, decBytes] = [await readGraph(where, platform, enc), await readGraph(where, platform, dec)];
-    const options = { executionProviders: ['cpu'], graphOptimizationLevel: 'all', ...sessionOptions };
-    const encoder = await openSession(where, platform.ort, enc.file, encBytes, options, [enc.imageInput], enc.stateOutputs);
-    const decoder = await openSession(where, platform.ort, dec.file, decBytes, options, [dec.tokenInput, ...dec.stateInputs],
-      [dec.logitsOutput, ...dec.stateOutputs, ...(dec.nextTokenOutput && dec.nextLogprobOutput ? [dec.nextTokenOutput, dec.nextLogprobOutput] : [])]);
-    return new this(where, platform, allLimits, manifest, encoder, decoder);
+    // logSeverityLevel 4 (fatal only): ONNX Runtime's errors reach the caller as one capkit line, not also as its log
+    const options = { executionProviders: ['cpu'], graphOptimizationLevel: 'all', logSeverityLevel: 4, ...sessionOptions };
+    const encoder = await openSession(where, platform.ort, enc.file, encBytes, options);
+    let decoder = null;
+    try {
+      decoder = await openSession(where, platform.ort, dec.file, decBytes, options);
+      checkGraphs(where, manifest, encoder, decoder);
+    } catch (e) { // a bundle refused after a session was built: its memory and threads go at once
+      await Promise.all([encoder.session.release(), decoder?.session.release()]);
+      throw e;
+    }
+    return new this(where, platform, allLimits, manifest, encoder.session, decoder.session);
+  }
+
+  /** Releases the ONNX Runtime sessions (their memory and threads); the Captioner cannot caption after it. */
+  async release() {
+    await Promise.all([this.encoder.release(), this.decoder.release()]);
   }
 
   /** The preprocessing spec of the bundle. */
@@ -195,13 +222,24 @@ export class Captioner {
    */
   async caption(image, options = {}) {
     const checked = this.options(options);
-    const pixels = await this.preprocess(image);
-    return this.captionPixels(pixels, checked);
+    const { image: rgb, name } = await this.platform.decodeImage(image, this.limits);
+    return this.captionPixels(preprocessRgb(rgb, this.spec, name, this.limits), checked, name);
   }
 
-  /** Preprocessed pixels (float32 3 x crop x crop) -> Caption. */
-  async captionPixels(pixels, options = this.defaults) {
-    const result = await decode(this.inference(), pixels, options, { startId: this.manifest.specialTokens.start, endId: this.manifest.specialTokens.end });
+  /**
+   * Preprocessed pixels (float32 3 x crop x crop) -> Caption. ONNX Runtime failing on them is a CapkitError
+   * "<name>: cannot be captioned: ..." in one line, as the Python Captioner reports an image it cannot caption;
+   * logits of another width than the vocabulary's, where the graph leaves it open, are the bundle's BundleError.
+   * @param {Float32Array} pixels @param {DecodingOptions} [options] @param {string} [name] the image, for messages
+   */
+  async captionPixels(pixels, options = this.defaults, name = '<pixels>') {
+    let result;
+    try {
+      result = await decode(this.inference(), pixels, options, { startId: this.manifest.specialTokens.start, endId: this.manifest.specialTokens.end });
+    } catch (e) {
+      if (e instanceof BundleError) throw e;
+      throw new CapkitError(`${name}: cannot be captioned: ${oneLine(e?.message || e)}`);
+    }
     return { text: this.text(result.tokens), tokens: result.tokens, logprob: result.logprob, finished: result.finished };
   }
 
@@ -220,17 +258,24 @@ export class Captioner {
       dec.stateInputs.forEach((n, i) => { feed[n] = state[i]; });
       return feed;
     };
+    // a step, whose logits must be as wide as the vocabulary (checked at load where the graph declares the width)
+    const run = async (tokens, state) => {
+      const out = await this.decoder.run(feeds(tokens, state));
+      const width = out[dec.logitsOutput].dims.at(-1);
+      if (width !== vocab) throw vocabMismatch(this.where, m, width);
+      return out;
+    };
     return {
       encode: async (image) => {
         const out = await this.encoder.run({ [enc.imageInput]: new ort.Tensor('float32', image, [1, 3, crop, crop]) });
         return enc.stateOutputs.map((n) => out[n]);
       },
       step: async (tokens, state) => {
-        const out = await this.decoder.run(feeds(tokens, state));
+        const out = await run(tokens, state);
         return { logits: out[dec.logitsOutput].data, vocab, state: dec.stateOutputs.map((n) => out[n]) };
       },
       greedyStep: nextToken && nextLogprob ? async (tokens, state) => {
-        const out = await this.decoder.run(feeds(tokens, state));
+        const out = await run(tokens, state);
         return {
           tokens: Array.from(out[nextToken].data, Number),
           logprobs: Array.from(out[nextLogprob].data, Number),

@@ -5,25 +5,34 @@ import {
   DECODING_FIELDS, DEFAULT_INTERPOLATION, DEFAULT_OPTIONS, FORMAT_VERSION, GRAPH_FORMATS, INTERPOLATIONS, LEGACY_DECODING_KEYS,
   MANIFEST_NAME, MAX_MANIFEST_DEPTH, PRECISIONS, PREPROCESS_KEYS, SPECIAL_TOKEN_IDS, SPECIAL_TOKENS,
 } from './constants.generated.js';
-import { BundleError, DEFAULT_LIMITS, formatG, show } from './errors.js';
+import {
+  BundleError, CapkitError, DEFAULT_LIMITS, JsonFloat, NumberTooLargeError, formatG, pythonRepr, pythonType, shortRepr, show,
+} from './errors.js';
 import { verifyOptions } from './options.js';
+import { parsePythonJson } from './python-json.js';
 
 export { FORMAT_VERSION, MANIFEST_NAME };
 
+// control characters and lone surrogates (the u flag: a surrogate pair is one character, as in Python)
 // eslint-disable-next-line no-control-regex
-const CONTROL = /[\u0000-\u001f\u007f-\u009f\ud800-\udfff]/;
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\ud800-\udfff]/u;
+// ... and what Python's \s matches (str.isspace: not JavaScript's \s, which also matches U+FEFF)
 // eslint-disable-next-line no-control-regex
-const NOT_A_WORD = /[\s\u0000-\u001f\u007f-\u009f\ud800-\udfff]/;
+const NOT_A_WORD = /[\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ud800-\udfff]/u;
 const SHA256 = /^[0-9a-f]{64}$/;
 
 const fail = (path, problem) => new BundleError(`${path}: ${problem}`);
-const isInt = (v) => typeof v === 'number' && Number.isInteger(v);
-const jsonType = (v) => (v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v === 'boolean' ? 'boolean'
-  : typeof v === 'number' ? (Number.isInteger(v) ? 'integer' : 'number') : typeof v === 'string' ? 'string' : 'object');
-const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+// the values python-json.js gives: an int is a safe integer or a BigInt, a float a number or a JsonFloat
+const isInt = (v) => (typeof v === 'number' && Number.isInteger(v)) || typeof v === 'bigint';
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof JsonFloat);
+const JSON_TYPES = { NoneType: 'null', bool: 'boolean', int: 'integer', float: 'number', str: 'string', list: 'array', dict: 'object' };
+const jsonType = (v) => JSON_TYPES[pythonType(v)];
+const has = (data, key) => Object.prototype.hasOwnProperty.call(data, key);
+const get = (data, key, otherwise) => (has(data, key) ? data[key] : otherwise); // dict.get: a null stays null
+const head = (text, n) => Array.from(text).slice(0, n).join(''); // text[:n] in Python, by code point
 
 function field(data, key, path) {
-  if (!Object.prototype.hasOwnProperty.call(data, key)) throw fail(path ? `${path}.${key}` : key, 'missing');
+  if (!has(data, key)) throw fail(path ? `${path}.${key}` : key, 'missing');
   return data[key];
 }
 
@@ -35,7 +44,7 @@ function object(value, path) {
 function int(value, path, limits, limit) {
   if (!isInt(value) || value < 1) throw fail(path, `must be an integer >= 1, got ${show(value)}`);
   if (value > limits[limit]) throw fail(path, `${show(value)} is over the limit of ${formatG(limits[limit])} (Limits.${limit}; raise it to allow more)`);
-  return value;
+  return Number(value);
 }
 
 function name(value, path) {
@@ -75,7 +84,7 @@ function depthOk(value, most) {
   while (stack.length) {
     const [item, depth] = /** @type {[any, number]} */ (stack.pop());
     for (const child of Object.values(item)) {
-      if (child !== null && typeof child === 'object') {
+      if (Array.isArray(child) || isObject(child)) {
         if (depth + 1 > most) return false;
         stack.push([child, depth + 1]);
       }
@@ -108,34 +117,58 @@ function specialTokens(value, vocab) {
   const expected = SPECIAL_TOKEN_IDS;
   object(value, 'special_tokens');
   for (const [key, id] of Object.entries(value)) {
-    if (!(key in expected)) throw fail('special_tokens', `unknown token ${show(key.slice(0, 40))} (known: ${Object.keys(expected).join(', ')})`);
+    if (!has(expected, key)) throw fail('special_tokens', `unknown token ${pythonRepr(head(key, 40))} (known: ${Object.keys(expected).join(', ')})`);
     if (!isInt(id) || id < 0 || id >= vocab.length) throw fail(`special_tokens.${key}`, `must be a token id in 0..${vocab.length - 1}, got ${show(id)}`);
     if (id !== expected[key]) throw fail(`special_tokens.${key}`, `is ${id}, but the vocabulary has ${vocab[expected[key]]} at ${expected[key]}`);
   }
-  for (const key of Object.keys(expected)) if (!(key in value)) throw fail(`special_tokens.${key}`, 'missing');
+  for (const key of Object.keys(expected)) if (!has(value, key)) throw fail(`special_tokens.${key}`, 'missing');
   return /** @type {SpecialTokens} */ ({ ...value });
 }
 
+// what mean and std must be besides finite numbers (runtime/preprocess.py FLOAT32_RULES)
+const FLOAT32_RULES = {
+  mean: 'must be 3 numbers that are finite in float32',
+  std: 'must be 3 numbers > 0 for which (x - mean) / std is finite in float32 for pixels x from 0 to 1',
+};
+
+/** A real number that is neither infinite nor NaN, nor too big for a float (PreprocessSpec._finite). */
+const finite = (v) => (typeof v === 'number' || typeof v === 'bigint' || v instanceof JsonFloat) && Number.isFinite(Number(v));
+
+/**
+ * Whether ``mean`` (checked first), or ``std``, keeps the float32 arithmetic of normalisation finite: (x - mean) / std
+ * for pixels x from 0 to 1 (Math.fround rounds each step to float32, as preprocess.js normalises).
+ * @param {'mean'|'std'} key @param {number[]} mean @param {number[]} std
+ */
+function finiteInFloat32(key, mean, std) {
+  const f = Math.fround;
+  if (key === 'mean') return mean.every((m) => Number.isFinite(f(m)));
+  return [0, 1].every((x) => mean.every((m, c) => Number.isFinite(f(f(x - f(m)) / f(std[c])))));
+}
+
+/** PreprocessSpec.from_dict and its checks, with runtime/preprocess.py's messages (reprlib's repr of a value). */
 function preprocessSpec(data) {
-  if (!isObject(data)) throw fail('preprocess', `must be an object, got ${jsonType(data)}`);
+  if (!isObject(data)) throw fail('preprocess', `must be an object, got ${pythonType(data)}`);
   const unknown = Object.keys(data).filter((k) => !PREPROCESS_KEYS.includes(k));
-  if (unknown.length) throw fail('preprocess', `unknown key ${show(unknown[0].slice(0, 40))} (known: ${PREPROCESS_KEYS.join(', ')})`);
-  const missing = PREPROCESS_KEYS.slice(0, -1).filter((k) => !(k in data));
+  if (unknown.length) throw fail('preprocess', `unknown key ${pythonRepr(head(unknown[0], 40))} (known: ${PREPROCESS_KEYS.join(', ')})`);
+  const missing = PREPROCESS_KEYS.slice(0, -1).filter((k) => !has(data, k));
   if (missing.length) throw fail(`preprocess.${missing[0]}`, 'missing');
-  const interpolation = data.interpolation ?? DEFAULT_INTERPOLATION;
+  const interpolation = get(data, 'interpolation', DEFAULT_INTERPOLATION);
   if (typeof interpolation !== 'string' || !INTERPOLATIONS.includes(interpolation)) {
-    throw fail('preprocess.interpolation', `must be one of ${INTERPOLATIONS.join(', ')}, got ${show(interpolation)}`);
+    throw fail('preprocess.interpolation', `must be one of ${INTERPOLATIONS.join(', ')}, got ${shortRepr(interpolation)}`);
   }
   for (const key of ['resize', 'crop']) {
-    if (!isInt(data[key]) || data[key] < 1) throw fail(`preprocess.${key}`, `must be an integer >= 1, got ${show(data[key])}`);
+    if (!isInt(data[key]) || data[key] < 1) throw fail(`preprocess.${key}`, `must be an integer >= 1, got ${shortRepr(data[key])}`);
   }
-  for (const [key, positive] of /** @type {[string, boolean][]} */ ([['mean', false], ['std', true]])) {
+  const spec = { resize: data.resize, crop: data.crop, mean: [0, 0, 0], std: [1, 1, 1], interpolation };
+  for (const [key, positive] of /** @type {['mean'|'std', boolean][]} */ ([['mean', false], ['std', true]])) {
     const v = data[key];
-    if (!(Array.isArray(v) && v.length === 3 && v.every((x) => typeof x === 'number' && Number.isFinite(x) && (!positive || x > 0)))) {
-      throw fail(`preprocess.${key}`, `must be 3 finite numbers${positive ? ' > 0' : ''}, got ${show(v)}`);
+    if (!(Array.isArray(v) && v.length === 3 && v.every((x) => finite(x) && (!positive || x > 0)))) {
+      throw fail(`preprocess.${key}`, `must be 3 finite numbers${positive ? ' > 0' : ''}, got ${shortRepr(v)}`);
     }
+    spec[key] = v.map(Number);
+    if (!finiteInFloat32(key, spec.mean, spec.std)) throw fail(`preprocess.${key}`, `${FLOAT32_RULES[key]}, got ${shortRepr(v)}`);
   }
-  return { resize: data.resize, crop: data.crop, mean: data.mean.map(Number), std: data.std.map(Number), interpolation };
+  return spec;
 }
 
 function graphCommon(data, path) {
@@ -171,12 +204,12 @@ function decoderGraph(data) {
 }
 
 function decodingBlock(data) {
-  if (!isObject(data)) throw new BundleError(`decoding must be an object, got ${jsonType(data)}`);
+  if (!isObject(data)) throw new BundleError(`decoding must be an object, got ${pythonType(data)}`);
   const values = {};
   for (const [key, value] of Object.entries(data)) {
-    const mapped = key in LEGACY_DECODING_KEYS ? LEGACY_DECODING_KEYS[key] : key;
+    const mapped = has(LEGACY_DECODING_KEYS, key) ? LEGACY_DECODING_KEYS[key] : key;
     if (mapped === null) continue;
-    if (!DECODING_FIELDS.includes(mapped)) throw new BundleError(`decoding: unknown option ${show(key)} (known: ${DECODING_FIELDS.join(', ')})`);
+    if (!DECODING_FIELDS.includes(mapped)) throw new BundleError(`decoding: unknown option ${pythonRepr(key)} (known: ${DECODING_FIELDS.join(', ')})`);
     values[mapped] = value;
   }
   return values;
@@ -205,7 +238,6 @@ export function checkManifest(data, limits = DEFAULT_LIMITS) {
   if (!isObject(data)) throw fail(MANIFEST_NAME, `must be a JSON object, got ${jsonType(data)}`);
   if (!depthOk(data, MAX_MANIFEST_DEPTH)) throw fail(MANIFEST_NAME, `nested deeper than ${MAX_MANIFEST_DEPTH} levels`);
   const version = field(data, 'format_version', '');
-  // JSON.parse reads 1.0 as 1: the raw text is checked by parseManifest
   if (!isInt(version) || version !== FORMAT_VERSION) {
     throw fail('format_version', `must be the integer ${FORMAT_VERSION} (the version this capkit reads), got ${show(version)}`);
   }
@@ -222,13 +254,13 @@ export function checkManifest(data, limits = DEFAULT_LIMITS) {
   if (new Set(counts).size !== 1) {
     throw fail('graphs', `the encoder's state_outputs (${counts[0]}), the decoder_step's state_inputs (${counts[1]}) and state_outputs (${counts[2]}) differ in number`);
   }
-  const precision = data.precision ?? 'fp32';
+  const precision = get(data, 'precision', 'fp32');
   if (typeof precision !== 'string' || !PRECISIONS.includes(precision)) throw fail('precision', `must be one of ${PRECISIONS.join(', ')}, got ${show(precision)}`);
-  const graphFormat = data.graph_format ?? 'onnx';
+  const graphFormat = get(data, 'graph_format', 'onnx'); // absent in bundles written before ORT-format bundles
   if (typeof graphFormat !== 'string' || !GRAPH_FORMATS.includes(graphFormat)) throw fail('graph_format', `must be one of ${GRAPH_FORMATS.join(', ')}, got ${show(graphFormat)}`);
-  object(data.model ?? {}, 'model');
-  object(data.provenance ?? {}, 'provenance');
-  const given = decodingBlock(data.decoding ?? {});
+  object(get(data, 'model', {}), 'model');
+  object(get(data, 'provenance', {}), 'provenance');
+  const given = decodingBlock(get(data, 'decoding', {}));
   for (const key of ['temperature', 'beam']) {
     if (key in given && given[key] === null) throw fail(`decoding.${key}`, 'must be a number, got null (leave it out for the default)');
   }
@@ -236,26 +268,24 @@ export function checkManifest(data, limits = DEFAULT_LIMITS) {
   try {
     decoding = verifyOptions({ ...DEFAULT_OPTIONS, ...given, max_length: maxLength }, limits);
   } catch (e) {
-    throw new BundleError(`decoding: ${e.message}`);
+    if (e instanceof NumberTooLargeError) throw fail('decoding', `a number is too large, got ${show(get(data, 'decoding', null))}`);
+    if (e instanceof CapkitError) throw new BundleError(`decoding: ${e.message}`);
+    throw e;
   }
   return { vocab, specialTokens: special, maxLength, preprocess, encoder, decoder, precision, graphFormat, decoding };
 }
 
 /**
- * capkit.json's text -> the checked Manifest. JSON.parse cannot tell 1 from 1.0, so a format_version
- * written as a float is refused on the text itself.
+ * capkit.json's text -> the checked Manifest. The text is read as Python's json reads it (python-json.js):
+ * 1.0 stays a float, 2**70 an exact integer, NaN a number.
  * @param {string} text @param {import('./errors.js').Limits} [limits]
  */
 export function parseManifest(text, limits = DEFAULT_LIMITS) {
   let data;
   try {
-    data = JSON.parse(text);
+    data = parsePythonJson(text);
   } catch (e) {
     throw fail(MANIFEST_NAME, `not a valid JSON manifest (${e.message})`);
-  }
-  const raw = /"format_version"\s*:\s*(-?[0-9][0-9.eE+-]*)/.exec(text);
-  if (raw && !/^-?[0-9]+$/.test(raw[1]) && isObject(data) && isInt(data.format_version)) {
-    throw fail('format_version', `must be the integer ${FORMAT_VERSION} (the version this capkit reads), got ${raw[1]}`);
   }
   return checkManifest(data, limits);
 }

@@ -3,7 +3,7 @@
 // messages (test/fixtures/option_checks.json holds Python's answers; test/options.test.js compares).
 
 import { DEFAULT_OPTIONS, OPTION_CHECKS } from './constants.generated.js';
-import { DEFAULT_LIMITS, DecodingOptionsError, checkLimit, formatG, pythonRepr } from './errors.js';
+import { DEFAULT_LIMITS, DecodingOptionsError, JsonFloat, checkLimit, formatG, pythonRepr } from './errors.js';
 
 export { DEFAULT_OPTIONS };
 
@@ -21,7 +21,8 @@ export { DEFAULT_OPTIONS };
 export const OPTION_NAMES = Object.freeze(Object.keys(DEFAULT_OPTIONS));
 
 const isInt = (/** @type {unknown} */ v) => (typeof v === 'number' && Number.isInteger(v)) || typeof v === 'bigint';
-const isNumber = (/** @type {unknown} */ v) => typeof v === 'number' || typeof v === 'bigint';
+// a JsonFloat is a manifest's 2.0 (a float to Python, which an integer option refuses and a number option takes)
+const isNumber = (/** @type {unknown} */ v) => typeof v === 'number' || typeof v === 'bigint' || v instanceof JsonFloat;
 const label = (/** @type {string} */ name) => name.replace('_', '-'); // top_k -> top-k, as verify_options names it
 
 /**

@@ -26,22 +26,22 @@ const manifest = (over = {}) => ({
 test('the manifest schema refuses what runtime/manifest.py refuses, in one line', () => {
   const cases = [
     [{ format_version: 2 }, 'format_version: must be the integer 1 (the version this capkit reads), got 2'],
-    [{ format_version: '1' }, 'format_version: must be the integer 1 (the version this capkit reads), got "1"'],
+    [{ format_version: '1' }, 'format_version: must be the integer 1 (the version this capkit reads), got \'1\''],
     [{ format_version: true }, 'format_version: must be the integer 1 (the version this capkit reads), got true'],
     [{ max_length: 0 }, 'max_length: must be an integer >= 1, got 0'],
-    [{ vocab: ['<pad>', '<start>', '<end>', '<unk>', 'a', 'a'] }, 'vocab[5]: "a" repeats vocab[4]; words must be distinct'],
-    [{ preprocess: { resize: 32, crop: 32, mean: [0, 0, 0], std: [0.2, 0, 0.2] } }, 'preprocess.std: must be 3 finite numbers > 0, got [0.2,0,0.2]'],
-    [{ preprocess: { resize: 32, crop: 32, mean: [0, 0, 0], std: [1, 1, 1], gamma: 2 } }, 'preprocess: unknown key "gamma"'],
+    [{ vocab: ['<pad>', '<start>', '<end>', '<unk>', 'a', 'a'] }, "vocab[5]: 'a' repeats vocab[4]; words must be distinct"],
+    [{ preprocess: { resize: 32, crop: 32, mean: [0, 0, 0], std: [0.2, 0, 0.2] } }, 'preprocess.std: must be 3 finite numbers > 0, got [0.2, 0, 0.2]'],
+    [{ preprocess: { resize: 32, crop: 32, mean: [0, 0, 0], std: [1, 1, 1], gamma: 2 } }, "preprocess: unknown key 'gamma'"],
     [{ decoding: { beam: 2, temperature: 1 } }, 'decoding: beam search is deterministic'],
-    [{ decoding: { greedy: true } }, 'decoding: unknown option "greedy"'],
-    [{ precision: 'fp8' }, 'precision: must be one of fp32, fp16, int8, got "fp8"'],
+    [{ decoding: { greedy: true } }, "decoding: unknown option 'greedy'"],
+    [{ precision: 'fp8' }, "precision: must be one of fp32, fp16, int8, got 'fp8'"],
   ];
   for (const [over, message] of cases) {
     assert.throws(() => checkManifest(manifest(over)), (e) => e instanceof BundleError && e.message.startsWith(message), message);
   }
   const bad = manifest();
   bad.graphs.encoder.file = '../encoder.onnx';
-  assert.throws(() => checkManifest(bad), /graphs.encoder.file: "..\/encoder.onnx" must be a plain name inside the bundle/);
+  assert.throws(() => checkManifest(bad), /graphs.encoder.file: '..\/encoder.onnx' must be a plain name inside the bundle/);
   assert.throws(() => parseManifest(JSON.stringify(manifest()).replace('"format_version":1', '"format_version":1.0')),
     /format_version: must be the integer 1 \(the version this capkit reads\), got 1.0/);
   assert.equal(checkManifest(manifest({ decoding: { beam_size: 3 } })).decoding.beam, 3);

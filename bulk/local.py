@@ -16,8 +16,8 @@ from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 
-from capkit.bulk.listing import ImageInput, iter_inputs
-from capkit.bulk.output import BulkError, BulkSummary, Done, KeySet, LineWriter, open_output
+from capkit.bulk.listing import ImageInput, iter_inputs, source_list
+from capkit.bulk.output import BulkError, BulkSummary, Done, ImageKeys, KeySet, LineWriter, open_output, output_path
 from capkit.runtime.captioner import DEFAULT_BATCH_SIZE, Caption, Captioner, check_batch_size, failed_caption
 from capkit.runtime.decoding import DecodingOptions
 from capkit.runtime.errors import Status, check_int, printable
@@ -32,18 +32,26 @@ def stderr_status(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def unseen_inputs(sources: Iterable[str], done: Optional[KeySet], summary: BulkSummary) -> Iterator[ImageInput]:
-    """The inputs listed by ``sources``, lazily, less those already in ``done`` (counted in
-    ``summary.skipped``) and those listed earlier in this run (``summary.repeated``): each image once."""
+def listed_once(sources: Iterable[str], summary: BulkSummary, keys: ImageKeys) -> Iterator[tuple[ImageInput, str]]:
+    """Each input listed by ``sources``, lazily, with its key (:class:`ImageKeys`), less those listed earlier
+    in this run (counted in ``summary.repeated``): each image once, however it is named."""
     seen = KeySet()
     for item in iter_inputs(sources):
-        key = item.path if item.error is None else item.label
-        if done is not None and key in done:
-            summary.skipped += 1
-        elif key in seen:
+        key = keys(item.label)  # the path, or the source that named nothing
+        if key in seen:
             summary.repeated += 1
         else:
             seen.add(key)
+            yield item, key
+
+
+def unseen_inputs(sources: Iterable[str], done: Optional[KeySet], summary: BulkSummary,
+                  keys: Optional[ImageKeys] = None) -> Iterator[ImageInput]:
+    """:func:`listed_once`'s inputs less those already in ``done`` (counted in ``summary.skipped``)."""
+    for item, key in listed_once(sources, summary, keys or ImageKeys()):
+        if done is not None and key in done:
+            summary.skipped += 1
+        else:
             yield item
 
 
@@ -83,17 +91,27 @@ def _counter(sources: list[str], stop: threading.Event, found: list[int]) -> Non
 
 @dataclass
 class _Read:
-    """A reader's result for one listed image: its row, or its error Caption, or skipped (content seen)."""
+    """A reader's result for one listed image: its row, or its error Caption, or skipped (content seen); or,
+    for an image already in the output, a stand-in that keeps its place in the batch (see _Run)."""
 
     item: ImageInput
     row: Optional[np.ndarray] = None  # (3, crop, crop) float32
     error: Optional[Caption] = None
     sha256: Optional[str] = None
     skipped: bool = False
+    done: bool = False  # already in the output: not written again
+    was_row: bool = False  # done, and captioned then (not an error line): a row of its batch
 
 
 class _Run:
-    """One bulk run's moving parts: reading an item, gathering a batch in listing order, writing its lines."""
+    """One bulk run's moving parts: reading an item, gathering a batch in listing order, writing its lines.
+
+    A logprob depends a little (in its 8th digit) on the batch the image was decoded in: the arithmetic of
+    the kernels differs with a row's place in its batch. So that a resumed run writes the very lines of an
+    uninterrupted one, batches are made the same way in both: the images already in the output keep their
+    places (as stand-ins), a batch closes at the same images, and a batch that mixes done and new images
+    reads and decodes its done ones again, writing only the new ones' lines. A batch of done images alone
+    costs nothing."""
 
     def __init__(self, captioner: Captioner, done: Done, summary: BulkSummary, writer: LineWriter, hashing: bool,
                  batch_size: int, options: DecodingOptions, bar, counted: list[int]):
@@ -118,9 +136,15 @@ class _Run:
         except Exception as e:  # this image only, whatever it is
             return _Read(item, error=failed_caption(item.path, e), sha256=sha)
 
+    def stand_in(self, item: ImageInput, key: str) -> _Read:
+        """An image already in the output: its place in the batch, read only if the batch needs decoding."""
+        return _Read(item, done=True, was_row=item.error is None and key not in self.done.failed)
+
     def take(self, result: _Read) -> None:
         """A read image, in listing order: into the batch (captioned once the batch is full)."""
-        if result.sha256 is not None:
+        if result.done:
+            self.summary.skipped += 1
+        elif result.sha256 is not None:
             if result.skipped:
                 self.summary.skipped += 1
                 return
@@ -129,26 +153,34 @@ class _Run:
                 return
             self.seen_hashes.add(result.sha256)
         self.entries.append(result)
-        self.rows += result.row is not None
+        self.rows += result.row is not None or result.was_row
         if self.rows >= self.batch_size or len(self.entries) >= 4 * self.batch_size:
             self.emit()
 
     def emit(self) -> None:
-        """Captions the gathered batch and writes one line per entry, in listing order."""
-        batch = [e for e in self.entries if e.row is not None]
+        """Captions the gathered batch and writes one line per new entry, in listing order."""
+        entries, self.entries, self.rows = self.entries, [], 0
+        new = [e for e in entries if not e.done]
+        if not new:
+            return
+        for entry in entries:
+            if entry.was_row:  # read again, to decode the batch as the run that wrote it did
+                try:
+                    entry.row = self.captioner.preprocess(entry.item.path)
+                except Exception:  # changed since: the batch differs, its new lines are still right
+                    pass
+        batch = [e for e in entries if e.row is not None]
         pixels = np.stack([e.row for e in batch]) if batch else None  # (B, 3, crop, crop)
-        captions = iter(self.captioner.caption_pixels(pixels, [e.item.path for e in batch], self.options)
-                        if batch else ())
-        for entry in self.entries:
-            result = entry.error if entry.row is None else next(captions)
+        captions = self.captioner.caption_pixels(pixels, [e.item.path for e in batch], self.options) if batch else []
+        by_entry = {id(e): c for e, c in zip(batch, captions)}
+        for entry in new:
+            result = by_entry.get(id(entry), entry.error)
             data = result.to_dict()
             if entry.sha256 is not None:
                 data["sha256"] = entry.sha256
-            self.writer.write(data)
-            self.summary.count(result.ok)
-        self._progress(len(self.entries))
-        self.entries.clear()
-        self.rows = 0
+            written = self.writer.write(data)
+            self.summary.count(result.ok and written)
+        self._progress(len(new))
 
     def _progress(self, n: int) -> None:
         if self.bar is None:
@@ -158,23 +190,26 @@ class _Run:
             self.bar.total = max(self.counted[0] - self.summary.skipped - self.summary.repeated, self.bar.n)
         self.bar.set_postfix(failed=self.summary.failed, skipped=self.summary.skipped, refresh=False)
 
-    def consume(self, listed: Iterator[ImageInput], pool: Optional[concurrent.futures.ThreadPoolExecutor],
+    def consume(self, listed: Iterator[tuple[ImageInput, str]], pool: Optional[concurrent.futures.ThreadPoolExecutor],
                 readers: int) -> None:
         """Reads every listed item (ahead, in ``pool``'s threads) and takes the results in listing order."""
-        if pool is None:
-            for item in listed:
-                self.take(self.read(item))
-        else:
-            ahead = max(2 * self.batch_size, 4 * readers)  # images read ahead of the model: bounds memory
-            pending: collections.deque = collections.deque()
-            for item in listed:
-                pending.append(pool.submit(self.read, item))
-                if len(pending) >= ahead:
-                    self.take(pending.popleft().result())
-            while pending:
-                self.take(pending.popleft().result())
+        ahead = max(2 * self.batch_size, 4 * readers)  # images read ahead of the model: bounds memory
+        pending: collections.deque = collections.deque()  # futures, and stand-ins (nothing to read)
+        for item, key in listed:
+            if key in self.done.paths:
+                pending.append(self.stand_in(item, key))
+            else:
+                pending.append(pool.submit(self.read, item) if pool is not None else self.read(item))
+            while pending and (len(pending) >= ahead or not isinstance(pending[0], concurrent.futures.Future)):
+                self.take(_result(pending.popleft()))
+        while pending:
+            self.take(_result(pending.popleft()))
         if self.entries:
             self.emit()
+
+
+def _result(read: Union[_Read, concurrent.futures.Future]) -> _Read:
+    return read.result() if isinstance(read, concurrent.futures.Future) else read
 
 
 def run_bulk(captioner: Captioner, sources: Iterable[Union[str, os.PathLike]], out: Union[str, os.PathLike], *,
@@ -183,20 +218,23 @@ def run_bulk(captioner: Captioner, sources: Iterable[Union[str, os.PathLike]], o
              progress: Optional[bool] = None, status: Status = stderr_status, count: bool = True) -> BulkSummary:
     """Captions every image of ``sources`` into ``out`` (JSON lines), resuming where a previous run stopped.
 
-    ``readers``: threads that read and preprocess (0: in this thread, no overlap). ``skip_by``: "path"
-    (images whose path ``out`` holds are skipped) or "hash" (also those whose content sha256 it holds;
-    each line then records ``sha256``). ``options``: from ``captioner.options(...)``. ``progress``: a
-    tqdm bar on stderr (None: when stderr is a terminal). ``status``: where the resume message goes.
-    Returns a :class:`BulkSummary`; on KeyboardInterrupt the lines done are flushed, and the summary
-    says ``interrupted``."""
+    ``sources``: paths (str, bytes or os.PathLike) of images, folders, globs and listings; one path alone
+    is one source. ``out``: the JSONL file (absent, empty, or an earlier run's). ``readers``: threads that
+    read and preprocess (0: in this thread, no overlap). ``skip_by``: "path" (images whose resolved path
+    ``out`` holds are skipped) or "hash" (also those whose content sha256 it holds; each line then records
+    ``sha256``). ``options``: from ``captioner.options(...)``. ``progress``: a tqdm bar on stderr (None:
+    when stderr is a terminal). ``status``: where the resume message goes. Returns a :class:`BulkSummary`;
+    bad arguments and an ``out`` that is not capkit's output are a CapkitError (one line), never a
+    TypeError; on KeyboardInterrupt the lines done are flushed, and the summary says ``interrupted``."""
     if skip_by not in SKIP_BY:
         raise BulkError(f"skip_by must be one of {', '.join(SKIP_BY)}, got {skip_by!r}")
     readers = check_int(readers, "readers", 0, MAX_READERS, error=BulkError)
     batch_size = check_batch_size(batch_size, captioner.limits)
     options = captioner.options() if options is None else options
-    sources = [os.fsdecode(s) for s in sources]
-    out = os.fsdecode(out)
-    done = open_output(out, status)
+    sources = source_list(sources)
+    out = output_path(out)
+    keys = ImageKeys()
+    done = open_output(out, status, keys)
     summary = BulkSummary(out=out, torn_bytes=done.torn_bytes, unreadable_lines=done.unreadable)
     stop, counted = threading.Event(), []
     if count:
@@ -207,7 +245,7 @@ def run_bulk(captioner: Captioner, sources: Iterable[Union[str, os.PathLike]], o
     pool = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="capkit-reader") if readers else None
     start = time.perf_counter()
     try:
-        run.consume(unseen_inputs(sources, done.paths, summary), pool, readers)
+        run.consume(listed_once(sources, summary, keys), pool, readers)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -220,4 +258,5 @@ def run_bulk(captioner: Captioner, sources: Iterable[Union[str, os.PathLike]], o
     return summary
 
 
-__all__ = ["SKIP_BY", "error_caption", "file_sha256", "progress_bar", "run_bulk", "stderr_status", "unseen_inputs"]
+__all__ = ["SKIP_BY", "error_caption", "file_sha256", "listed_once", "progress_bar", "run_bulk", "stderr_status",
+           "unseen_inputs"]

@@ -2,13 +2,18 @@
 
 Order guarantee tested here: lines are in the listing's order (a folder: the file system's order); a
 resumed run appends the images not yet done in that order, so an interrupted-then-resumed run equals an
-uninterrupted one line for line when the listing's order is stable (a text listing, an unchanged folder).
-Captions are compared on text and tokens exactly, logprob to 1e-5: a caption depends on the image and the
-seed alone, but the batch it was decoded in may move a logprob by a rounding error.
+uninterrupted one line for line when the listing's order is stable (a text listing, an unchanged folder),
+byte for byte (logprobs too: a resumed run decodes each image in the batch an uninterrupted run would).
+Against caption_batch (other batches), captions are compared on text and tokens exactly, logprob to 1e-5:
+the batch an image is decoded in may move its logprob by a rounding error.
+
+Hostile outputs, names and listings that could exhaust memory (/dev/zero as --out, a 300 MB line) run as
+child processes under a memory cap in tests/hostile_bulk.py; here, the in-process classes.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -24,9 +29,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from capkit.runtime import Captioner
+from capkit.bulk import output
 from capkit.bulk.listing import iter_inputs
 from capkit.bulk.local import run_bulk
-from capkit.bulk.output import KeySet, drop_torn_line
+from capkit.bulk.output import BulkError, KeySet, drop_torn_line
+from capkit.runtime.errors import CapkitError
 
 torch = pytest.importorskip("torch")
 
@@ -138,7 +145,7 @@ def test_bulk_run_equals_caption_batch_and_resumes(captioner, photos, tmp_path: 
     assert summary.captioned == 24 and summary.failed == 1 and summary.skipped == 0
     assert "broken.png" in by_image(rows)[str(photos / "broken.png")]["error"]
     again = run_bulk(captioner, [photos, str(photos / "*.png")], out, readers=readers, status=quiet)
-    assert (again.captioned, again.failed, again.skipped) == (0, 0, 25 + 13)
+    assert (again.captioned, again.failed, again.skipped, again.repeated) == (0, 0, 25, 13)
     assert lines(out) == rows  # nothing appended
 
 
@@ -172,6 +179,28 @@ def test_drop_torn_line_edge_cases(tmp_path: Path) -> None:
     assert drop_torn_line(path) == 0
 
 
+def test_a_torn_tail_longer_than_a_line_is_not_dropped(tmp_path: Path, monkeypatch) -> None:
+    """A torn line is part of one line: a longer tail is not capkit's, and nothing is truncated."""
+    monkeypatch.setattr(output, "MAX_OUTPUT_LINE", 1000)
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b'{"image": "a.png", "error": "x"}\n' + b"\0" * 5000)
+    with pytest.raises(BulkError, match="without a newline"):
+        drop_torn_line(path)
+    assert path.stat().st_size == 33 + 5000
+
+
+def test_no_line_is_written_longer_than_the_resume_reads(tmp_path: Path, monkeypatch) -> None:
+    """A caption line over MAX_OUTPUT_LINE (a vocabulary of huge words) is written as its image's error line."""
+    monkeypatch.setattr(output, "MAX_OUTPUT_LINE", 400)
+    path = tmp_path / "out.jsonl"
+    with output.LineWriter(path) as writer:
+        assert writer.write({"image": "a.png", "caption": "word " * 200, "tokens": [4] * 200, "logprob": -1.0}) is False
+        assert writer.write({"image": "b.png", "caption": "word", "tokens": [4], "logprob": -1.0}) is True
+    first, second = lines(path)
+    assert first["image"] == "a.png" and "over the 400 a line may" in first["error"] and "caption" not in first
+    assert second["caption"] == "word"
+
+
 def test_skip_by_hash(captioner, photos, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
@@ -190,6 +219,106 @@ def test_skip_by_hash(captioner, photos, tmp_path: Path) -> None:
     # p00, p02 by path; copy-of-p00 (never written: a repeat) and renamed.png by hash; new.png captioned
     assert (again.captioned, again.skipped) == (1, 4)
     assert lines(out)[len(rows):][0]["image"] == str(folder / "new.png")
+
+
+# -- hostile outputs, names and arguments (in process: nothing here can exhaust memory) -------------------------
+def test_an_out_that_is_not_capkits_output_is_refused_untouched(captioner, photos, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    monkeypatch.setattr(output, "MAX_OUTPUT_LINE", 1000)
+    capkit_line = json.dumps({"image": "a.png", "error": "a.png: no such file"}).encode() + b"\n"
+    foreign = {
+        "picture.png": (photos / "p01.png").read_bytes(),
+        "random.jsonl": os.urandom(3000),
+        "text.jsonl": b"hello\nworld\n",
+        "array.jsonl": b"[1, 2]\n" + capkit_line,
+        "object.jsonl": b'{"path": "a.png"}\n',
+        "no-newline.jsonl": b"abc",
+        "long-first.jsonl": b'{"image": "' + b"x" * 2000 + b'"}\n',
+        "long-later.jsonl": capkit_line + b"x" * 2000 + b"\n",
+        "long-tail.jsonl": capkit_line + b"x" * 2000,
+    }
+    for name, data in foreign.items():
+        out = tmp_path / name
+        out.write_bytes(data)
+        with pytest.raises(BulkError, match="not capkit's output|not a line capkit|without a newline") as caught:
+            run_bulk(captioner, [photos / "p00.jpg"], out, status=quiet)
+        assert "\n" not in str(caught.value)
+        assert out.read_bytes() == data, name  # not truncated, not appended to
+    for name, data in (("empty.jsonl", b""), ("compact.jsonl", b'{"image":"a.png","error":"x"}\n'),
+                       ("torn.jsonl", b'{"image": "a.png", "capt')):
+        out = tmp_path / name
+        out.write_bytes(data)
+        summary = run_bulk(captioner, [photos / "p00.jpg"], out, status=quiet)
+        assert summary.captioned == 1 and out.read_bytes().startswith(data if data.endswith(b"\n") else b"")
+
+
+def test_names_that_are_not_utf8_are_written_once(captioner, photos, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9-\xff.jpg")  # Latin-1 and a stray byte: not UTF-8
+    shutil.copy(photos / "p00.jpg", odd)
+    shutil.copy(photos / "p01.png", folder / "plain.png")
+    out = tmp_path / "out.jsonl"
+    first = run_bulk(captioner, [folder], out, status=quiet)
+    assert first.captioned == 2
+    written = out.read_bytes()
+    rows = [json.loads(line) for line in written.decode("utf-8").splitlines()]  # valid UTF-8
+    (row,) = [r for r in rows if "image_bytes" in r]
+    assert base64.b64decode(row["image_bytes"]) == odd and row["image"].endswith("caf\\xe9-\\xff.jpg")
+    assert "caption" in row
+    again = run_bulk(captioner, [folder, os.fsdecode(odd)], out, status=quiet)
+    assert (again.captioned, again.failed, again.skipped) == (0, 0, 2)
+    assert out.read_bytes() == written
+
+
+def test_an_image_named_twice_is_captioned_once(captioner, photos, tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(photos / "p00.jpg", folder / "x.jpg")
+    os.symlink("x.jpg", folder / "link.jpg")
+    monkeypatch.chdir(tmp_path)
+    names = [f"{folder}/./x.jpg", str(folder / "x.jpg"), str(folder / "link.jpg"), "in/x.jpg",
+             f"{folder}/../in/x.jpg", f"{folder}//x.jpg", str(folder)]
+    out = tmp_path / "out.jsonl"
+    summary = run_bulk(captioner, names, out, status=quiet)
+    assert (summary.captioned, summary.repeated) == (1, 7)  # the folder lists x.jpg and link.jpg
+    assert [row["image"] for row in lines(out)] == names[:1]
+    again = run_bulk(captioner, ["./in/link.jpg"], out, status=quiet)
+    assert (again.captioned, again.skipped) == (0, 1)
+
+
+@pytest.mark.parametrize("readers", [0, 2])
+def test_a_resumed_run_writes_the_lines_of_an_uninterrupted_one(captioner, photos, tmp_path: Path,
+                                                                readers: int) -> None:
+    """Byte for byte, logprobs included: the resumed run decodes each image in the batch the uninterrupted
+    run did (a logprob's 8th digit depends on the image's place in its batch)."""
+    listed = [item.path for item in iter_inputs([photos], order="sorted")]
+    listing = tmp_path / "all.txt"
+    listing.write_text("\n".join(listed) + "\n")
+    whole = tmp_path / "whole.jsonl"
+    run_bulk(captioner, [listing], whole, readers=readers, batch_size=4, status=quiet)
+    for cut in (2, 4, 9):  # the listing starts with broken.png: 1, 3 and 8 images done, batches shifted
+        part = tmp_path / f"part-{cut}.txt"
+        part.write_text("\n".join(listed[:cut]) + "\n")
+        out = tmp_path / f"out-{cut}.jsonl"
+        run_bulk(captioner, [part], out, readers=readers, batch_size=4, status=quiet)
+        resumed = run_bulk(captioner, [listing], out, readers=readers, batch_size=4, status=quiet)
+        assert resumed.skipped == cut
+        assert out.read_bytes() == whole.read_bytes(), cut
+
+
+def test_run_bulk_arguments_are_capkit_errors(captioner, photos, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    for bad in (None, 5, ["a.jsonl"], ""):
+        with pytest.raises(BulkError, match="out must be a file path"):
+            run_bulk(captioner, [photos / "p00.jpg"], bad, status=quiet)
+    with pytest.raises(CapkitError, match="sources must be paths"):
+        run_bulk(captioner, None, out, status=quiet)
+    one = run_bulk(captioner, str(photos / "p00.jpg"), out, status=quiet)  # one path: one source
+    assert (one.captioned, one.failed) == (1, 0)
+    mixed = run_bulk(captioner, [None, photos / "p01.png", b"" + os.fsencode(photos / "p02.jpg")], out, status=quiet)
+    assert (mixed.captioned, mixed.failed) == (2, 1)
+    assert lines(out)[1] == {"image": "<NoneType>", "error": "<NoneType>: not a path (str, bytes or os.PathLike)"}
 
 
 def test_cli_bulk_run(bundle, photos, tmp_path: Path) -> None:
@@ -248,9 +377,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(bundle, many, tmp_path: 
     resumed = subprocess.run(bulk_command(many, out, bundle), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"skipped {killed_at:,} already" in resumed.stderr
-    assert [row["image"] for row in lines(out)] == [row["image"] for row in lines(whole)]  # order too
-    assert_same_captions(lines(out), lines(whole))
     assert len(lines(out)) == 2400
+    assert out.read_bytes() == whole.read_bytes()  # each image once, in order, the very same lines
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ image is still captioned.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import uuid
@@ -109,6 +110,54 @@ def test_sorted_and_streamed_list_the_same_images(tmp_path: Path) -> None:
         f"{tmp_path}/b.png", f"{tmp_path}/sub/d.png"]
     with pytest.raises(ValueError, match="order must be"):
         list(iter_inputs([tmp_path], order="random"))
+
+
+def test_bad_listing_rows_are_error_lines_and_the_listing_goes_on(tmp_path: Path) -> None:
+    """Each bad line or row is one error line, read a bounded piece at a time; the rows after it are still read."""
+    table = tmp_path / "t.csv"
+    table.write_text("\ufeffid,image\n1,a.png\n2," + "x" * 200_000 + "\n3,b.png\n4,\n5,c.png\n")
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"image": "d.png"}\nnot json\n' + "[" * 50_000 + "\n" + '{"path": "e.png"}\n')
+    text = tmp_path / "t.txt"
+    text.write_text("\ufefff.png\n" + "y" * 100_000 + "\rg.png\n" + "z" * 2_000_000)  # the last line unterminated
+    items = list(iter_inputs([table, jsonl, text]))
+    assert [i.path for i in items if i.error is None] == ["a.png", "b.png", "c.png", "d.png", "e.png", "f.png",
+                                                          "g.png"]
+    errors = [i.error for i in items if i.error is not None]
+    assert [e.split(": ")[0] for e in errors] == [f"{table} line 3", f"{table} line 5", f"{jsonl} line 2",
+                                                  f"{jsonl} line 3", f"{text} line 2", f"{text} line 4"]
+    assert "a row longer than 65,536 characters" in errors[0] and "no value in column 'image'" in errors[1]
+    assert "not JSON" in errors[2] and "not JSON" in errors[3] and "longer than 65,536" in errors[4]
+    quoted = tmp_path / "quoted.csv"  # an unterminated quote: its field runs to the end of the file
+    quoted.write_text('image\na.png\n"' + "w\n" * 100_000)
+    assert "a row longer than" in [i.error for i in iter_inputs([quoted]) if i.error][0]
+    headless = tmp_path / "headless.csv"
+    headless.write_text("x" * 100_000 + "\na.png\n")
+    assert [i.error for i in iter_inputs([headless])] == [f"{headless}: no 'image' or 'path' column in its header"]
+
+
+def test_recursive_globs_do_not_enter_links_to_folders(tmp_path: Path) -> None:
+    """glob's ``**`` enters links to folders: two links to the folder itself make its walk 2^depth long."""
+    folder = tmp_path / "d"
+    (folder / "sub").mkdir(parents=True)
+    for path in (folder / "a.png", folder / "sub" / "b.png"):
+        path.write_bytes(b"x")
+    os.symlink(".", folder / "l1")
+    os.symlink(".", folder / "l2")
+    os.symlink("..", folder / "sub" / "up")
+    listed = itertools.islice(iter_inputs([f"{folder}/**/*.png"], order="stream"), 50)  # bounded on the old code
+    assert sorted(i.path for i in listed) == [str(folder / "a.png"), str(folder / "sub" / "b.png")]
+    assert [i.path for i in iter_inputs([f"{folder}/l1/*.png"])] == [str(folder / "l1" / "a.png")]  # named: entered
+
+
+def test_sources_of_the_python_api(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    assert [i.path for i in iter_inputs(str(image))] == [str(image)]  # one path is one source, not its letters
+    items = list(iter_inputs([None, 7, b"x" * 70_000, os.fsencode(image)]))
+    assert [i.error.split(": ")[1] for i in items[:3]] == ["not a path (str, bytes or os.PathLike)"] * 2 + [
+        "a name of 70,000 characters (at most 65,536)"]
+    assert items[3].path == str(image)
 
 
 # -- Ray ----------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Optional
 
 import click
 
-from capkit.export import DEFAULT_OPSET
+from capkit.export import DEFAULT_OPSET, MIN_OPSET
 from capkit.cli.options import checkpoint_option, echo_json, images_option, json_option, status, user_errors
 
 
@@ -21,7 +21,8 @@ from capkit.cli.options import checkpoint_option, echo_json, images_option, json
 @checkpoint_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Bundle folder [default: <run folder>/bundle, so runs/latest/bundle for the newest run].")
-@click.option("--opset", type=click.IntRange(11), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(MIN_OPSET), default=DEFAULT_OPSET, show_default=True,
+              help=f"ONNX opset, from {MIN_OPSET} to the newest that the installed torch and onnx both export.")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Check the graphs and their parity with PyTorch (greedy and seeded sampling).")
 @click.option("--quantize", type=click.Choice(["int8", "none"]), default=None,

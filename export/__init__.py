@@ -14,10 +14,11 @@ from importlib import import_module
 from typing import Any
 
 DEFAULT_OPSET = 17  # the ONNX opset written unless asked otherwise (here, so that the CLI reads it without torch)
+MIN_OPSET = 11  # the oldest opset capkit exports (the newest depends on torch and onnx: onnx_export.supported_opsets)
 
 _EXPORTS = {
     **dict.fromkeys(["DecoderStepModule", "EncoderModule", "ExportError", "ExportReport",
-                     "export_checkpoint", "export_model"], "onnx_export"),
+                     "export_checkpoint", "export_model", "supported_opsets"], "onnx_export"),
     **dict.fromkeys(["OrtCheckReport", "ParityReport", "check_bundle", "check_ort_bundle", "sample_images",
                      "synthetic_images"], "checks"),
     **dict.fromkeys(["OrtBundleReport", "convert_bundle", "write_ort_bundle"], "ort_format"),
@@ -25,7 +26,7 @@ _EXPORTS = {
                     "quantize"),
 }
 
-__all__ = sorted([*_EXPORTS, "DEFAULT_OPSET"])
+__all__ = sorted([*_EXPORTS, "DEFAULT_OPSET", "MIN_OPSET"])
 
 
 def __getattr__(name: str) -> Any:

@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from capkit.export import DEFAULT_OPSET
+from capkit.export import DEFAULT_OPSET, MIN_OPSET
 from capkit.models import CaptionModel, greedy_choice
 from capkit.runtime.bundle import DECODER_FILE, DEFAULT_BUNDLE, ENCODER_FILE, Bundle, load_bundle, sha256_file
 from capkit.runtime.decoding import DecodingOptions
-from capkit.runtime.errors import CapkitError, first_line, is_int
+from capkit.runtime.errors import CapkitError, check_int, first_line, is_int
 from capkit.runtime.manifest import DecoderStepGraph, EncoderGraph, Manifest
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import Vocabulary
@@ -143,6 +143,23 @@ def _place_graph(staged: Path, target: Path) -> None:
                         location=stale.name, size_threshold=1024)
 
 
+def supported_opsets() -> range:
+    """The opsets :func:`export_model` writes: MIN_OPSET to the newest that both torch's exporter and the installed
+    onnx know. torch names its newest only in ``torch.onnx._constants`` (ONNX_MAX_OPSET); asked for a newer one,
+    the torch.export-based exporter keeps opset 18 and says nothing."""
+    import onnx
+    from torch.onnx import _constants
+
+    newest = min(_constants.ONNX_MAX_OPSET, onnx.defs.onnx_opset_version())
+    return range(MIN_OPSET, newest + 1)
+
+
+def check_opset(opset: Any) -> int:
+    """``opset`` as an int when :func:`supported_opsets` holds it; else one-line ExportError naming the range."""
+    opsets = supported_opsets()
+    return check_int(opset, "opset", opsets.start, opsets.stop - 1, error=ExportError)
+
+
 def graph_opset(path: Path) -> int:
     import onnx
 
@@ -182,8 +199,7 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
     """
     if len(vocab) != model.config.vocab_size:
         raise ExportError(f"the vocabulary has {len(vocab)} words, the model {model.config.vocab_size}")
-    if opset < 11:
-        raise ExportError(f"opset {opset} is too old; use 11 or later (default {DEFAULT_OPSET})")
+    opset = check_opset(opset)
     use_dynamo = opset >= FIRST_DYNAMO_OPSET if dynamo is None else bool(dynamo)
     if use_dynamo and opset < FIRST_DYNAMO_OPSET:
         raise ExportError(f"the torch.export-based exporter writes opset {FIRST_DYNAMO_OPSET} or later, not {opset}")
@@ -194,6 +210,9 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
     with staged_bundle(out_dir, force=force) as staging:
         _write_graphs(model, vocab, spec, staging, names, greedy_names, opset, use_dynamo, device)
         actual_opset = graph_opset(staging / ENCODER_FILE)
+        if actual_opset != opset:  # an exporter that could not convert keeps its own opset, with a warning at most
+            raise ExportError(f"asked for opset {opset}, the exporter wrote opset {actual_opset} (the default is "
+                              f"{DEFAULT_OPSET})")
         manifest = Manifest(
             vocab=vocab, preprocess=spec, max_length=int(max_length),
             encoder=EncoderGraph(ENCODER_FILE, sha256_file(staging / ENCODER_FILE), IMAGE_INPUT, tuple(names)),
@@ -347,6 +366,7 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
         raise ExportError(f"unknown quantization {quantize!r}; int8 (or none) is the one there is")
     if graph_format not in ("onnx", "ort"):
         raise ExportError(f"unknown graph format {graph_format!r}; onnx or ort")
+    opset = check_opset(opset)  # before the checkpoint is read
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     model, vocab, spec, payload = load_model(checkpoint)
@@ -372,4 +392,4 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
 
 
 __all__ = ["DEFAULT_OPSET", "DecoderStepModule", "EncoderModule", "ExportError", "ExportReport", "checkpoint_provenance",
-           "default_bundle_dir", "export_checkpoint", "export_model", "graph_opset"]
+           "check_opset", "default_bundle_dir", "export_checkpoint", "export_model", "graph_opset", "supported_opsets"]

@@ -9,6 +9,7 @@ caption, so that stepping token by token gives the same logits.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -92,7 +93,9 @@ def load_encoder_weights(weights_file: str | Path, backbone: nn.Module, name: st
     fit, is a one-line ModelConfigError naming the file and the problem."""
     label = f"--encoder-weights {weights_file}"
     try:
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol warning: the one-line error below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(weights_file, map_location="cpu", weights_only=True)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         raise ModelConfigError(f"{label}: cannot read it ({e.strerror or type(e).__name__})") from None
     except Exception as e:  # a pickle of Python objects, a truncated or foreign file

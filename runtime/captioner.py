@@ -28,13 +28,32 @@ from capkit.runtime.bundle import Bundle, load_bundle
 from capkit.runtime.decoding import (DecodingOptions, DecodingOptionsError, DecodingResult, Inference, decode,
                                      verify_options, with_overrides)
 from capkit.runtime.errors import CapkitError, check_int, one_line, printable
-from capkit.runtime.image_files import ImageSource
+from capkit.runtime.image_files import ImageError, ImageSource
 from capkit.runtime.limits import DEFAULT_LIMITS, Limits
 from capkit.runtime.manifest import Manifest
 from capkit.runtime.preprocess import PreprocessSpec, preprocess
 from capkit.runtime.vocab import Vocabulary
 
 DEFAULT_BATCH_SIZE = 16
+PathArgument = (str, os.PathLike)
+
+
+class ArgumentTypeError(CapkitError, TypeError):
+    """An argument of the wrong type, a mistake in the calling code rather than bad data: ``limits`` that is not
+    a :class:`Limits`, ``options`` that is not a :class:`DecodingOptions`, one image or a number where several
+    images go. A TypeError, as Python's convention has it, and a CapkitError, so that code catching capkit's
+    errors catches it too. (Bad data, an unreadable image of any type or an option's value, is a CapkitError.)"""
+
+
+def check_argument(value: Any, kinds: Union[type, tuple[type, ...]], name: str, what: str) -> None:
+    """ArgumentTypeError naming ``name`` unless ``value`` is an instance of ``kinds`` (``what``: which, in words)."""
+    if not isinstance(value, kinds):
+        raise ArgumentTypeError(f"{name} must be {what}, got {type(value).__name__}")
+
+
+def _check_setup(limits: Any, fast_decode: Any) -> None:
+    check_argument(limits, Limits, "limits", "a capkit.runtime.Limits")
+    check_argument(fast_decode, (bool, np.bool_), "fast_decode", "True or False")
 
 
 @dataclass(frozen=True)
@@ -102,12 +121,26 @@ class Captioner:
     cost (:class:`~capkit.runtime.limits.Limits`). ``fast_decode``: large JPEGs are decoded at
     reduced scale (libjpeg's DCT scaling, see ``preprocess``); False decodes every pixel, for exact
     parity with torchvision's transforms.
+
+    Errors, everywhere in this class: an argument of the wrong type (``limits="big"``, ``options="greedy"``,
+    ``caption_batch(5)``, ``fast_decode="no"``) raises TypeError (:class:`ArgumentTypeError`, also a
+    CapkitError); an unknown keyword raises TypeError. Bad data raises a CapkitError with one line naming
+    it: a bundle (BundleError), a decoding option's value or type and a batch size (DecodingOptionsError or
+    LimitError; options also come from the command line and manifests), an image (ImageError from
+    :meth:`caption`; in :meth:`caption_batch` that image's Caption has ``error`` set instead), a model whose
+    logits are not finite (LogitsError, likewise that image's error in a batch).
     """
 
     def __init__(self, bundle: Union[str, os.PathLike, Bundle, None] = None, device: str = "auto",
                  threads: Optional[int] = None, *, verify: bool = True, graph_optimization: str = "all",
                  optimized_model_dir: Union[str, os.PathLike, None] = None, io_binding: Optional[bool] = None,
                  limits: Limits = DEFAULT_LIMITS, fast_decode: bool = True):
+        check_argument(bundle, (*PathArgument, Bundle, type(None)), "bundle",
+                       "a folder (str or os.PathLike), a Bundle or None")
+        check_argument(verify, (bool, np.bool_), "verify", "True or False")
+        check_argument(io_binding, (bool, np.bool_, type(None)), "io_binding", "True, False or None")
+        check_argument(optimized_model_dir, (*PathArgument, type(None)), "optimized_model_dir", "a folder or None")
+        _check_setup(limits, fast_decode)
         self.bundle: Optional[Bundle] = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify, limits=limits)
         manifest = self.bundle.manifest
         try:
@@ -127,6 +160,8 @@ class Captioner:
         """A Captioner over another Inference (e.g. the PyTorch reference): the same preprocessing and
         decoding; its defaults are greedy captions of at most ``max_length`` tokens (a bundle's own
         defaults when ``bundle`` is given)."""
+        _check_setup(limits, fast_decode)
+        check_argument(spec, PreprocessSpec, "spec", "a PreprocessSpec")
         self = cls.__new__(cls)
         self.bundle = bundle
         defaults = bundle.manifest.decoding if bundle is not None else DecodingOptions(max_length=int(max_length))
@@ -170,15 +205,20 @@ class Captioner:
         is not None (the fields of :class:`DecodingOptions`: temperature, top_k, top_p, beam, max_length,
         seed). A sampling option given without ``beam`` replaces a default beam search as a whole, so that
         ``temperature=0.7`` on a bundle whose default is beam search samples instead of failing. An unknown
-        keyword raises TypeError; a bad value DecodingOptionsError (or LimitError), one line naming it."""
+        keyword, or ``options`` that is not a DecodingOptions, raises TypeError; a bad value (of any type)
+        DecodingOptionsError (or LimitError), one line naming it."""
+        check_argument(options, (DecodingOptions, type(None)), "options", "a DecodingOptions or None")
         return verify_options(with_overrides(self.defaults if options is None else options, overrides), self.limits)
 
     def caption(self, image: ImageSource, options: Optional[DecodingOptions] = None, /, **overrides: Any) -> Caption:
         """One image (a path, bytes, a Pillow image or an HxWx3 uint8 array) -> its Caption, decoded with
         :meth:`options` (``options`` and keyword overrides, e.g. ``temperature=0.7, seed=1``).
 
-        Raises DecodingOptionsError for bad options and ImageError for an unreadable image
-        (:class:`~capkit.runtime.image_files.ImageLimitError`, also a LimitError, for one over ``limits``).
+        Raises DecodingOptionsError for bad options, ImageError for an unreadable image of any type (a closed
+        Pillow image, an array that is not HxWx3 uint8, bytes that are no image ...;
+        :class:`~capkit.runtime.image_files.ImageLimitError`, also a LimitError, for one over ``limits``) and
+        LogitsError when the model's logits are not finite; TypeError for an argument of the wrong type
+        (see the class).
         """
         options = self.options(options, **overrides)
         pixels = self.preprocess(image)[None]  # (1, 3, H, W)
@@ -195,7 +235,9 @@ class Captioner:
         :meth:`caption`'s (seeded sampling gives every image its own generator). If ``images``
         itself raises while being iterated (a failing generator), the images already read are
         captioned first, then its exception is raised: nothing read is lost, and the caller's own
-        error is not disguised as an image's."""
+        error is not disguised as an image's. ``images`` that is not an iterable, or is one image (a path,
+        bytes, a Pillow image), raises TypeError (ArgumentTypeError) before any work; bad options or batch
+        size DecodingOptionsError."""
         return list(self.iter_captions(images, options, batch_size=batch_size, **overrides))
 
     def iter_captions(self, images: Iterable[ImageSource], options: Optional[DecodingOptions] = None, /, *,
@@ -207,10 +249,16 @@ class Captioner:
         being read included) are yielded first, then its exception is raised from this generator."""
         options = self.options(options, **overrides)
         batch_size = check_batch_size(batch_size, self.limits)
-        if isinstance(images, (str, bytes, bytearray, os.PathLike, Image.Image)):
-            raise CapkitError(f"caption_batch and iter_captions take several images (a list or an iterable), "
-                              f"got one {type(images).__name__}; use caption() for one image")
-        return self._iter(iter(images), options, batch_size)
+        if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)) or \
+                isinstance(images, np.ndarray) and images.ndim < 4:  # a (N, H, W, 3) stack is N images
+            raise ArgumentTypeError(f"caption_batch and iter_captions take several images (a list or an iterable), "
+                                    f"got one {type(images).__name__}; use caption() for one image")
+        try:
+            iterator = iter(images)
+        except TypeError:
+            raise ArgumentTypeError(f"caption_batch and iter_captions take several images (a list or an iterable), "
+                                    f"got {type(images).__name__}") from None
+        return self._iter(iterator, options, batch_size)
 
     def _iter(self, images: Iterator[ImageSource], options: DecodingOptions, batch_size: int) -> Iterator[Caption]:
         while True:
@@ -251,16 +299,30 @@ class Captioner:
                        options: Optional[DecodingOptions] = None) -> list[Caption]:
         """Rows already preprocessed (float32 (B, 3, crop, crop), as :func:`preprocess` gives them, e.g. by
         reader threads) -> one Caption each, labelled ``labels[i]``, decoded by the same loop as
-        :meth:`caption_batch`. ``options``: from :meth:`options` (checked once), default :attr:`defaults`."""
+        :meth:`caption_batch`. ``options``: from :meth:`options` (checked once), default :attr:`defaults`.
+        A row with a NaN or an infinity gets a Caption with ``error`` set; the others are captioned."""
         crop = self.spec.crop
         if (not isinstance(pixels, np.ndarray) or pixels.dtype != np.float32 or pixels.ndim != 4
-                or pixels.shape[1:] != (3, crop, crop) or len(labels) != pixels.shape[0]):
-            raise CapkitError(f"caption_pixels takes float32 (B, 3, {crop}, {crop}) rows and B labels, got "
-                              f"{getattr(pixels, 'dtype', type(pixels).__name__)} {getattr(pixels, 'shape', '')} "
-                              f"and {len(labels)} labels")
+                or pixels.shape[1:] != (3, crop, crop) or not isinstance(labels, (list, tuple))
+                or len(labels) != pixels.shape[0]):
+            count = (f"{len(labels)} labels" if isinstance(labels, (list, tuple))
+                     else f"labels of type {type(labels).__name__}")
+            raise ArgumentTypeError(f"caption_pixels takes float32 (B, 3, {crop}, {crop}) rows and a list of B labels, "
+                                    f"got {getattr(pixels, 'dtype', type(pixels).__name__)} "
+                                    f"{getattr(pixels, 'shape', '')} and {count}")
         check_batch_size(pixels.shape[0], self.limits)
+        check_argument(options, (DecodingOptions, type(None)), "options", "a DecodingOptions or None")
         options = self.defaults if options is None else verify_options(options, self.limits)
-        return self._captions(pixels, list(labels), options)
+        finite = np.isfinite(pixels).all(axis=(1, 2, 3))  # (B,)
+        if finite.all():
+            return self._captions(pixels, list(labels), options)
+        results = [failed_caption(label, ImageError("its pixels are not all finite numbers (NaN or infinity)"))
+                   for label in labels]
+        keep = np.flatnonzero(finite)
+        if len(keep):
+            for i, caption in zip(keep, self._captions(pixels[keep], [labels[i] for i in keep], options)):
+                results[i] = caption
+        return results
 
     def _captions(self, pixels: np.ndarray, labels: list[Optional[str]], options: DecodingOptions) -> list[Caption]:
         """Decodes rows (B, 3, crop, crop); when decoding fails (ONNX Runtime refusing an input, running out
@@ -281,4 +343,5 @@ class Captioner:
                        logprob=float(result.logprob), image=label, finished=result.finished)
 
 
-__all__ = ["Caption", "Captioner", "DEFAULT_BATCH_SIZE", "check_batch_size", "image_label"]
+__all__ = ["ArgumentTypeError", "Caption", "Captioner", "DEFAULT_BATCH_SIZE", "check_argument", "check_batch_size",
+           "image_label"]

@@ -23,8 +23,8 @@ import numpy as np
 
 from capkit.runtime.errors import CapkitError, is_int
 from capkit.runtime.limits import DEFAULT_LIMITS, Limits
-from capkit.runtime.logits import (LogitFilter, TopK, TopP, chosen_log_softmax, greedy_from_logits, log_softmax,
-                                   sample_from_scores)
+from capkit.runtime.logits import (NOT_FINITE, LogitFilter, LogitsError, TopK, TopP, chosen_log_softmax,
+                                   greedy_from_logits, log_softmax, sample_from_scores, scaled_scores)
 
 InferenceState = Any  # whatever an Inference keeps between steps (numpy arrays, OrtValues, torch tensors)
 
@@ -243,9 +243,7 @@ class SamplingDecoder:
     def update(self, logits: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         if self.greedy:
             return self.advance(*greedy_from_logits(logits))
-        x = logits.astype(np.float64)  # (B', V)
-        # logits / T after subtracting the maximum: no overflow to inf (and NaN) for a tiny T
-        scores = np.divide(x - x.max(axis=-1, keepdims=True), self.options.temperature, out=x)  # (B', V)
+        scores = scaled_scores(logits, self.options.temperature)  # (B', V)
         for logit_filter in self.filters:
             logit_filter.apply(scores)
         uniforms = np.array([self._rngs[i].random() for i in self._active])  # (B',)
@@ -403,12 +401,15 @@ def decode(inference: Inference, images: np.ndarray, options: DecodingOptions, i
             break
         if rows is not None:
             state = inference.select(state, rows)
-    return decoder.finish()
+    results = decoder.finish()
+    if not all(math.isfinite(r.logprob) for r in results):  # NaN from a greedy_step (the logits are checked)
+        raise LogitsError(NOT_FINITE)
+    return results
 
 
 __all__ = [
     "OPTION_NAMES", "BeamSearchDecoder", "DecodingOptions", "DecodingOptionsError", "DecodingResult", "GreedyInference",
-    "Inference", "LogitFilter", "SamplingDecoder", "SpecialIds", "TokenDecoder", "TokenIds", "TopK", "TopP",
-    "build_decoder", "check_given_options", "chosen_log_softmax", "decode", "greedy_from_logits", "log_softmax",
+    "Inference", "LogitFilter", "LogitsError", "SamplingDecoder", "SpecialIds", "TokenDecoder", "TokenIds", "TopK",
+    "TopP", "build_decoder", "check_given_options", "chosen_log_softmax", "decode", "greedy_from_logits", "log_softmax",
     "option", "sample_from_scores", "verify_options", "with_overrides",
 ]

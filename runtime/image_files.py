@@ -100,6 +100,17 @@ def _bomb_pixels(error: BaseException) -> Optional[int]:
     return int(found.group(1)) if found else None
 
 
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, from its ``st_mode``: "a FIFO", "a socket", "a device" ..."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+
+
 def open_regular_file(path: Union[str, bytes], name: str) -> io.BufferedReader:
     """The file at ``path`` opened for reading, refused unless it is a regular file. Opened without blocking
     (a FIFO would wait for a writer) and checked on the open descriptor, so nothing can swap it in between."""
@@ -116,9 +127,7 @@ def open_regular_file(path: Union[str, bytes], name: str) -> io.BufferedReader:
         if stat.S_ISDIR(mode):
             raise ImageError(f"{name}: is a folder, not an image file")
         if not stat.S_ISREG(mode):
-            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
-                    "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
-            raise ImageError(f"{name}: not a regular file ({kind})")
+            raise ImageError(f"{name}: not a regular file ({file_kind(mode)})")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -138,6 +147,9 @@ def _stream(source: ImageSource, name: str) -> io.IOBase:
             raise ImageError(f"{name}: cannot read: {one_line(e)}") from None
         if isinstance(path, (str, bytes)):
             return open_regular_file(path, name)
+    if hasattr(source, "read"):  # a file object: reading it has no bound, and a caller keeps its position
+        raise ImageError(f"unsupported image source of type {type(source).__name__} (a file object; pass its path, "
+                         "or its bytes)")
     raise ImageError(f"unsupported image source of type {type(source).__name__}")
 
 
@@ -178,6 +190,7 @@ def _open(source: ImageSource, limits: Limits = DEFAULT_LIMITS,
     name = source_name(source)
     if isinstance(source, Image.Image):
         check_image_size(name, *source.size, limits)  # a lazily opened image still has only its header read
+        _load_pixels(source, name)
         return source, None
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (3, 4)):
@@ -197,6 +210,23 @@ def _open(source: ImageSource, limits: Limits = DEFAULT_LIMITS,
         except _CORRUPT as e:
             raise ImageError(f"{name}: corrupt or unreadable image ({one_line(e)})") from None
     return img, draft
+
+
+def _load_pixels(img: Image.Image, name: str) -> None:
+    """Decodes a caller's Pillow image now (a lazily opened one has read its header only), so that a closed
+    image (its pixels gone) or a corrupt file behind a lazy one is one ImageError here, not an error of
+    whatever touches the pixels later."""
+    try:
+        img.load()
+    except MemoryError:
+        raise ImageError(f"{name}: out of memory decoding {img.width}x{img.height} pixels") from None
+    except ValueError as e:
+        if "closed" in str(e):  # Pillow: "Operation on closed image"
+            raise ImageError(f"{name}: the Pillow image is closed, its pixels are gone (caption it before closing "
+                             "it)") from None
+        raise ImageError(f"{name}: corrupt or unreadable image ({one_line(e)})") from None
+    except _CORRUPT as e:
+        raise ImageError(f"{name}: corrupt or unreadable image ({one_line(e)})") from None
 
 
 def draft_scale(width: int, height: int, shorter: int) -> int:
@@ -267,7 +297,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return _grey_to_rgb(img, lambda v: np.clip(np.rint(v.astype(np.float64) * factor), 0, 255).astype(np.uint8))
     if img.mode == "F":
         return _grey_to_rgb(img, lambda v: np.clip(v * 255.0, 0, 255).astype(np.uint8))
-    if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if img.mode == "La":  # premultiplied alpha: Pillow converts it to LA only
+        img = img.convert("LA")
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "PA", "RGBa"):
         return _composite_on_background(img)
     return img.convert("RGB")
 
@@ -319,5 +351,5 @@ def load_image_for_resize(source: ImageSource, resize: Optional[tuple[int, Image
 
 
 __all__ = ["BACKGROUND", "DRAFT_FACTOR", "DRAFT_FORMATS", "DRAFT_OVERSAMPLE", "Draft", "ImageError", "ImageLimitError",
-           "ImageSource", "check_image_size", "draft_scale", "load_image", "load_image_for_resize",
+           "ImageSource", "check_image_size", "draft_scale", "file_kind", "load_image", "load_image_for_resize",
            "open_regular_file", "resized_size", "source_name", "to_rgb"]

@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -95,7 +96,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     CheckpointError (never torch's advice to disable ``weights_only``)."""
     path = Path(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about a pickle protocol it did not write before it refuses (or reads) the file; the
+            # one-line error below says what matters, and nothing in the file runs either way
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or type(e).__name__})") from None
     except Exception as e:  # a truncated, foreign or corrupt file, or a pickle of Python objects

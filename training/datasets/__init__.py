@@ -32,21 +32,25 @@ detects the format and hands the source to its reader.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Optional
 
+from capkit.runtime.errors import printable
 from capkit.training.datasets.caption_files import load_csv, load_flickr, load_jsonl
 from capkit.training.datasets.coco import (coco_file_splits, coco_folder_files, load_coco_file, load_coco_folder,
                                            load_karpathy)
 from capkit.training.datasets.records import (DEFAULT_FRACTIONS, SPLITS, CaptionedImage, DatasetError, Source, Splits,
-                                              random_split, read_json, read_lines)
+                                              random_split, read_json, read_lines, user_path)
 
 
 def detect_format(source: Source) -> str:
     """"coco-folder", "coco", "karpathy", "flickr", "jsonl" or "csv" for ``source``; DatasetError otherwise."""
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DatasetError(f"{path}: no such file or folder")
+    path = user_path(source)
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name too long, no permission on a folder above it ...
+        raise DatasetError(f"{printable(str(path))}: cannot read ({e.strerror or e})") from None
+    if not exists:
+        raise DatasetError(f"{printable(str(path))}: no such file or folder")
     if path.is_dir():
         if coco_folder_files(path):
             return "coco-folder"
@@ -71,7 +75,7 @@ def detect_format(source: Source) -> str:
 def load_dataset(source: Source, images: Optional[Source] = None, split_seed: int = 0) -> Splits:
     """``{"train": [...], "val": [...], "test": [...]}`` of :class:`CaptionedImage` from any supported source
     (see the module docstring); ``images`` is the image folder for sources that need one."""
-    path = Path(source).expanduser()
+    path = user_path(source)
     kind = detect_format(path)
     if kind == "coco-folder":
         return load_coco_folder(path, images, split_seed)

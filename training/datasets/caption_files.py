@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from capkit.training.datasets.records import (DatasetError, Row, Source, Splits, by_split, drop_missing,
-                                              image_folder_beside, merge, read_lines, split_name)
+from capkit.training.datasets.records import (JSON_ERRORS, DatasetError, Row, Source, Splits, by_split, check_id,
+                                              drop_missing, image_folder_beside, json_problem, merge, read_lines,
+                                              split_name, user_path)
 
 
 def _flickr_split_files(path: Path) -> dict[str, Path]:
@@ -52,8 +53,11 @@ def load_flickr(path: Source, images: Optional[Source] = None, split_seed: int =
     return by_split(records, splits, path, split_seed)
 
 
-def _resolve_image(value: str, base: Path) -> Path:
-    p = Path(value).expanduser()
+def _resolve_image(value: str, base: Path, where: str) -> Path:
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # "~someone/a.jpg" for a user this system does not know
+        raise DatasetError(f"{where}: cannot expand the image path's '~' (no such user)") from None
     return (p if p.is_absolute() else base / p).absolute()
 
 
@@ -67,17 +71,18 @@ def load_jsonl(path: Source, images: Optional[Source] = None, split_seed: int = 
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
+        except JSON_ERRORS as e:
+            raise DatasetError(f"{path}:{n}: not valid JSON ({json_problem(e)})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not obj["image"].strip():
             raise DatasetError(f"{path}:{n}: each line needs an \"image\" path")
         caps = obj.get("captions", obj.get("caption"))
         caps = [caps] if isinstance(caps, str) else caps
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
             raise DatasetError(f"{path}:{n}: needs a \"caption\" string or a \"captions\" list of strings")
         split = split_name(obj["split"], f"{path}:{n}") if obj.get("split") is not None else None
-        image_id = str(obj.get("image_id", obj["image"]))
-        rows += [(image_id, _resolve_image(obj["image"], base), c, split) for c in caps]
+        given_id = obj.get("image_id")  # null or absent: the image path is the id
+        image_id = str(check_id(given_id, f"{path}:{n}")) if given_id is not None else obj["image"]
+        rows += [(image_id, _resolve_image(obj["image"], base, f"{path}:{n}"), c, split) for c in caps]
     return _finish_rows(rows, path, split_seed)
 
 
@@ -106,7 +111,7 @@ def load_csv(path: Source, images: Optional[Source] = None, split_seed: int = 0)
             split_value = fields[col["split"]].strip() if "split" in col else ""
             split = split_name(split_value, f"{path}:{n}") if split_value else None
             image_id = fields[col["image_id"]].strip() if "image_id" in col else image
-            rows.append((image_id or image, _resolve_image(image, base), fields[col["caption"]], split))
+            rows.append((image_id or image, _resolve_image(image, base, f"{path}:{n}"), fields[col["caption"]], split))
     except csv.Error as e:
         raise DatasetError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
     return _finish_rows(rows, path, split_seed)
@@ -115,7 +120,7 @@ def load_csv(path: Source, images: Optional[Source] = None, split_seed: int = 0)
 def _base_folder(path: Path, images: Optional[Source]) -> Path:
     if images is None:
         return path.parent
-    folder = Path(images).expanduser()
+    folder = user_path(images)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such image folder")
     return folder

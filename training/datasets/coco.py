@@ -9,9 +9,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from capkit.training.datasets.records import (SPLITS, CaptionedImage, DatasetError, Source, Splits, by_split,
-                                              drop_missing, halve, image_folder, image_folder_beside, merge,
-                                              random_split, read_json, split_name)
+from capkit.training.datasets.records import (SPLITS, CaptionedImage, DatasetError, ImageId, Source, Splits, by_split,
+                                              check_id, drop_missing, halve, image_folder, image_folder_beside, merge,
+                                              random_split, read_json, shown, split_name)
 
 _COCO_FILE = re.compile(r"captions_(train|val|test)(\d{4})?\.json")
 
@@ -19,21 +19,38 @@ _COCO_FILE = re.compile(r"captions_(train|val|test)(\d{4})?\.json")
 def _coco_records(data: Any, path: Path, images: Optional[Source], guesses: Sequence[Path]) -> list[CaptionedImage]:
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise DatasetError(f"{path}: not a COCO captions file (needs 'images' and 'annotations' lists)")
-    files: dict[Any, str] = {}
-    for k, im in enumerate(data["images"]):
-        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
-            raise DatasetError(f"{path}: images[{k}] needs an 'id' and a 'file_name'")
-        files[im["id"]] = im["file_name"]
-    captions: dict[Any, list[str]] = {i: [] for i in files}
+    files = _coco_files(data["images"], path)
+    captions: dict[ImageId, list[str]] = {i: [] for i in files}
     for k, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str) or "image_id" not in ann:
             raise DatasetError(f"{path}: annotations[{k}] needs an 'image_id' and a 'caption'")
-        if ann["image_id"] not in captions:
-            raise DatasetError(f"{path}: annotations[{k}] refers to image id {ann['image_id']!r}, not in 'images'")
+        image_id = check_id(ann["image_id"], f"{path}: annotations[{k}]")
+        if image_id not in captions:
+            raise DatasetError(f"{path}: annotations[{k}] refers to image id {shown(image_id)}, not in 'images'")
         if ann["caption"].strip():
-            captions[ann["image_id"]].append(ann["caption"].strip())
+            captions[image_id].append(ann["caption"].strip())
     folder = image_folder(images, guesses, list(files.values()), path)
     return [CaptionedImage((folder / files[i]).absolute(), tuple(c), str(i)) for i, c in captions.items() if c]
+
+
+def _coco_files(images: list, path: Path) -> dict[ImageId, str]:
+    """{image id: file name} of a COCO file's ``images``: each entry an object with an id (an integer or a
+    string, all of one kind, each once) and a non-empty file name; DatasetError naming the entry otherwise."""
+    files: dict[ImageId, str] = {}
+    first: dict[ImageId, int] = {}  # the index of each id's entry, for the message about a repeated one
+    for k, im in enumerate(images):
+        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str) \
+                or not im["file_name"].strip():
+            raise DatasetError(f"{path}: images[{k}] needs an 'id' and a 'file_name'")
+        image_id = check_id(im["id"], f"{path}: images[{k}]")
+        if files and type(image_id) is not type(next(iter(files))):
+            kinds = {int: "an integer", str: "a string"}
+            raise DatasetError(f"{path}: images[{k}]: the id {shown(image_id)} is {kinds[type(image_id)]} while "
+                               f"images[0]'s is {kinds[type(next(iter(files)))]}; a file's ids are all of one kind")
+        if image_id in files:
+            raise DatasetError(f"{path}: images[{k}]: the id {shown(image_id)} is also images[{first[image_id]}]'s")
+        files[image_id], first[image_id] = im["file_name"], k
+    return files
 
 
 def _coco_guesses(path: Path, stem_split: Optional[str]) -> list[Path]:
@@ -111,17 +128,22 @@ def load_karpathy(path: Source, images: Optional[Source] = None, split_seed: int
         raise DatasetError(f"{path}: not a Karpathy split file (needs an 'images' list)")
     rows = []
     for k, e in enumerate(entries):
-        if not isinstance(e, dict) or not isinstance(e.get("filename"), str) or not isinstance(e.get("sentences"), list):
-            raise DatasetError(f"{path}: images[{k}] needs a 'filename' and a 'sentences' list")
+        where = f"{path}: images[{k}]"
+        if not isinstance(e, dict) or not isinstance(e.get("filename"), str) or not e["filename"].strip() \
+                or not isinstance(e.get("sentences"), list):
+            raise DatasetError(f"{where} needs a 'filename' and a 'sentences' list")
+        if not isinstance(e.get("filepath") or "", str):
+            raise DatasetError(f"{where}: 'filepath' must be a string, got {shown(e['filepath'])}")
         rel = str(Path(e.get("filepath") or "") / e["filename"])
-        split = split_name(e.get("split", ""), f"{path}: images[{k}]")
+        split = split_name(e.get("split", ""), where)
+        image_id = str(check_id(e["cocoid"], where)) if "cocoid" in e else rel
         for s in e["sentences"]:
             raw = s.get("raw") if isinstance(s, dict) else None
-            if raw is None and isinstance(s, dict) and isinstance(s.get("tokens"), list):
-                raw = " ".join(s["tokens"])
+            tokens = s.get("tokens") if isinstance(s, dict) else None
+            if raw is None and isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+                raw = " ".join(tokens)
             if not isinstance(raw, str):
-                raise DatasetError(f"{path}: images[{k}] has a sentence without 'raw' text")
-            image_id = str(e["cocoid"]) if "cocoid" in e else rel
+                raise DatasetError(f"{where} has a sentence without 'raw' text")
             rows.append((image_id, rel, raw, split))
     if not rows:
         raise DatasetError(f"{path}: no captions in this file")

@@ -98,11 +98,18 @@ class ImageKeys:
 
 
 # -- lines --------------------------------------------------------------------------------------------------------
-def encode_line(data: dict[str, Any]) -> bytes:
-    """One output line, valid UTF-8: a name that is not UTF-8 also goes into ``image_bytes`` (see the module)."""
+def exact_names(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a result's JSON object) with a name that is not UTF-8 shown with ``\\xNN`` escapes in
+    ``image`` and kept exactly in ``image_bytes`` (see the module); other names as they are."""
     image = data.get("image")
     if isinstance(image, str) and not image.isascii() and not _is_utf8(image):
         data = {**_exact_name(image), **{field: value for field, value in data.items() if field != "image"}}
+    return data
+
+
+def encode_line(data: dict[str, Any]) -> bytes:
+    """One output line, valid UTF-8: a name that is not UTF-8 also goes into ``image_bytes`` (see the module)."""
+    data = exact_names(data)
     try:
         return json.dumps(data, ensure_ascii=False).encode("utf-8") + b"\n"
     except UnicodeEncodeError:  # a lone surrogate no file name has: JSON's \udXXX escape reads back exactly

@@ -47,7 +47,20 @@ class Limits:
         """Raises LimitError when ``value`` is over the limit ``name``; ``what`` names the value for the message."""
         limit = getattr(self, name)
         if value > limit:
-            raise LimitError(f"{what} {value:g} is over the limit of {limit:g} (Limits.{name}; raise it to allow more)")
+            raise LimitError(f"{what} {_shown(value)} is over the limit of {_shown(limit)} (Limits.{name}; raise it to "
+                             "allow more)")
+
+
+def _shown(value: float) -> str:
+    """A number for a message: ``%g``, or its size where it is too large for a float (a 330-digit --beam)."""
+    try:
+        return f"{value:g}"
+    except OverflowError:
+        try:
+            digits = str(value)
+        except ValueError:  # over Python's 4,300 digits for str(int)
+            return f"a {int(value).bit_length()}-bit number"
+        return f"{digits[0]}.{digits[1:3]}e+{len(digits) - 1}"
 
 
 DEFAULT_LIMITS = Limits()

@@ -83,7 +83,7 @@ def capkit_command() -> list[str]:
 
 
 def run(args: list[str], timeout: float = WALL_S + 30) -> Outcome:
-    env = {**os.environ, "CAPKIT_DEBUG": "", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "CAPKIT_DEBUG": ""}  # warnings too: any stderr line but the error is a problem
     env.pop("CAPKIT_DEBUG")  # the user's view: the last-resort guard answers, with status 70
     command = [*capkit_command(), "caption", *args]
     proc = subprocess.run([sys.executable, "-S", "-I", "-c", LAUNCHER, json.dumps(command), str(SAFETY_NET_BYTES),
@@ -185,7 +185,8 @@ def option_cases(good: Path) -> list[Case]:
         "--temp nan": ["--temp", "nan"], "--temp inf": ["--temp", "inf"], "--top-p 0": ["--top-p", "0"],
         "--top-p 2": ["--top-p", "2"], "--top-k -5": ["--top-k", "-5"], "--seed -1": ["--seed", "-1"],
         "--beam 3 --temp 1": ["--beam", "3", "--temp", "1"], "--temp hot": ["--temp", "hot"],
-        "--device tpu": ["--device", "tpu"],
+        "--device tpu": ["--device", "tpu"], "--beam 10**330": ["--beam", str(10 ** 330)],
+        "--max-length 10**330": ["--max-length", str(10 ** 330)], "--batch-size 10**330": ["--batch-size", str(10 ** 330)],
     }
     legal = {
         "--temp 1e-320": ["--temp", "1e-320"], "--temp 1e308": ["--temp", "1e308"], "--top-p 1e-300":

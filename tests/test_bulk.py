@@ -271,6 +271,18 @@ def test_names_that_are_not_utf8_are_written_once(captioner, photos, tmp_path: P
     assert out.read_bytes() == written
 
 
+def test_caption_json_writes_names_that_are_not_utf8_as_bulk_files_do(bundle, photos, tmp_path: Path) -> None:
+    """`capkit caption --json` without --out: valid UTF-8 on stdout, the exact name in image_bytes."""
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9-\xff.jpg")
+    shutil.copy(photos / "p00.jpg", odd)
+    proc = subprocess.run([sys.executable, "-m", "capkit", "caption", odd, str(photos / "p01.png"), "--json",
+                           "--model", str(bundle)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.decode("utf-8").splitlines()]
+    assert base64.b64decode(rows[0]["image_bytes"]) == odd and "caption" in rows[0]
+    assert "image_bytes" not in rows[1]
+
+
 def test_an_image_named_twice_is_captioned_once(captioner, photos, tmp_path: Path, monkeypatch) -> None:
     folder = tmp_path / "in"
     folder.mkdir()

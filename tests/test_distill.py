@@ -117,3 +117,21 @@ def test_resume_keeps_the_teacher_and_refuses_another(dataset, teacher, tmp_path
     assert load_checkpoint(student / LAST)["train_config"]["teacher"] == str((teacher / "best.pt").resolve())
     other = CliRunner().invoke(main, ["train", "--resume", str(student), "--teacher", str(student)])
     assert other.exit_code != 0 and "--teacher cannot change when resuming" in other.stderr
+
+
+def test_the_distillation_report_counts_the_students_within_the_goal():
+    from capkit.reports import distill
+
+    def row(seed, model, facts, bleu4, minutes=5.0):
+        return {"seed": seed, "model": model, "args": "", "train_minutes": minutes, "facts": facts, "bleu4": bleu4,
+                "cider": 1.0}
+
+    rows = [row(0, "default (the teacher)", 0.99, 0.99, 7.0), row(0, "edge", 0.50, 0.90),
+            row(0, "edge, distilled", 0.965, 0.965),  # 2.5 points and 0.025 below: within
+            row(1, "default (the teacher)", 0.99, 0.99, 7.0), row(1, "edge", 0.50, 0.90),
+            row(1, "edge, distilled", 0.95, 0.99)]  # 4 points below: not within
+    text = distill.render(rows, "cmd")
+    assert "| 0 | edge, distilled | 96.5% | 0.965 | 1.000 | 5.0 | yes |" in text
+    assert "| 1 | edge, distilled | 95.0% | 0.990 | 1.000 | 5.0 | no |" in text
+    assert "edge, distilled: 1 of 2 seeds within the goal." in text
+    assert distill.verdict(row(0, "edge, distilled", 0.99, 0.99, minutes=10.5), rows[0]) == "no"  # too slow

@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""Distilling the default model into the edge preset: for each seed, edge students trained alone and taught
+by the seed's default run (``capkit train --preset edge --teacher RUN``), beside that teacher, scored on the
+seed's test split: fact accuracy (the share of greedy captions stating the scene exactly right), greedy
+BLEU-4 and CIDEr (``capkit eval --temps 0 --json``), and the minutes of training.
+
+    .venv/bin/python reports/distill.py                      # seeds 0-2 on the demo data; writes docs/distill.md
+    .venv/bin/python reports/distill.py --seeds 0 --print    # one seed, the table printed only
+
+The teacher of seed N is the seed sweep's default run of that seed (reports/.cache/sweep/shapes/runs/seed-N,
+trained first by ``reports/seed_sweep.py --seeds N`` when it is missing), so the teacher saw the same
+synthetic set (``--seed N`` draws the data too). Each student is one ``capkit train`` process whose wall
+time is its "train min" (the teacher's own training not counted: the issue's budget is "teacher given").
+Every run's result is kept under reports/.cache/distill/ and reused, so a stopped report continues.
+The goal (the edge issue): a distilled student within FACTS_GOAL points of its teacher's fact accuracy
+and BLEU_GOAL of its greedy BLEU-4 on every seed, in under TIME_GOAL_MIN minutes of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+if __package__ in (None, ""):  # run as a file: the repository's parent makes `capkit` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from capkit.reports.common import (DOCS, REPO, capkit, display, greedy_scores, publish, say,  # noqa: E402
+                                   start_report)
+
+WORK = REPO / "reports" / ".cache" / "distill"
+SWEEP_RUNS = REPO / "reports" / ".cache" / "sweep" / "shapes" / "runs"
+PAGE = DOCS / "distill.md"
+PAGE_TITLE = "Distilling the default model into the edge preset"
+MARK_START, MARK_END = "<!-- distill:start -->", "<!-- distill:end -->"
+FACTS_GOAL = 0.03  # a distilled student's fact accuracy at most 3 points below its teacher's
+BLEU_GOAL = 0.03  # ... and its greedy BLEU-4 at most this far below
+TIME_GOAL_MIN = 10.0  # ... trained in under this many minutes on this machine (teacher given)
+TEACHER = "{teacher}"  # stands for the seed's teacher run in VARIANTS' arguments
+# The students, each `capkit train --preset edge --seed N` plus these arguments. The first is the edge preset
+# as it is; the rest are what the report compares it with.
+VARIANTS: dict[str, list[str]] = {
+    "edge": [],
+    "edge, distilled": ["--teacher", TEACHER],
+}
+
+
+def teacher_run(seed: int) -> Path:
+    """The seed sweep's default run of ``seed``, trained first when missing."""
+    run = SWEEP_RUNS / f"seed-{seed}"
+    if not (run / "best.pt").is_file():
+        say(f"seed {seed}: no default run to teach; training it with the seed sweep")
+        subprocess.run([sys.executable, str(REPO / "reports" / "seed_sweep.py"), "--seeds", str(seed), "--print"],
+                       check=True, stdout=subprocess.DEVNULL)
+    return run
+
+
+def scores(run: Path) -> dict[str, Any]:
+    """Greedy BLEU-4, CIDEr and fact accuracy of ``run``'s best checkpoint on its test split."""
+    command = capkit("eval", "--checkpoint", str(run), "--temps", "0", "--json")
+    say(f"$ {display(command)}")
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"eval of {run} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    greedy = next(r for r in json.loads(proc.stdout)["results"] if r["temperature"] == 0)
+    return {"bleu4": greedy["bleu4"], "cider": greedy["cider"], "facts": (greedy.get("facts") or {}).get("exact")}
+
+
+def student(seed: int, name: str, threads: Optional[int]) -> dict[str, Any]:
+    """One student of ``seed`` (VARIANTS[name]): trained (timed) and scored, from the cache when there."""
+    slug = name.replace(", ", "-").replace(" ", "-")
+    cached = WORK / f"seed-{seed}-{slug}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    teacher = teacher_run(seed)
+    extra = [str(teacher) if a == TEACHER else a for a in VARIANTS[name]]
+    command = capkit("train", "--preset", "edge", "--seed", str(seed), "--out", str(WORK / "runs"),
+                     "--name", f"seed-{seed}-{slug}", "--no-progress", *extra)
+    say(f"$ {display(command)}")
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    started = time.perf_counter()
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
+    minutes = (time.perf_counter() - started) / 60
+    if proc.returncode != 0:
+        raise SystemExit(f"training {name} for seed {seed} failed")
+    row = {"seed": seed, "model": name, "args": " ".join(VARIANTS[name]), "train_minutes": round(minutes, 2),
+           **scores(Path(proc.stdout.strip().splitlines()[-1]))}
+    WORK.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def teacher_row(seed: int) -> dict[str, Any]:
+    cached = WORK / f"seed-{seed}-teacher.json"
+    if not cached.is_file():
+        WORK.mkdir(parents=True, exist_ok=True)
+        minutes = json.loads((SWEEP_RUNS.parent / f"seed-{seed}.json").read_text())["train_minutes"]
+        cached.write_text(json.dumps({"seed": seed, "model": "default (the teacher)", "args": "",
+                                      "train_minutes": minutes, **scores(teacher_run(seed))}, indent=1) + "\n")
+    return json.loads(cached.read_text())
+
+
+def verdict(row: dict[str, Any], teacher: dict[str, Any]) -> str:
+    if row["model"] == teacher["model"]:
+        return ""
+    met = (row["facts"] is not None and teacher["facts"] is not None and row["facts"] >= teacher["facts"] - FACTS_GOAL
+           and row["bleu4"] >= teacher["bleu4"] - BLEU_GOAL and row["train_minutes"] < TIME_GOAL_MIN)
+    return "yes" if met else "no"
+
+
+def render(rows: list[dict[str, Any]], command: str) -> str:
+    lines = [f"```\n{command}\n```", "",
+             "| seed | model | facts exactly right | greedy BLEU-4 | CIDEr | train min | within the goal |",
+             "|---|---|---|---|---|---|---|"]
+    teachers = {r["seed"]: r for r in rows if r["model"].startswith("default")}
+    for r in rows:
+        facts = "" if r["facts"] is None else f"{r['facts']:.1%}"
+        lines.append(f"| {r['seed']} | {r['model']} | {facts} | {r['bleu4']:.3f} | {r['cider']:.3f} | "
+                     f"{r['train_minutes']:.1f} | {verdict(r, teachers[r['seed']])} |")
+    lines += ["", f"Within the goal: fact accuracy at most {FACTS_GOAL * 100:.0f} points and greedy BLEU-4 at most "
+                  f"{BLEU_GOAL} below the seed's teacher, trained in under {TIME_GOAL_MIN:.0f} minutes "
+                  "(the teacher given)."]
+    for name in VARIANTS:
+        if name != "edge":
+            seeds = [r for r in rows if r["model"] == name]
+            met = sum(verdict(r, teachers[r["seed"]]) == "yes" for r in seeds)
+            lines.append(f"{name}: {met} of {len(seeds)} seeds within the goal.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of each training [default: all]")
+    args, _, measured = start_report(parser, PAGE, WORK)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if measured is None:
+        rows = []
+        for seed in seeds:
+            rows.append(teacher_row(seed))
+            rows += [student(seed, name, args.threads) for name in VARIANTS]
+        measured = {"rows": rows, "command": f".venv/bin/python reports/distill.py --seeds {args.seeds}"}
+    publish(args, PAGE, PAGE_TITLE, MARK_START, MARK_END, render(measured["rows"], measured["command"]), measured)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,8 @@ caption, so that stepping token by token gives the same logits.
 
 from __future__ import annotations
 
+import math
+
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -114,17 +116,42 @@ def load_encoder_weights(weights_file: str | Path, backbone: nn.Module, name: st
 
 
 def keep_stages(backbone: nn.Module, stages: Optional[int], width: int, name: str) -> int:
-    """Cuts a ResNet-family backbone after its first ``stages`` residual stages (``layer1`` ...); returns the
-    feature width of the last stage kept (None: all, ``width`` as it is)."""
+    """Cuts a backbone after its first ``stages`` stages, a stage being where the output stride doubles (a
+    ResNet's ``layer1`` .. ``layer4`` end at strides 4 to 32; a MobileNet's or EfficientNet's ``features``
+    blocks are kept up to the last one at stride 2 ** (stages + 1)); returns the feature width of the last
+    part kept (None: all, ``width`` as it is)."""
     if stages is None:
         return width
     layers = [getattr(backbone, f"layer{i}", None) for i in range(1, 5)]
-    if not all(isinstance(layer, nn.Sequential) for layer in layers):
-        raise ModelConfigError(f"backbone_stages needs a ResNet-family backbone (layer1 .. layer4); {name} is not one")
-    for i in range(stages, 4):
-        setattr(backbone, f"layer{i + 1}", nn.Identity())
-    norms = [m for m in layers[stages - 1].modules() if isinstance(m, nn.BatchNorm2d)]
-    return norms[-1].num_features  # the stage's output channels
+    if all(isinstance(layer, nn.Sequential) for layer in layers):
+        for i in range(stages, 4):
+            setattr(backbone, f"layer{i + 1}", nn.Identity())
+        return _out_channels(layers[stages - 1])
+    blocks = getattr(backbone, "features", None)
+    if not isinstance(blocks, nn.Sequential):
+        raise ModelConfigError(f"backbone_stages needs a ResNet (layer1 .. layer4) or a backbone whose blocks are a "
+                               f"`features` sequence (mobilenet, efficientnet ...); {name} is neither")
+    stride, kept = 1, 0
+    for block in blocks:
+        stride *= math.prod(_stride(m) for m in block.modules() if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)))
+        if stride > 2 ** (stages + 1):
+            break
+        kept += 1
+    if kept == len(blocks):
+        return width
+    backbone.features = blocks[:kept]
+    return _out_channels(backbone.features)
+
+
+def _stride(layer: nn.Module) -> int:
+    stride = layer.stride
+    return int(stride[0] if isinstance(stride, (tuple, list)) else stride)
+
+
+def _out_channels(part: nn.Module) -> int:
+    """The output channels of a part of a CNN: those of its last batch norm, else of its last convolution."""
+    norms = [m.num_features for m in part.modules() if isinstance(m, nn.BatchNorm2d)]
+    return norms[-1] if norms else [m.out_channels for m in part.modules() if isinstance(m, nn.Conv2d)][-1]
 
 
 def keep_grid(backbone: nn.Module, grid: int, width: int, name: str) -> int:

@@ -50,7 +50,8 @@ class CaptionModelConfig:
     # given as step 0 (the seed's Show-and-Tell): the decoder reads the image again when it names each object;
     # on the demo data this takes greedy captions that state their scene exactly right from 54% to 97%
     # (docs/seed-sweep.md). The embedding rides in the recurrent state as one more tensor, IMAGE_STATE.
-    backbone_stages: Optional[int] = None  # residual stages of a ResNet-family backbone kept (None: all four). On
+    backbone_stages: Optional[int] = None  # the backbone's stages kept, a stage ending where the output stride
+    # doubles (a ResNet's layer1-4; a MobileNet's blocks up to stride 2 ** (stages + 1)); None: all four. On
     # 64-pixel images the fourth stage works on a 2 x 2 map; three stages keep a 4 x 4 one, train faster and
     # name the shapes better (docs/seed-sweep.md)
     image_grid: int = 1  # the backbone's last feature map pooled to image_grid x image_grid cells, kept apart (1:

@@ -135,5 +135,17 @@ def test_backbone_stages_and_image_grid_keep_the_spatial_features():
     for bad in (0, 5, True, 2.0):
         with pytest.raises(ModelConfigError, match="backbone_stages must be an integer from 1 to 4"):
             tiny(backbone_stages=bad)
-    with pytest.raises(ModelConfigError, match="needs a ResNet-family backbone"):
-        tiny(encoder="mobilenet_v3_small", backbone_stages=3)
+    with pytest.raises(ModelConfigError, match="regnet_x_400mf is neither"):
+        tiny(encoder="regnet_x_400mf", backbone_stages=3)
+
+
+def test_backbone_stages_of_a_mobilenet_end_where_its_stride_reaches_16():
+    """MobileNetV3-Small's blocks up to the last one at stride 16 (48 channels): a 64-pixel image leaves a 4 x 4
+    map, kept as 16 cells; four stages (stride 32) keep every block."""
+    model = tiny(encoder="mobilenet_v3_small", backbone_stages=3, image_grid=4)
+    assert len(model.encoder.backbone.features) == 9 and model.encoder.feature_dim == 48 * 16
+    with torch.no_grad():
+        assert model.encoder.features(torch.randn(2, 3, 64, 64)).shape == (2, 768)
+    assert tiny(encoder="mobilenet_v3_small", backbone_stages=2).encoder.feature_dim == 24
+    assert tiny(encoder="mobilenet_v3_small", backbone_stages=4).encoder.feature_dim == 576
+    assert tiny(encoder="vgg11", backbone_stages=3).encoder.feature_dim == 512  # strides from its max pools

@@ -132,5 +132,5 @@ def test_a_typed_encoder_is_used_whole_under_the_default_preset(dataset, tmp_pat
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "whole" / "config.json").read_text())["model"]
     assert saved["backbone_stages"] is None and saved["image_grid"] == 1 and saved["image_each_step"] is True
-    result = CliRunner().invoke(main, [*args, "--encoder", "mobilenet_v3_small", "--backbone-stages", "3"])
-    assert result.exit_code == 1 and "needs a ResNet-family backbone" in result.output
+    result = CliRunner().invoke(main, [*args, "--encoder", "regnet_x_400mf", "--backbone-stages", "3"])
+    assert result.exit_code == 1 and "regnet_x_400mf is neither" in result.output

@@ -55,14 +55,24 @@ export function formatG(value) {
 
 /**
  * Limits.check: throws LimitError when ``value`` is over ``limits[name]``.
- * @param {Limits} limits @param {keyof Limits} name @param {number} value @param {string} what
+ * @param {Limits} limits @param {keyof Limits} name @param {number | bigint | Number} value @param {string} what
  */
 export function checkLimit(limits, name, value, what) {
   const limit = limits[name];
   if (value > limit) {
-    if (!Number.isFinite(value)) throw new NumberTooLargeError(`${what} is too large for a number`);
-    throw new LimitError(`${what} ${formatG(value)} is over the limit of ${formatG(limit)} (Limits.${name}; raise it to allow more)`);
+    throw new LimitError(`${what} ${shownNumber(value)} is over the limit of ${formatG(limit)} (Limits.${name}; raise it to allow more)`);
   }
+}
+
+/**
+ * runtime/limits.py ``_shown``: ``%g``, or for an integer beyond a float's range its first digits and exponent.
+ * @param {number | bigint} value
+ */
+function shownNumber(value) {
+  const number = Number(value);
+  if (Number.isFinite(number)) return formatG(number);
+  const digits = String(value);
+  return `${digits[0]}.${digits.slice(1, 3)}e+${digits.length - 1}`;
 }
 
 // Python's str.isprintable() is false for these (space aside): repr escapes them

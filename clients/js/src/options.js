@@ -65,7 +65,7 @@ export function verifyOptions(options, limits = DEFAULT_LIMITS) {
   for (const [name, check] of Object.entries(OPTION_CHECKS)) {
     const value = options[name];
     values[name] = value == null && check.optional ? null : checked(name, value, check);
-    if (check.limit != null) checkLimit(limits, check.limit, Number(values[name]), label(name));
+    if (check.limit != null) checkLimit(limits, check.limit, values[name], label(name));
   }
   const { temperature, top_k: topK, top_p: topP, beam } = values;
   if (beam > 1 && (temperature > 0 || topK || topP)) {

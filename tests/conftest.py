@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,9 @@ import pytest
 
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import SPECIAL_TOKENS, Vocabulary
+
+# tests/ is not a package: its shared modules (hostile_corpus.py ...) import by name, as when run as scripts
+sys.path.insert(0, str(Path(__file__).parent))
 
 # The CLI's last-resort guard turns an unexpected exception into one line; under test it re-raises
 # instead (the traceback shows, and CliRunner records the exception), so reaching it fails the test.

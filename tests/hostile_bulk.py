@@ -27,7 +27,6 @@ with exit 0.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import shutil
@@ -41,17 +40,7 @@ from pathlib import Path
 from typing import Optional
 
 
-def _sibling(name: str):
-    """tests/<name>.py as a module (tests/ is not a package)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up here
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-corpus = _sibling("hostile_corpus")  # the tiny bundle, the good image, the bounds
+import hostile_corpus as corpus  # noqa: E402  the tiny bundle, the good image, the bounds
 PEAK_MB, WALL_S, SAFETY_NET_BYTES, UNEXPECTED_EXIT = (corpus.PEAK_MB, corpus.WALL_S, corpus.SAFETY_NET_BYTES,
                                                       corpus.UNEXPECTED_EXIT)
 HUGE = 300 << 20  # a 300 MB line: sparse files, nothing written to disk
@@ -461,6 +450,10 @@ def main(groups: list[str]) -> int:
         bundle = corpus.tiny_bundle(root / "bundle")
         started = time.perf_counter()
         cases, results = run_corpus(root, bundle, groups=groups)
+        if not cases:
+            print(f"hostile_bulk.py: no cases in the groups {' '.join(groups)} (name groups of the corpus, or none for "
+                  "all)", file=sys.stderr)
+            return 2
         for case, result in zip(cases, results):
             mark = "ok " if not result.problems else "BAD"
             last = (result.outcomes[-1].stderr.strip().splitlines() or [""])[-1]

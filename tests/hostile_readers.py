@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 import os
@@ -35,16 +34,6 @@ from typing import Any, Callable, Iterator, Optional
 
 ALLOWED_WARNING = "do not exist and are left out"  # capkit's own warning (drop_missing), where a case expects it
 CHILD_TIMEOUT_S = 300.0
-
-
-def _sibling(name: str) -> Any:
-    """A module of tests/ by name (tests/ is not a package; pytest imports in importlib mode)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up here
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @dataclass
@@ -534,7 +523,7 @@ def run_surface_here(surface: str, root: Path, bundle: Optional[str] = None) -> 
 def run_surface(surface: str, root: Path, bundle: Optional[Path] = None) -> list[Result]:
     """Every case of ``surface`` in one child process under hostile_corpus's memory limit; a child that dies
     (a signal, the memory limit, the timeout) or prints anything besides the results breaks every case."""
-    corpus = _sibling("hostile_corpus")
+    import hostile_corpus as corpus
     command = [sys.executable, str(Path(__file__).resolve()), "--child", surface, str(root), str(bundle or "")]
     launcher = [sys.executable, "-S", "-I", "-c", corpus.LAUNCHER, json.dumps(command), str(corpus.SAFETY_NET_BYTES),
                 str(CHILD_TIMEOUT_S)]
@@ -571,7 +560,7 @@ def main(argv: list[str]) -> int:
         root = Path(tmp)
         for surface in surfaces:
             started = time.perf_counter()
-            bundle = _sibling("hostile_corpus").tiny_bundle(root / "bundle") if surface == "api" else None
+            bundle = __import__("hostile_corpus").tiny_bundle(root / "bundle") if surface == "api" else None
             results = run_surface(surface, root, bundle)
             for r in results:
                 print(f"{'ok ' if not r.problems else 'BAD'} {r.name[:48]!r:50} " + ("; ".join(r.problems) or r.message)[:110])

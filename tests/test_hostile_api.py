@@ -17,6 +17,9 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+
+import hostile_corpus  # noqa: E402  (tests/ is on sys.path: conftest)
+import hostile_readers  # noqa: E402
 from PIL import Image
 
 from capkit.runtime import Captioner, DecodingOptions, ImageError
@@ -256,26 +259,14 @@ def test_a_pickle_is_refused_without_torchs_warning(tmp_path: Path, loader: str)
 
 
 # -- the whole surface, and the command's stderr, with a real bundle (slow) -----------------------------------------
-def _suite():
-    """tests/hostile_readers.py as a module (tests/ is not a package, and pytest imports in importlib mode)."""
-    if "hostile_readers" not in sys.modules:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("hostile_readers", Path(__file__).with_name("hostile_readers.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up here
-        spec.loader.exec_module(module)
-    return sys.modules["hostile_readers"]
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    return _suite()._sibling("hostile_corpus").tiny_bundle(tmp_path_factory.mktemp("api") / "bundle")
+    return hostile_corpus.tiny_bundle(tmp_path_factory.mktemp("api") / "bundle")
 
 
 @pytest.mark.slow
 def test_the_api_suite_counts_in_a_child(bundle: Path, tmp_path: Path) -> None:
-    suite = _suite()
+    suite = hostile_readers
     results = suite.run_surface("api", tmp_path, bundle)
     broken = [f"{r.name!r}: {'; '.join(r.problems)}" for r in results if r.problems]
     assert not broken, "\n".join(broken)

@@ -5,25 +5,13 @@ signal, under 1 GB and 30 s per process, and the good image beside each hostile 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 
 
-def _load_suite():
-    """tests/hostile_bulk.py as a module (tests/ is not a package, and pytest imports in importlib mode)."""
-    spec = importlib.util.spec_from_file_location("hostile_bulk", Path(__file__).with_name("hostile_bulk.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-hostile_bulk = _load_suite()
+import hostile_bulk  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -4,25 +4,13 @@ each hostile one keeps its caption."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 
 
-def _load_corpus():
-    """tests/hostile_corpus.py as a module (tests/ is not a package, and pytest imports in importlib mode)."""
-    spec = importlib.util.spec_from_file_location("hostile_corpus", Path(__file__).with_name("hostile_corpus.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-hostile_corpus = _load_corpus()
+import hostile_corpus  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,6 @@ with one line naming the file and the entry; legal oddities (a BOM, string or 64
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,17 +16,7 @@ import pytest
 from capkit.training.datasets import DatasetError, load_dataset
 
 
-def _load_suite():
-    """tests/hostile_readers.py as a module (tests/ is not a package, and pytest imports in importlib mode)."""
-    if "hostile_readers" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("hostile_readers", Path(__file__).with_name("hostile_readers.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up here
-        spec.loader.exec_module(module)
-    return sys.modules["hostile_readers"]
-
-
-suite = _load_suite()
+import hostile_readers as suite  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ itself: it serves a real bundle until Ctrl+C, and says in one line what is missi
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import socket
 import subprocess
@@ -21,16 +20,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 
-def _load(name: str):
-    """A module of tests/ (not a package; pytest imports in importlib mode)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-hostile_web = _load("hostile_web")
+import hostile_corpus  # noqa: E402
+import hostile_web  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +150,7 @@ def test_an_installed_package_says_it_needs_a_checkout_first(monkeypatch, tmp_pa
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
-    return _load("hostile_corpus").tiny_bundle(tmp_path_factory.mktemp("serve") / "bundle")
+    return hostile_corpus.tiny_bundle(tmp_path_factory.mktemp("serve") / "bundle")
 
 
 def capkit_command() -> list[str]:

@@ -107,6 +107,12 @@ def exact_names(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def caption_object(caption: Any) -> dict[str, Any]:
+    """A Caption as ``capkit caption --json`` prints it and ``capkit serve`` answers it (one function, so that the
+    two cannot drift): its ``to_dict()``, a name that is not UTF-8 kept exactly (:func:`exact_names`)."""
+    return exact_names(caption.to_dict())
+
+
 def encode_line(data: dict[str, Any]) -> bytes:
     """One output line, valid UTF-8: a name that is not UTF-8 also goes into ``image_bytes`` (see the module)."""
     data = exact_names(data)
@@ -378,5 +384,5 @@ class BulkSummary:
 
 
 __all__ = ["BulkError", "BulkSummary", "Done", "ImageKeys", "KeySet", "LineWriter", "MAX_OUTPUT_LINE",
-           "check_capkit_output", "decode_line", "digest64", "drop_torn_line", "encode_line", "open_output",
-           "output_path", "read_done"]
+           "caption_object", "check_capkit_output", "decode_line", "digest64", "drop_torn_line", "encode_line",
+           "open_output", "output_path", "read_done"]

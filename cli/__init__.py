@@ -21,6 +21,7 @@ from capkit.cli.export import export
 from capkit.runtime.errors import first_line
 from capkit.cli.train import train
 from capkit.cli.serve_web import serve_web  # the on-device captioning page (clients/web)
+from capkit.cli.serve import serve  # the HTTP captioning service
 
 DEBUG_ENV = "CAPKIT_DEBUG"  # set to 1: an unexpected error shows its traceback instead of one line
 UNEXPECTED_EXIT = 70  # EX_SOFTWARE: the last-resort guard was reached, i.e. a check is missing in capkit
@@ -70,5 +71,6 @@ def main() -> None:
 for _command in (data, train, eval_command, export, caption, bench):
     main.add_command(_command)
 main.add_command(serve_web)
+main.add_command(serve)
 
 __all__ = ["DEBUG_ENV", "UNEXPECTED_EXIT", "CapkitGroup", "main"]

@@ -16,7 +16,7 @@ from capkit.cli.options import (batch_size_option, checkpoint_option, decoding_o
                                 threads_option, user_errors)
 from capkit.bulk.listing import ImageInput, expand_inputs
 from capkit.bulk.local import SKIP_BY, error_caption, run_bulk
-from capkit.bulk.output import exact_names
+from capkit.bulk.output import caption_object
 from capkit.runtime.captioner import Caption
 from capkit.runtime.decoding import check_given_options
 from capkit.runtime.errors import one_line, printable
@@ -38,7 +38,7 @@ def emit(result: Caption, as_json: bool, prefixed: bool) -> None:
     escaped (``\\n``, ``\\udcff``) so that one image is always one line; JSON carries the exact name (one
     that is not UTF-8 in ``image_bytes``, as bulk output files do)."""
     if as_json:
-        echo_json(exact_names(result.to_dict()))
+        echo_json(caption_object(result))
     elif result.ok:
         click.echo(f"{printable(result.image or '')}: {result.text}" if prefixed else result.text)
     if not result.ok:

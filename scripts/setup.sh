@@ -16,10 +16,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]" >&2
   echo "$want" > "$stamp"
 fi
-# The Ray extra (capkit[ray]) for the --ray tests and benchmark: about 80 MB; a failed install is reported, not fatal.
-if ! .venv/bin/python -c "import ray.data" 2>/dev/null; then
-  echo "setup: installing ray[data] (capkit[ray])" >&2
-  .venv/bin/python -m pip install -q "ray[data]>=2.9" >&2 || echo "setup: ray[data] did not install; the Ray tests are skipped" >&2
+# The Ray extra (capkit[ray]: Ray Data and Ray Serve) for the --ray tests and benchmark: about 80 MB (Serve: 100 MB
+# more); a failed install is reported, not fatal.
+if ! .venv/bin/python -c "import ray.data, ray.serve" 2>/dev/null; then
+  echo "setup: installing ray[data,serve] (capkit[ray])" >&2
+  .venv/bin/python -m pip install -q "ray[data,serve]>=2.9" >&2 || echo "setup: ray[data,serve] did not install; the Ray tests are skipped" >&2
 fi
 # The JavaScript runtime (clients/js): its npm packages from the committed lock file, installed again only
 # when the lock changes (install scripts skipped: onnxruntime-node's would fetch CUDA binaries), and

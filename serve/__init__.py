@@ -2,7 +2,11 @@
 
 - :mod:`capkit.serve.web`: the captioning page's app (``capkit serve-web``), :func:`~capkit.serve.web.page_app`.
 - :mod:`capkit.serve.server`: :class:`~capkit.serve.server.Server`, any such app on uvicorn with the limits
-  a server facing hostile clients needs (idle connections closed, a listen backlog, quiet logs).
+  a server facing hostile clients needs (idle connections closed, a listen backlog, quiet logs, a drain on SIGTERM).
+- ``capkit serve``, the captioning API: :mod:`capkit.serve.api` (the app), :mod:`~capkit.serve.service` (requests
+  taken on, preprocessed, captioned), :mod:`~capkit.serve.batching` (batching across requests through the
+  runtime's decode loop), :mod:`~capkit.serve.metrics`, :mod:`~capkit.serve.openapi`,
+  :mod:`~capkit.serve.settings`, :mod:`~capkit.serve.workers` (``--workers N``), :mod:`~capkit.serve.ray_serve`.
 
 This module imports neither Starlette nor uvicorn, so that a command can check what is missing first and say
 so in one line (:func:`require_extra`); the page's folders are here for the same reason: a runtime-only install
@@ -38,14 +42,17 @@ def page_folders() -> dict[str, Path]:
     return {"": WEB, "js": JS_SRC, "ort": ORT_DIST}
 
 
-def require_extra(command: str) -> None:
-    """CapkitError, one line saying how to install them, when Starlette or uvicorn cannot be imported."""
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as e:
-        raise CapkitError(f"{command} needs the serve extra ({e.name or 'starlette, uvicorn'} is missing): "
-                          'pip install "capkit[serve]" (in a checkout: pip install -e ".[serve]")') from None
+def require_extra(command: str, modules: tuple[str, ...] = ("starlette", "uvicorn")) -> None:
+    """CapkitError, one line saying how to install them, when one of ``modules`` (default: Starlette and uvicorn;
+    ``capkit serve`` also needs prometheus_client and multipart) cannot be imported."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise CapkitError(f"{command} needs the serve extra ({e.name or module} is missing): "
+                              'pip install "capkit[serve]" (in a checkout: pip install -e ".[serve]")') from None
 
 
 __all__ = ["JS_SRC", "LOG_ENV", "ORT_DIST", "WEB", "page_folders", "require_extra"]

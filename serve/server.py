@@ -14,7 +14,7 @@ import copy
 import os
 import socket
 import threading
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
@@ -85,6 +85,32 @@ class GuardedProtocol(H11Protocol):
             self.transport.close()
 
 
+class DrainingUvicorn(uvicorn.Server):
+    """uvicorn's server with a graceful drain: on the first SIGTERM or Ctrl+C it keeps serving while ``drain()``
+    (a coroutine: the app answers new work 503 and finishes what it took on) runs, then shuts down as uvicorn
+    does, and exits normally; a second signal stops at once, as in uvicorn."""
+
+    def __init__(self, config: uvicorn.Config, drain: Optional[Callable[[], Awaitable[None]]]) -> None:
+        super().__init__(config)
+        self._drain, self._loop, self._draining = drain, None, False
+
+    async def startup(self, sockets: Optional[list[socket.socket]] = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self._drain is None or self._loop is None or self._draining or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self._loop.call_soon_threadsafe(self._start_drain)  # a signal handler: only hand it to the loop
+
+    def _start_drain(self) -> None:
+        assert self._drain is not None and self._loop is not None
+        task = self._loop.create_task(self._drain())
+        task.add_done_callback(lambda _: setattr(self, "should_exit", True))
+
+
 class Server:
     """``app`` on uvicorn, listening on ``host``:``port`` from the moment it is made (port 0: a free port,
     :attr:`port` says which), so that an address in use is an OSError here rather than a log line later.
@@ -95,16 +121,20 @@ class Server:
     access line per request, all on stderr. Errors inside the app are logged either way (they are bugs)."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8000, *, log: Optional[bool] = None,
-                 idle_timeout: float = IDLE_TIMEOUT_S) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT_S, sock: Optional[socket.socket] = None,
+                 drain: Optional[Callable[[], Awaitable[None]]] = None, limit_concurrency: Optional[int] = None) -> None:
+        """``sock``: a socket listening already (a worker process's, shared); ``drain``: see
+        :class:`DrainingUvicorn`; ``limit_concurrency``: uvicorn's (connections and tasks, 503 past it)."""
         log = bool(os.environ.get(LOG_ENV)) if log is None else log
         protocol = type("Protocol", (GuardedProtocol,), {"idle_timeout": idle_timeout})
         logging = copy.deepcopy(LOGGING_CONFIG)
         logging["handlers"]["access"]["stream"] = "ext://sys.stderr"  # uvicorn's default is stdout: ours is for data
         config = uvicorn.Config(app, http=protocol, lifespan="auto", log_config=logging,
                                 log_level="info" if log else "error", access_log=log, timeout_keep_alive=KEEP_ALIVE_S, backlog=BACKLOG,
-                                timeout_graceful_shutdown=SHUTDOWN_S, proxy_headers=False, server_header=False)
-        self.socket = listen(host, port)
-        self._uvicorn = uvicorn.Server(config)
+                                timeout_graceful_shutdown=SHUTDOWN_S, proxy_headers=False, server_header=False,
+                                limit_concurrency=limit_concurrency)
+        self.socket = sock if sock is not None else listen(host, port)
+        self._uvicorn = DrainingUvicorn(config, drain)
         self._stopped = threading.Event()
         self._stopped.set()  # not serving
 
@@ -137,4 +167,4 @@ class Server:
         self.socket.close()
 
 
-__all__ = ["BACKLOG", "IDLE_TIMEOUT_S", "KEEP_ALIVE_S", "GuardedProtocol", "Server", "listen"]
+__all__ = ["BACKLOG", "IDLE_TIMEOUT_S", "KEEP_ALIVE_S", "DrainingUvicorn", "GuardedProtocol", "Server", "listen"]

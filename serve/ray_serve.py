@@ -22,10 +22,11 @@ from typing import Any, Optional, Union
 
 from capkit.bulk.ray import bundle_payload, write_payload
 from capkit.runtime.bundle import Bundle, load_bundle
-from capkit.runtime.errors import CapkitError, Status
+from capkit.runtime.errors import CapkitError, Status, one_line
 from capkit.serve.settings import ServeSettings
 
 APP_NAME = "capkit"
+PROXY_READY_S = 60  # seconds Ray Serve waits for its HTTP proxy to start (Ray's default: 5), unless set already
 
 
 def require_ray_serve() -> None:
@@ -90,14 +91,20 @@ def serve_on_ray(bundle: Union[str, os.PathLike, None], settings: ServeSettings,
 
     from capkit.bulk.ray import _connect
 
+    # Ray Serve kills an HTTP proxy not ready within 5 s, and serve.start then fails: on a busy machine a new
+    # worker process takes longer than that to start. A local cluster's workers inherit this environment.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_READY_S))
     started = _connect(address, replicas)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda number, frame: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(caption_deployment(bundle, settings, replicas=replicas, threads=threads), name=APP_NAME,
-                  route_prefix="/")
+        try:
+            serve.start(http_options={"host": host, "port": port})
+            serve.run(caption_deployment(bundle, settings, replicas=replicas, threads=threads), name=APP_NAME,
+                      route_prefix="/")
+        except ray.exceptions.RayError as e:
+            raise CapkitError(f"Ray Serve did not start on {host}:{port}: {one_line(e, 300)}") from None
         status(f"Serving on Ray at http://{host}:{port}/v1/captions ({replicas} replica{'s' * (replicas > 1)}); "
                "Ctrl+C or SIGTERM stops")
         while not stop.wait(0.5):  # short waits: the signal handler runs between them

@@ -7,7 +7,6 @@ own errors are one line. (Under load, over processes and on Ray: tests/test_serv
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,17 +21,7 @@ pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 
 
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-hostile = _load("hostile_serve")
+import hostile_serve as hostile  # noqa: E402  (tests/ is on sys.path: conftest)
 ServeProcess = hostile.ServeProcess
 
 

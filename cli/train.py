@@ -59,7 +59,8 @@ def typed_on_command_line(name: str) -> bool:
                                         "pooling, the seed's) [default: the preset's; 1 without one].")
 @config_option(CaptionModelConfig, "forget_bias", type=float,
                help="LSTM forget-gate bias at init (of bias_ih; 0 sets it to 0, not to PyTorch's small random values).")
-@config_option(TrainConfig, "epochs", type=click.IntRange(1))
+@config_option(TrainConfig, "epochs", type=click.IntRange(1),
+               help="Passes over the training images [default: 8, or more for at least 960 optimiser steps].")
 @config_option(TrainConfig, "batch_size", type=click.IntRange(1))
 @config_option(TrainConfig, "captions_per_image", type=click.IntRange(1),
                help="Captions each image brings per epoch: a fresh random subset each epoch.")

@@ -162,8 +162,30 @@ def keep_grid(backbone: nn.Module, grid: int, width: int, name: str) -> int:
     if not isinstance(getattr(backbone, "avgpool", None), nn.AdaptiveAvgPool2d):
         raise ModelConfigError(f"image_grid {grid} needs a backbone that ends in adaptive average pooling "
                                f"(resnet, mobilenet, efficientnet ...); {name} does not")
-    backbone.avgpool = nn.AdaptiveAvgPool2d(grid)
+    backbone.avgpool = GridPool(grid)
     return width * grid * grid
+
+
+class GridPool(nn.AdaptiveAvgPool2d):
+    """Adaptive average pooling to ``grid`` x ``grid`` cells that exports to ONNX for any map size: where the
+    grid does not divide the map (ONNX export supports only that case; e.g. a 2 x 2 map of a 32-pixel image
+    at stride 16, pooled to 4 x 4), the same bins as PyTorch's are averaged by two matrix products."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, C, grid, grid)
+        grid = self.output_size if isinstance(self.output_size, int) else self.output_size[0]
+        h, w = int(x.shape[-2]), int(x.shape[-1])  # static in an exported graph (its crop is fixed)
+        if h % grid == 0 and w % grid == 0:
+            return super().forward(x)
+        return bin_means(h, grid, x) @ x @ bin_means(w, grid, x).T  # (grid, H) @ (N, C, H, W) @ (W, grid)
+
+
+def bin_means(size: int, cells: int, like: torch.Tensor) -> torch.Tensor:
+    """(cells, size): row i averages adaptive pooling's bin i, [floor(i size / cells), ceil((i + 1) size / cells))."""
+    weights = torch.zeros(cells, size, dtype=like.dtype, device=like.device)
+    for i in range(cells):
+        start, end = (i * size) // cells, -(-(i + 1) * size // cells)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
 
 
 def build_backbone(name: str, pretrained: bool = False, weights_file: Optional[str | Path] = None) -> tuple[nn.Module, int]:

@@ -48,7 +48,7 @@ COLOURS_LEARNED = 0.75  # fraction of probed validation images whose caption nam
 # 1 in 7 with one shape, 1 in 42 with two)
 PROBE_IMAGES = 96  # validation images the per-epoch colour probe captions
 FAMILIES = ("shapes", "objects")  # the synthetic families a sweep can run on; every option, the input size
-# included, stays at `capkit train`'s default (shapes: its own 64 px; objects: the backbone's 224 px crop)
+# included, stays at `capkit train`'s default (each family's Family.train_size: 64 px for both)
 
 
 # -- the datasets ---------------------------------------------------------------------------------------------------

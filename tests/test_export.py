@@ -122,6 +122,18 @@ def test_resnet50_encoder(export_kit) -> None:
     assert report.greedy_distinct >= 2
 
 
+@pytest.mark.slow
+def test_a_grid_that_does_not_divide_the_map_exports_with_parity(export_kit) -> None:
+    """Three stages of ResNet-18 leave a 2 x 2 map of the kit's 32-pixel images; pooled to 4 x 4 cells, which
+    torch.onnx cannot export as adaptive pooling (GridPool's matrix form instead): the same captions."""
+    flags = {"backbone_stages": 3, "image_grid": 4}
+    model = export_kit.model("lstm", **flags)
+    assert model.encoder.features(torch.zeros(1, 3, export_kit.spec.crop, export_kit.spec.crop)).shape[-1] == 256 * 16
+    report = check_bundle(model, export_kit.bundle("lstm", **flags), export_kit.images, checker=False)
+    assert report.passed, report.render()
+    assert report.greedy_equal == report.images == 32
+
+
 @pytest.mark.slow  # each trains and exports a model of its own
 @pytest.mark.parametrize("flags", [{"freeze_embeddings": True}, {"freeze_encoder": True},
                                    {"freeze_embeddings": True, "freeze_encoder": True}])

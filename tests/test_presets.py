@@ -50,12 +50,33 @@ def test_edge_preset_builds_the_edge_model_and_is_saved(dataset, tmp_path):
 
 
 @pytest.mark.slow
+def test_edge_preset_upscales_small_synthetic_images_unless_a_size_is_typed(dataset, tmp_path):
+    """The demo family's images are used whole at their own size; the edge preset takes them to its min_image_size
+    (MobileNetV3's stem would leave their shapes a few pixels wide); a typed --image-size wins; the default preset
+    keeps the images' own size."""
+    def crop(*extra: str) -> int:
+        result = CliRunner().invoke(main, ["train", "--data", str(dataset), "--epochs", "1", "--max-steps", "1",
+                                           "--batch-size", "8", "--bleu-images", "0", "--no-progress", "--device",
+                                           "cpu", "--out", str(tmp_path), "--name", "-".join(extra), *extra])
+        assert result.exit_code == 0, result.output
+        spec = load_checkpoint(tmp_path / "-".join(extra) / LAST)["preprocess"]
+        assert spec["resize"] == spec["crop"]  # whole, no crop margin
+        return spec["crop"]
+
+    assert PRESETS["edge"].min_image_size == 128 > SIZE
+    assert crop("--preset", "edge") == 128
+    assert crop("--preset", "edge", "--image-size", "48") == 48
+    assert crop("--preset", "default") == SIZE
+
+
+@pytest.mark.slow
 def test_edge_preset_resizes_photos_to_240_before_its_224_crop(tmp_path):
     """On photos (a foreign COCO folder, no --image-size) the edge preset's resize replaces the
     backbone's 256; synthetic sets keep being used whole."""
     from capkit.training.synthetic import families
 
     photos = families()["objects"].generate(tmp_path / "objects", count=12, seed=0, image_size=64, progress=False)
+    (photos / "meta.json").unlink()  # a foreign folder now: no family says how its images are read
     payload = cli_train(photos, tmp_path / "runs", "--preset", "edge", "--image-size", "64")
     assert payload["preprocess"]["resize"] == 64
     result = CliRunner().invoke(main, ["train", "--data", str(photos), "--preset", "edge", "--epochs", "1",

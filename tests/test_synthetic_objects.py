@@ -211,3 +211,21 @@ def test_switching_family_in_one_folder_regenerates_and_cleans_up(tmp_path):
     synthetic.generate_synthetic(out, count=3, seed=0, progress=False)
     assert synthetic.is_complete(out, count=3, seed=0) and not OBJECTS_FAMILY.is_complete(out, 3, 0, SIZE)
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:06d}.png" for i in range(3)]
+
+
+def test_runs_read_each_family_at_its_train_size_whole(tmp_path):
+    """A run's default input side: the demo's images whole at their own size; the objects family's 256-pixel
+    images shrunk whole to its train_size (every fact is plain there); a folder no family wrote: None (the
+    backbone's own resize and crop)."""
+    from capkit.training.data import synthetic_image_size
+
+    demo = SHAPES_FAMILY.generate(tmp_path / "demo", count=10, seed=0, image_size=48, progress=False)
+    assert synthetic_image_size(str(demo)) == 48
+    assert OBJECTS_FAMILY.train_size is not None and OBJECTS_FAMILY.train_size < objects.DEFAULT_IMAGE_SIZE
+    big = OBJECTS_FAMILY.generate(tmp_path / "big", count=6, seed=0, image_size=objects.DEFAULT_IMAGE_SIZE,
+                                  progress=False)
+    assert synthetic_image_size(str(big)) == OBJECTS_FAMILY.train_size
+    small = OBJECTS_FAMILY.generate(tmp_path / "small", count=6, seed=0, image_size=32, progress=False)
+    assert synthetic_image_size(str(small)) == 32  # never larger than the images are
+    (big / META_FILE).unlink()
+    assert synthetic_image_size(str(big)) is None

@@ -349,3 +349,24 @@ def test_resume_keeps_the_saved_configuration(dataset, tmp_path):
         refused = runner.invoke(main, ["train", "--resume", str(run), *args])
         assert refused.exit_code != 0 and word in refused.stderr and "resuming" in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_default_epochs_make_at_least_the_minimum_steps():
+    from capkit.training.config import MIN_EPOCHS, MIN_STEPS, default_epochs
+
+    assert default_epochs(120) == MIN_EPOCHS == 8  # the demo data: 8 x 120 = MIN_STEPS
+    assert MIN_STEPS == 960 and default_epochs(75) == 13  # the objects family: 13 x 75 = 975
+    assert default_epochs(10_000) == 8 and default_epochs(1) == 960 and default_epochs(0) == 960
+
+
+def test_a_run_not_told_its_epochs_saves_the_resolved_count_and_resume_keeps_it(dataset, tmp_path):
+    """epochs=None: 40 training images in batches of 16 are 2 steps an epoch (the last partial batch dropped),
+    so 480 epochs for 960 steps; the checkpoint holds 480, and a resume that names no epochs keeps them."""
+    result = train(config(dataset, tmp_path, epochs=None, max_steps=2, bleu_images=0),
+                   model_config(hidden_dim=16, embed_dim=8), status=quiet)
+    saved = load_checkpoint(result.run_dir / LAST)["train_config"]
+    assert saved["epochs"] == 480 and json.loads((result.run_dir / "config.json").read_text())["train"]["epochs"] == 480
+    again = train(config(dataset, tmp_path, epochs=None, max_steps=3, bleu_images=0), resume=result.run_dir,
+                  status=quiet)
+    assert again.overridden == {"max_steps": 3}
+    assert load_checkpoint(result.run_dir / LAST)["train_config"]["epochs"] == 480

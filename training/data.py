@@ -22,7 +22,8 @@ from capkit.runtime.image_files import ImageError, load_image
 from capkit.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from capkit.runtime.vocab import PAD_ID, Vocabulary
 from capkit.training.datasets import CaptionedImage, load_dataset
-from capkit.training.synthetic import DEFAULT_COUNT, DEFAULT_IMAGE_SIZE, META_FILE, SHAPES_FAMILY, generate_synthetic
+from capkit.training.synthetic import (DEFAULT_COUNT, DEFAULT_IMAGE_SIZE, META_FILE, family_of,
+                                      generate_synthetic)
 
 SYNTHETIC = "synthetic"
 CACHE_ENV = "CAPKIT_CACHE"
@@ -50,13 +51,14 @@ def resolve_dataset(data: Optional[str], images: Optional[str] = None, *, synthe
 
 
 def synthetic_image_size(source: str) -> Optional[int]:
-    """The image side of a demo synthetic dataset folder (from its meta.json), None for other sources."""
-    meta = Path(source) / META_FILE
+    """The input side a run uses on a synthetic family's folder (:meth:`Family.input_size` of the side its
+    meta.json records), None for other sources (COCO, a foreign folder: the backbone's own preprocessing)."""
+    family = family_of(source)
     try:
-        params = json.loads(meta.read_text())["params"]
-        return int(params["image_size"]) if params.get("generator") == SHAPES_FAMILY.generator else None
+        side = int(json.loads((Path(source) / META_FILE).read_text())["params"]["image_size"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return family.input_size(side) if family is not None and side > 0 else None
 
 
 def spec_for_backbone(encoder: str, image_size: Optional[int] = None, resize: Optional[int] = None) -> PreprocessSpec:

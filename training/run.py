@@ -28,7 +28,7 @@ from capkit.runtime.errors import CapkitError, Status
 from capkit.runtime.vocab import MIN_VOCAB_SIZE, SPECIAL_TOKENS, Vocabulary
 from capkit.training.checkpoint import (LAST, checkpoint_payload, load_checkpoint, model_from_payload,
                                         resolve_checkpoint, save_checkpoint)
-from capkit.training.config import LR_SCHEDULES, TrainConfig
+from capkit.training.config import LR_SCHEDULES, TrainConfig, default_epochs
 from capkit.training.distill import Teacher, load_teacher, soft_target_loss
 from capkit.training.synthetic import fact_check
 from capkit.training.data import (Batch, CaptionedImages, collate, compute_features, resolve_dataset,
@@ -145,6 +145,8 @@ def _resumed_config(config: TrainConfig, payload: dict[str, Any],
         raise TrainingError(f"--{refused[0].replace('_', '-')} cannot change when resuming (the run keeps its "
                             f"own); a resumed run may change {', '.join(RESUME_OVERRIDES)}")
     saved = TrainConfig.from_dict(payload["train_config"])
+    if config.epochs is None:  # not told: the run's own resolved count stays
+        changed = tuple(k for k in changed if k != "epochs")
     overridden = {k: getattr(config, k) for k in changed if getattr(config, k) != getattr(saved, k)}
     return dataclasses.replace(saved, **{k: getattr(config, k) for k in changed}), overridden
 
@@ -219,8 +221,11 @@ class TrainingRun:
         """A new vocabulary from the training captions, the backbone's preprocessing, a new model and run name."""
         self.vocab = Vocabulary.build((c for r in self.splits["train"] for c in r.captions), self.config.min_count)
         self.model_config = dataclasses.replace(model_config, vocab_size=len(self.vocab))
+        preset = presets.preset(self.config.preset)
         image_size = self.config.image_size or synthetic_image_size(self.source)  # synthetic images are used whole
-        self.spec = spec_for_backbone(self.model_config.encoder, image_size, presets.preset(self.config.preset).resize)
+        if image_size is not None and self.config.image_size is None and preset.min_image_size:
+            image_size = max(image_size, preset.min_image_size)
+        self.spec = spec_for_backbone(self.model_config.encoder, image_size, preset.resize)
         self.model = _build_model(self.config, self.model_config, self.vocab, self.status)
         self.name = self.config.name or time.strftime(
             f"{self.model_config.encoder}-{self.model_config.decoder}-%Y%m%d-%H%M%S")
@@ -248,6 +253,8 @@ class TrainingRun:
                                                   else None) if self.dist.enabled else self.model)
         self.skipped: dict[str, str] = {}
         self.loaders = {split: self._loader(split) for split in ("train", "val")}
+        if self.config.epochs is None:  # resolved once and saved with the run: a resumed run keeps the count
+            self.config = dataclasses.replace(self.config, epochs=default_epochs(len(self.loaders["train"])))
 
     def _loader(self, split: str) -> DataLoader:
         features = None

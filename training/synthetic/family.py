@@ -169,6 +169,13 @@ class Family:
     templates: dict[str, tuple[str, ...]]  # recorded in meta.json: which wordings the captions come from
     cache_tag: str  # cache folder tag (training.data.synthetic_dir); "" keeps the demo's old folder names
     facts: Optional[FactReader] = None  # reads the facts of a caption and of a scene record (fact accuracy)
+    train_size: Optional[int] = None  # the input side `capkit train` uses on this family's folders unless told
+    # (--image-size): the side at which every fact stays plain, so a run spends no time on larger maps; None: the
+    # images' own side. Images are used whole (no crop margin): objects near the border stay in.
+
+    def input_size(self, image_size: int) -> int:
+        """The side a run trains at on this family's images of ``image_size`` pixels (never larger than they are)."""
+        return min(self.train_size or image_size, image_size)
 
     def params(self, count: int, seed: int, image_size: int, splits: Sequence[float]) -> dict[str, Any]:
         return {"generator": self.generator, "version": self.version, "count": count, "seed": seed,

@@ -6,7 +6,9 @@ student_T)``, where ``_T`` is softmax(logits / T) (Hinton et al., 2015: the T^2 
 gradient on the scale of the hard one as T grows). The teacher reads the same batch under teacher forcing,
 so its distribution at each step is over the same next word as the reference's. Teacher and student may
 differ in everything but the vocabulary (the rows of the distributions must name the same words) and the
-preprocessing (the batch holds one set of pixels); either mismatch is refused in one line before training.
+normalisation (the batch holds one set of pixels); either mismatch is refused in one line before training. Where
+both use their images whole (synthetic data) at different sides, the teacher reads the batch resized to its own
+(the edge student reads the demo's 64-pixel images at 128, its teacher at 64).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import Vocabulary
 
 
+SIZE_KEYS = ("resize", "crop")  # a teacher of another input size reads the batch resized, if images are used whole
+
+
 class DistillationError(CapkitError):
     """The teacher cannot teach this student (another vocabulary or preprocessing, an unreadable run)."""
 
@@ -33,10 +38,14 @@ class Teacher:
 
     model: torch.nn.Module
     path: Path
+    size: Optional[int] = None  # the teacher's input side where it is not the student's: the batch is resized
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, inputs: torch.Tensor, owners: Optional[torch.Tensor]) -> torch.Tensor:
-        """The teacher's teacher-forced logits (N, T, V) for the batch the student reads."""
+        """The teacher's teacher-forced logits (N, T, V) for the batch the student reads (N', 3, S, S)."""
+        if self.size is not None and images.shape[-1] != self.size:
+            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                   align_corners=False)  # (N', 3, size, size)
         return self.model(images, inputs, owners)  # (N, T, V)
 
 
@@ -51,12 +60,19 @@ def load_teacher(run_or_checkpoint: str, vocab: Vocabulary, spec: PreprocessSpec
         raise DistillationError(f"--teacher {path}: its vocabulary is not the student's ({_vocab_difference(teacher_vocab, vocab)}); "
                                 "distil on the data the teacher was trained on, with its --min-count")
     differ = [f"{key} {getattr(teacher_spec, key)} (the student's: {getattr(spec, key)})" for key in PreprocessSpec.KEYS
-              if _value(teacher_spec, key) != _value(spec, key)]
+              if key not in SIZE_KEYS and _value(teacher_spec, key) != _value(spec, key)]
     if differ:
-        raise DistillationError(f"--teacher {path}: it reads images otherwise: {', '.join(differ)}; give the student "
-                                "the teacher's --image-size")
+        raise DistillationError(f"--teacher {path}: it reads images otherwise: {', '.join(differ)}; distil on the "
+                                "data the teacher was trained on, with its backbone's normalisation")
+    whole = [s.resize == s.crop for s in (teacher_spec, spec)]
+    if (teacher_spec.resize, teacher_spec.crop) != (spec.resize, spec.crop) and not all(whole):
+        raise DistillationError(f"--teacher {path}: it reads images at resize {teacher_spec.resize}, crop "
+                                f"{teacher_spec.crop} (the student's: {spec.resize}, {spec.crop}); another size is "
+                                "taught only to images used whole (resize = crop); give the student the teacher's "
+                                "--image-size")
+    size = teacher_spec.crop if teacher_spec.crop != spec.crop else None
     model.requires_grad_(False)
-    return Teacher(model.eval(), path)
+    return Teacher(model.eval(), path, size)
 
 
 def _vocab_difference(teacher: Vocabulary, student: Vocabulary) -> str:

@@ -50,12 +50,14 @@ def test_edge_preset_builds_the_edge_model_and_is_saved(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_edge_preset_upscales_small_synthetic_images_unless_a_size_is_typed(dataset, tmp_path):
+def test_edge_preset_upscales_small_synthetic_images_unless_a_size_is_typed(dataset, tmp_path, monkeypatch):
     """The demo family's images are used whole at their own size; the edge preset takes them to its min_image_size
     (MobileNetV3's stem would leave their shapes a few pixels wide); a typed --image-size wins; the default preset
-    keeps the images' own size."""
+    keeps the images' own size. Not told their epochs, runs take the preset's min_epochs (MIN_STEPS made 1 here)."""
+    monkeypatch.setattr("capkit.training.config.MIN_STEPS", 1)
+
     def crop(*extra: str) -> int:
-        result = CliRunner().invoke(main, ["train", "--data", str(dataset), "--epochs", "1", "--max-steps", "1",
+        result = CliRunner().invoke(main, ["train", "--data", str(dataset), "--max-steps", "1",
                                            "--batch-size", "8", "--bleu-images", "0", "--no-progress", "--device",
                                            "cpu", "--out", str(tmp_path), "--name", "-".join(extra), *extra])
         assert result.exit_code == 0, result.output
@@ -65,8 +67,10 @@ def test_edge_preset_upscales_small_synthetic_images_unless_a_size_is_typed(data
 
     assert PRESETS["edge"].min_image_size == 128 > SIZE
     assert crop("--preset", "edge") == 128
+    assert load_checkpoint(tmp_path / "--preset-edge" / LAST)["train_config"]["epochs"] == 12
     assert crop("--preset", "edge", "--image-size", "48") == 48
     assert crop("--preset", "default") == SIZE
+    assert load_checkpoint(tmp_path / "--preset-default" / LAST)["train_config"]["epochs"] == 8
 
 
 @pytest.mark.slow

@@ -357,6 +357,7 @@ def test_default_epochs_make_at_least_the_minimum_steps():
     assert default_epochs(120) == MIN_EPOCHS == 8  # the demo data: 8 x 120 = MIN_STEPS
     assert MIN_STEPS == 960 and default_epochs(75) == 13  # the objects family: 13 x 75 = 975
     assert default_epochs(10_000) == 8 and default_epochs(1) == 960 and default_epochs(0) == 960
+    assert default_epochs(120, minimum=12) == 12 and default_epochs(75, minimum=12) == 13  # the edge preset's
 
 
 def test_a_run_not_told_its_epochs_saves_the_resolved_count_and_resume_keeps_it(dataset, tmp_path):

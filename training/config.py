@@ -14,10 +14,10 @@ MIN_EPOCHS = 8  # a run's epochs when not told: at least this many ...
 MIN_STEPS = 960  # ... and at least this many optimiser steps (the demo's 8 x 120): small datasets get more passes
 
 
-def default_epochs(steps_per_epoch: int) -> int:
-    """The epochs of a run not told how many: MIN_EPOCHS, or more where an epoch has fewer than MIN_STEPS / MIN_EPOCHS
-    steps (``steps_per_epoch``: the training loader's batches)."""
-    return max(MIN_EPOCHS, -(-MIN_STEPS // max(1, steps_per_epoch)))
+def default_epochs(steps_per_epoch: int, minimum: Optional[int] = None) -> int:
+    """The epochs of a run not told how many: ``minimum`` (a preset's; None: MIN_EPOCHS), or more where that many
+    epochs make fewer than MIN_STEPS steps (``steps_per_epoch``: the training loader's batches)."""
+    return max(minimum or MIN_EPOCHS, -(-MIN_STEPS // max(1, steps_per_epoch)))
 
 
 @dataclass
@@ -28,7 +28,8 @@ class TrainConfig:
     preset: Optional[str] = None  # models.presets name (default | seed | edge): the model's sizes when not given one by
     # one, and export's default (edge: int8 too); saved here so that `capkit export` knows it
     image_size: Optional[int] = None  # square input side; None: the backbone's own preset (64 for synthetic)
-    epochs: Optional[int] = None  # passes over the training images; None: default_epochs(), at least MIN_EPOCHS and
+    epochs: Optional[int] = None  # passes over the training images; None: default_epochs(), at least MIN_EPOCHS (or the
+    # preset's min_epochs) and
     # at least MIN_STEPS optimiser steps (the demo data: 8 x 120 steps; the objects family's 75-step epochs: 13).
     # On the demo data, seed 0's greedy captions state their scene exactly right for 94.6% of test images after 6
     # epochs and 99.8% after 8 (docs/fact-accuracy.md); a smaller set needs more passes for as many steps

@@ -254,7 +254,8 @@ class TrainingRun:
         self.skipped: dict[str, str] = {}
         self.loaders = {split: self._loader(split) for split in ("train", "val")}
         if self.config.epochs is None:  # resolved once and saved with the run: a resumed run keeps the count
-            self.config = dataclasses.replace(self.config, epochs=default_epochs(len(self.loaders["train"])))
+            minimum = presets.preset(self.config.preset).min_epochs
+            self.config = dataclasses.replace(self.config, epochs=default_epochs(len(self.loaders["train"]), minimum))
 
     def _loader(self, split: str) -> DataLoader:
         features = None

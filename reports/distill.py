@@ -30,11 +30,10 @@ from typing import Any, Optional
 if __package__ in (None, ""):  # run as a file: the repository's parent makes `capkit` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from capkit.reports.common import (DOCS, REPO, capkit, display, greedy_scores, publish, say,  # noqa: E402
-                                   start_report)
+from capkit.reports.common import DOCS, REPO, capkit, display, publish, say, start_report  # noqa: E402
 
 WORK = REPO / "reports" / ".cache" / "distill"
-SWEEP_RUNS = REPO / "reports" / ".cache" / "sweep" / "shapes" / "runs"
+SWEEP = REPO / "reports" / ".cache" / "sweep"  # the seed sweep's runs: SWEEP / family / runs / seed-N
 PAGE = DOCS / "distill.md"
 PAGE_TITLE = "Distilling the default model into the edge preset"
 MARK_START, MARK_END = "<!-- distill:start -->", "<!-- distill:end -->"
@@ -50,14 +49,27 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def teacher_run(seed: int) -> Path:
-    """The seed sweep's default run of ``seed``, trained first when missing."""
-    run = SWEEP_RUNS / f"seed-{seed}"
+def key(family: str, seed: int) -> str:
+    """A run's name in the cache: "seed-N" on the demo data, "objects-seed-N" on the objects family."""
+    return f"seed-{seed}" if family == "shapes" else f"{family}-seed-{seed}"
+
+
+def teacher_run(family: str, seed: int) -> Path:
+    """The seed sweep's default run of ``seed`` on ``family``, trained first when missing."""
+    run = SWEEP / family / "runs" / f"seed-{seed}"
     if not (run / "best.pt").is_file():
-        say(f"seed {seed}: no default run to teach; training it with the seed sweep")
-        subprocess.run([sys.executable, str(REPO / "reports" / "seed_sweep.py"), "--seeds", str(seed), "--print"],
-                       check=True, stdout=subprocess.DEVNULL)
+        say(f"{family} seed {seed}: no default run to teach; training it with the seed sweep")
+        subprocess.run([sys.executable, str(REPO / "reports" / "seed_sweep.py"), "--family", family, "--seeds",
+                        str(seed), "--print"], check=True, stdout=subprocess.DEVNULL)
     return run
+
+
+def data_args(family: str, seed: int) -> list[str]:
+    """``capkit train``'s --data for a family's set of ``seed`` (none for the demo's: ``--seed`` draws it)."""
+    from capkit.reports.seed_sweep import family_data
+
+    folder = family_data(family, seed, progress=False)
+    return [] if folder is None else ["--data", folder]
 
 
 def scores(run: Path) -> dict[str, Any]:
@@ -71,16 +83,20 @@ def scores(run: Path) -> dict[str, Any]:
     return {"bleu4": greedy["bleu4"], "cider": greedy["cider"], "facts": (greedy.get("facts") or {}).get("exact")}
 
 
-def student(seed: int, name: str, threads: Optional[int]) -> dict[str, Any]:
-    """One student of ``seed`` (VARIANTS[name]): trained (timed) and scored, from the cache when there."""
-    slug = name.replace(", ", "-").replace(" ", "-")
-    cached = WORK / f"seed-{seed}-{slug}.json"
+def slug(name: str) -> str:
+    """A variant's name in file names: "edge, distilled" -> "edge-distilled"."""
+    return name.replace(", ", "-").replace(" ", "-")
+
+
+def student(family: str, seed: int, name: str, threads: Optional[int]) -> dict[str, Any]:
+    """One student of ``seed`` (VARIANTS[name]) on ``family``: trained (timed) and scored, from the cache when there."""
+    cached = WORK / f"{key(family, seed)}-{slug(name)}.json"
     if cached.is_file():
-        return json.loads(cached.read_text())
-    teacher = teacher_run(seed)
+        return {"family": "shapes", **json.loads(cached.read_text())}
+    teacher = teacher_run(family, seed)
     extra = [str(teacher) if a == TEACHER else a for a in VARIANTS[name]]
-    command = capkit("train", "--preset", "edge", "--seed", str(seed), "--out", str(WORK / "runs"),
-                     "--name", f"seed-{seed}-{slug}", "--no-progress", *extra)
+    command = capkit("train", "--preset", "edge", "--seed", str(seed), *data_args(family, seed), "--out",
+                     str(WORK / "runs"), "--name", f"{key(family, seed)}-{slug(name)}", "--no-progress", *extra)
     say(f"$ {display(command)}")
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     started = time.perf_counter()
@@ -88,21 +104,23 @@ def student(seed: int, name: str, threads: Optional[int]) -> dict[str, Any]:
     minutes = (time.perf_counter() - started) / 60
     if proc.returncode != 0:
         raise SystemExit(f"training {name} for seed {seed} failed")
-    row = {"seed": seed, "model": name, "args": " ".join(VARIANTS[name]), "train_minutes": round(minutes, 2),
+    row = {"family": family, "seed": seed, "model": name, "args": " ".join(VARIANTS[name]),
+           "train_minutes": round(minutes, 2),
            **scores(Path(proc.stdout.strip().splitlines()[-1]))}
     WORK.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(row, indent=1) + "\n")
     return row
 
 
-def teacher_row(seed: int) -> dict[str, Any]:
-    cached = WORK / f"seed-{seed}-teacher.json"
+def teacher_row(family: str, seed: int) -> dict[str, Any]:
+    cached = WORK / f"{key(family, seed)}-teacher.json"
     if not cached.is_file():
+        run = teacher_run(family, seed)
         WORK.mkdir(parents=True, exist_ok=True)
-        minutes = json.loads((SWEEP_RUNS.parent / f"seed-{seed}.json").read_text())["train_minutes"]
-        cached.write_text(json.dumps({"seed": seed, "model": "default (the teacher)", "args": "",
-                                      "train_minutes": minutes, **scores(teacher_run(seed))}, indent=1) + "\n")
-    return json.loads(cached.read_text())
+        minutes = json.loads((run.parent.parent / f"seed-{seed}.json").read_text())["train_minutes"]
+        cached.write_text(json.dumps({"family": family, "seed": seed, "model": "default (the teacher)", "args": "",
+                                      "train_minutes": minutes, **scores(run)}, indent=1) + "\n")
+    return {"family": "shapes", **json.loads(cached.read_text())}
 
 
 def verdict(row: dict[str, Any], teacher: dict[str, Any]) -> str:
@@ -115,36 +133,48 @@ def verdict(row: dict[str, Any], teacher: dict[str, Any]) -> str:
 
 def render(rows: list[dict[str, Any]], command: str) -> str:
     lines = [f"```\n{command}\n```", "",
-             "| seed | model | facts exactly right | greedy BLEU-4 | CIDEr | train min | within the goal |",
-             "|---|---|---|---|---|---|---|"]
-    teachers = {r["seed"]: r for r in rows if r["model"].startswith("default")}
+             "| data | seed | model | facts exactly right | greedy BLEU-4 | CIDEr | train min | within the goal |",
+             "|---|---|---|---|---|---|---|---|"]
+    teachers = {(r["family"], r["seed"]): r for r in rows if r["model"].startswith("default")}
     for r in rows:
         facts = "" if r["facts"] is None else f"{r['facts']:.1%}"
-        lines.append(f"| {r['seed']} | {r['model']} | {facts} | {r['bleu4']:.3f} | {r['cider']:.3f} | "
-                     f"{r['train_minutes']:.1f} | {verdict(r, teachers[r['seed']])} |")
+        data = "demo" if r["family"] == "shapes" else r["family"]
+        lines.append(f"| {data} | {r['seed']} | {r['model']} | {facts} | {r['bleu4']:.3f} | {r['cider']:.3f} | "
+                     f"{r['train_minutes']:.1f} | {verdict(r, teachers[r['family'], r['seed']])} |")
     lines += ["", f"Within the goal: fact accuracy at most {FACTS_GOAL * 100:.0f} points and greedy BLEU-4 at most "
                   f"{BLEU_GOAL} below the seed's teacher, trained in under {TIME_GOAL_MIN:.0f} minutes "
                   "(the teacher given)."]
     for name in VARIANTS:
         if name != "edge":
-            seeds = [r for r in rows if r["model"] == name]
-            met = sum(verdict(r, teachers[r["seed"]]) == "yes" for r in seeds)
-            lines.append(f"{name}: {met} of {len(seeds)} seeds within the goal.")
+            seeds = [r for r in rows if r["model"] == name and r["family"] == "shapes"]
+            met = sum(verdict(r, teachers[r["family"], r["seed"]]) == "yes" for r in seeds)
+            lines.append(f"{name}: {met} of {len(seeds)} seeds of the demo data within the goal.")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--objects-seeds", default="0", help="seeds on the objects family (its sweep run teaches)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of each training [default: all]")
+    parser.add_argument("--variants", default=",".join(slug(name) for name in VARIANTS),
+                        help="the students to train where not cached [default: all: "
+                             f"{','.join(slug(name) for name in VARIANTS)}]")
     args, _, measured = start_report(parser, PAGE, WORK)
     seeds = [int(s) for s in args.seeds.split(",")]
+    slugs = {slug(name): name for name in VARIANTS}
+    if unknown := [s for s in args.variants.split(",") if s not in slugs]:
+        raise SystemExit(f"--variants: unknown {unknown[0]!r} (known: {','.join(slugs)})")
+    wanted = [slugs[s] for s in args.variants.split(",")]
+    runs = [("shapes", seed) for seed in seeds] + [("objects", int(s)) for s in args.objects_seeds.split(",") if s]
     if measured is None:
         rows = []
-        for seed in seeds:
-            rows.append(teacher_row(seed))
-            rows += [student(seed, name, args.threads) for name in VARIANTS]
-        measured = {"rows": rows, "command": f".venv/bin/python reports/distill.py --seeds {args.seeds}"}
+        for family, seed in runs:
+            rows.append(teacher_row(family, seed))
+            rows += [student(family, seed, name, args.threads) for name in VARIANTS
+                     if name in wanted or (WORK / f"{key(family, seed)}-{slug(name)}.json").is_file()]
+        measured = {"rows": rows, "command": f".venv/bin/python reports/distill.py --seeds {args.seeds} "
+                                             f"--objects-seeds '{args.objects_seeds}'"}
     publish(args, PAGE, PAGE_TITLE, MARK_START, MARK_END, render(measured["rows"], measured["command"]), measured)
 
 

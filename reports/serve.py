@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -52,14 +55,18 @@ def default_models() -> list[Path]:
     return [m for m in found if (m / "capkit.json").is_file()]
 
 
-def photos(work: Path, count: int) -> list[bytes]:
+def photo_paths(work: Path, count: int) -> list[Path]:
     from capkit.bench import synthetic_photos
 
     folder = work / f"photos-{count}"
     paths = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
     if len(paths) != count:
         paths = [Path(p) for p in synthetic_photos(folder, count=count, seed=3)]
-    return [p.read_bytes() for p in paths]
+    return paths
+
+
+def photos(work: Path, count: int) -> list[bytes]:
+    return [p.read_bytes() for p in photo_paths(work, count)]
 
 
 def percentiles(seconds: list[float]) -> dict[str, Optional[float]]:
@@ -170,6 +177,46 @@ async def load(base: str, images: list[bytes], concurrency: int, requests: int, 
             "p99_429": percentiles(latencies.get(429, []))["p99"]}
 
 
+WRK_SCRIPT = """-- capkit's load: POST each photo in turn as a raw body; one summary line at the end
+local bodies = {}
+for i, path in ipairs({%s}) do
+  local f = assert(io.open(path, "rb")); bodies[i] = f:read("*a"); f:close()
+end
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/v1/captions", {["Content-Type"] = "application/octet-stream"}, bodies[n %% #bodies + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("CAPKIT %%d %%d %%d %%d %%f %%f %%f\\n", summary.requests, summary.duration, e.status,
+                         e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(95),
+                         latency:percentile(99)))
+end
+"""
+
+
+def load_wrk(base: str, paths: list[Path], concurrency: int, seconds: float) -> dict[str, Any]:
+    """wrk (one client thread, ``concurrency`` connections, each sending its next request when answered) for
+    ``seconds``: a client in C, so that the server keeps the cores the httpx client would take. Latency over all
+    answers (a run with a status error is reported as such)."""
+    script = Path(tempfile.mkstemp(prefix="capkit-wrk-", suffix=".lua")[1])
+    script.write_text(WRK_SCRIPT % ", ".join(json.dumps(str(p)) for p in paths))
+    try:
+        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "120s",
+                              "-s", str(script), base], capture_output=True, text=True, check=True).stdout
+    finally:
+        script.unlink()
+    found = re.search(r"^CAPKIT (\d+) (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)$", out, re.M)
+    if not found:
+        raise SystemExit(f"wrk printed no summary: {out[-500:]}")
+    done, micros, bad_status, errors = (int(v) for v in found.groups()[:4])
+    p50, p95, p99 = (float(v) / 1000 for v in found.groups()[4:])
+    return {"concurrency": concurrency, "requests": done, "ok": done - bad_status, "transport_errors": errors,
+            "statuses": {"200": done - bad_status, "other": bad_status}, "wall": micros / 1e6,
+            "images_per_s": (done - bad_status) / (micros / 1e6), "p50": p50, "p95": p95, "p99": p99, "client": "wrk"}
+
+
 def measure_server(model: Path, images: list[bytes], mode: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     server = Server(model, "--batching", mode)
     runs = []
@@ -177,7 +224,10 @@ def measure_server(model: Path, images: list[bytes], mode: str, args: argparse.N
         asyncio.run(load(server.base, images, 8, min(args.requests, 32), args.seconds))  # warm connections, caches
         for concurrency in CONCURRENCY:
             before = server.batch_rows()
-            run = asyncio.run(load(server.base, images, concurrency, args.requests, args.seconds))
+            if args.client == "wrk":
+                run = load_wrk(server.base, photo_paths(args.work, args.images), concurrency, args.wrk_seconds)
+            else:
+                run = asyncio.run(load(server.base, images, concurrency, args.requests, args.seconds))
             after = server.batch_rows()
             for call, (rows, count) in after.items():
                 old_rows, old_count = before.get(call, (0.0, 0.0))
@@ -211,8 +261,11 @@ def fmt(value: Optional[float], digits: int = 1) -> str:
 
 def render(measured: dict[str, Any]) -> str:
     lines = [MARK_START, "```", measured["command"], "```", "",
-             f"{measured['requests']} one-image requests a run (640x480 JPEGs), this machine ({measured['cores']} "
-             "cores, client and server on it together). Latency in ms; rows: mean rows per graph run.", ""]
+             (f"{measured['wrk_seconds']:g} s of one-image requests a run from `wrk` (one client thread; a new request "
+              "on each connection as soon as the last is answered)" if measured.get("client") == "wrk" else
+              f"{measured['requests']} one-image requests a run from an httpx async client") +
+             f" (640x480 JPEGs), this machine ({measured['cores']} cores, client and server on it together). Latency "
+             "in ms; rows: mean rows per graph run.", ""]
     for model in measured["models"]:
         base = model["in_process"]
         lines += [f"**{model['name']}**: in-process `Captioner`: {base['images_per_s']:.1f} images/s (caption_batch, "
@@ -251,6 +304,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32, help="distinct photos the requests cycle through")
     parser.add_argument("--modes", default=",".join(MODES), help="batching modes to measure")
     parser.add_argument("--work", type=Path, default=WORK, help="where the generated photos are kept")
+    parser.add_argument("--client", choices=("wrk", "httpx"), default="wrk" if shutil.which("wrk") else "httpx",
+                        help="the load generator of the batching runs [default: wrk where installed (apt install "
+                             "wrk): a C client leaves the cores to the server; else an httpx async client]")
+    parser.add_argument("--wrk-seconds", type=float, default=10.0, help="seconds of each wrk run")
     add_report_arguments(parser, PAGE)
     args = parser.parse_args()
     measured = prepare(args, args.work)
@@ -261,7 +318,8 @@ def main() -> None:
         images = photos(args.work, args.images)
         command = ".venv/bin/python reports/serve.py" + "".join(f" --model {shown_path(m)}" for m in args.model or []) \
             + (f" --requests {args.requests}" if args.requests != 400 else "")
-        measured = {"command": command, "requests": args.requests, "cores": os.cpu_count(), "models": []}
+        measured = {"command": command, "requests": args.requests, "cores": os.cpu_count(), "models": [],
+                    "client": args.client, "wrk_seconds": args.wrk_seconds}
         for model in models:
             say(f"{shown_path(model)}: in-process")
             entry = {"name": shown_path(model), "in_process": in_process(model, images, args.requests), "runs": []}

@@ -157,16 +157,19 @@ def test_resume_keeps_the_teacher_and_refuses_another(dataset, teacher, tmp_path
 def test_the_distillation_report_counts_the_students_within_the_goal():
     from capkit.reports import distill
 
-    def row(seed, model, facts, bleu4, minutes=5.0):
-        return {"seed": seed, "model": model, "args": "", "train_minutes": minutes, "facts": facts, "bleu4": bleu4,
-                "cider": 1.0}
+    def row(seed, model, facts, bleu4, minutes=5.0, family="shapes"):
+        return {"family": family, "seed": seed, "model": model, "args": "", "train_minutes": minutes, "facts": facts,
+                "bleu4": bleu4, "cider": 1.0}
 
     rows = [row(0, "default (the teacher)", 0.99, 0.99, 7.0), row(0, "edge", 0.50, 0.90),
             row(0, "edge, distilled", 0.965, 0.965),  # 2.5 points and 0.025 below: within
             row(1, "default (the teacher)", 0.99, 0.99, 7.0), row(1, "edge", 0.50, 0.90),
-            row(1, "edge, distilled", 0.95, 0.99)]  # 4 points below: not within
+            row(1, "edge, distilled", 0.95, 0.99),  # 4 points below: not within
+            row(0, "default (the teacher)", 0.90, 0.90, 9.0, "objects"),  # another family's teacher of seed 0
+            row(0, "edge, distilled", 0.89, 0.89, 9.5, "objects")]
     text = distill.render(rows, "cmd")
-    assert "| 0 | edge, distilled | 96.5% | 0.965 | 1.000 | 5.0 | yes |" in text
-    assert "| 1 | edge, distilled | 95.0% | 0.990 | 1.000 | 5.0 | no |" in text
-    assert "edge, distilled: 1 of 2 seeds within the goal." in text
+    assert "| demo | 0 | edge, distilled | 96.5% | 0.965 | 1.000 | 5.0 | yes |" in text
+    assert "| demo | 1 | edge, distilled | 95.0% | 0.990 | 1.000 | 5.0 | no |" in text
+    assert "| objects | 0 | edge, distilled | 89.0% | 0.890 | 1.000 | 9.5 | yes |" in text  # its own teacher's
+    assert "edge, distilled: 1 of 2 seeds of the demo data within the goal." in text
     assert distill.verdict(row(0, "edge, distilled", 0.99, 0.99, minutes=10.5), rows[0]) == "no"  # too slow

@@ -161,7 +161,7 @@ def main() -> None:
                         help="the students to train where not cached [default: all: "
                              f"{','.join(slug(name) for name in VARIANTS)}]")
     args, _, measured = start_report(parser, PAGE, WORK)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     slugs = {slug(name): name for name in VARIANTS}
     if unknown := [s for s in args.variants.split(",") if s not in slugs]:
         raise SystemExit(f"--variants: unknown {unknown[0]!r} (known: {','.join(slugs)})")

@@ -39,10 +39,14 @@ if command -v npm >/dev/null 2>&1; then
 else
   echo "setup: npm not found; the JavaScript tests are skipped" >&2
 fi
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
-  echo "setup: installing chromium (apt-get) for the page's browser test" >&2
-  sudo=""
-  if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
-  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium; } >&2 2>/dev/null \
-    || echo "setup: chromium did not install; the browser test is skipped" >&2
-fi
+apt_install() {  # PACKAGE WHAT-FOR WITHOUT-IT: a Debian package, where apt-get can install it
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing $1 (apt-get) for $2" >&2
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
+    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1"; } >&2 2>/dev/null \
+      || echo "setup: $1 did not install; $3" >&2
+  fi
+}
+[ -x /usr/bin/chromium ] || apt_install chromium "the page's browser test" "the browser test is skipped"
+command -v wrk >/dev/null 2>&1 || apt_install wrk "reports/serve.py's load runs" "reports/serve.py uses its httpx client"

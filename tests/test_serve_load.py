@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -240,11 +241,14 @@ def test_load_report_renders_its_table_and_goals() -> None:
 
 @pytest.mark.slow
 def test_load_benchmark_runs_briefly(bundle, tmp_path) -> None:
-    """reports/serve.py end to end with a few requests and one batching mode, its section printed (not written)."""
+    """reports/serve.py end to end with a few requests and one batching mode, its section printed (not written),
+    with each load generator (wrk where installed)."""
     script = Path(__file__).resolve().parents[1] / "reports" / "serve.py"
-    proc = subprocess.run([sys.executable, str(script), "--model", str(bundle), "--requests", "12", "--images", "4",
-                           "--modes", "step", "--print", "--work", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| step | 32 |" in proc.stdout and "Overload (128 clients" in proc.stdout
-    assert "transport errors 0" in proc.stdout
+    for client in ("httpx", "wrk") if shutil.which("wrk") else ("httpx",):
+        proc = subprocess.run([sys.executable, str(script), "--model", str(bundle), "--requests", "12", "--images", "4",
+                               "--modes", "step", "--print", "--work", str(tmp_path), "--client", client,
+                               "--wrk-seconds", "1"], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "| step | 32 |" in proc.stdout and "Overload (128 clients" in proc.stdout
+        assert "transport errors 0" in proc.stdout
+        assert ("from `wrk`" in proc.stdout) == (client == "wrk")

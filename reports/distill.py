@@ -132,7 +132,7 @@ def verdict(row: dict[str, Any], teacher: dict[str, Any]) -> str:
 
 
 def render(rows: list[dict[str, Any]], command: str) -> str:
-    lines = [f"```\n{command}\n```", "",
+    lines = [MARK_START, f"```\n{command}\n```", "",
              "| data | seed | model | facts exactly right | greedy BLEU-4 | CIDEr | train min | within the goal |",
              "|---|---|---|---|---|---|---|---|"]
     teachers = {(r["family"], r["seed"]): r for r in rows if r["model"].startswith("default")}
@@ -149,7 +149,7 @@ def render(rows: list[dict[str, Any]], command: str) -> str:
             seeds = [r for r in rows if r["model"] == name and r["family"] == "shapes"]
             met = sum(verdict(r, teachers[r["family"], r["seed"]]) == "yes" for r in seeds)
             lines.append(f"{name}: {met} of {len(seeds)} seeds of the demo data within the goal.")
-    return "\n".join(lines)
+    return "\n".join([*lines, MARK_END])
 
 
 def main() -> None:

@@ -14,7 +14,9 @@ changes (as between ``caption_batch`` and ``caption``).
 Policies (``mode``): "step" as above; "request": requests that arrived while a batch ran wait until it has
 finished, then start together (a dynamic batcher); "none": one request at a time. An idle engine waits up to
 ``max_wait`` seconds for more requests while ``incoming()`` says some are on their way (being read or
-preprocessed), never when none is: at concurrency 1 a request waits for nothing.
+preprocessed), never when none is: at concurrency 1 a request waits for nothing. A job alone in the engine (no
+other in the batch or waiting) runs its calls in its own thread, so that it does not pay two thread hand-overs
+a step; the next job to arrive goes through the scheduler, and the two share the steps from then on.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Job:
     future: Future = field(default_factory=Future)  # list[Caption], or the exception
     cancelled: bool = False
     in_loop: bool = False  # its first encode has run: it is part of the running batch until it leaves
+    direct: bool = False  # running a call in its own thread (it was alone in the engine when it made the call)
     call: Optional[tuple[str, tuple]] = None  # the pending call (kind, args), made by the job's thread
     answer: Any = None
     error: Optional[BaseException] = None
@@ -167,19 +170,50 @@ class BatchEngine:
                 self._cond.notify_all()
 
     def call(self, kind: str, *args: Any) -> Any:
-        """A graph call from a job's decode loop: waits for the scheduler to run it (with others')."""
+        """A graph call from a job's decode loop: waits for the scheduler to run it (with others'), or, when the job
+        is alone in the engine, runs it in the job's own thread (no hand-over to the scheduler and back)."""
         job: Job = self._local.job
         job.answered.clear()
         with self._cond:
-            job.call = (kind, args)
-            if not job.in_loop:
-                self._new.append(job)
+            alone = self._alone(job)
+            if alone:
+                if not job.in_loop:  # its first call: it is the batch now, and later jobs see it there
+                    job.in_loop, job.started = True, time.perf_counter()
+                    self._loop.append(job)
+                job.direct = True
+            else:
+                job.call = (kind, args)
+                if not job.in_loop:
+                    self._new.append(job)
             self._cond.notify_all()
+        if alone:
+            try:
+                return self._run_direct(kind, args)
+            finally:
+                with self._cond:
+                    job.direct = False
+                    self._cond.notify_all()
         job.answered.wait()
         if job.error is not None:
             error, job.error = job.error, None
             raise error
         answer, job.answer = job.answer, None
+        return answer
+
+    def _alone(self, job: Job) -> bool:
+        """(Under the condition.) Whether ``job`` may run its call itself: no other job is waiting or in the batch."""
+        if job.cancelled:
+            raise Cancelled()
+        return not self._new and all(other is job for other in self._loop)
+
+    def _run_direct(self, kind: str, args: tuple) -> Any:
+        run = getattr(self.base, kind)
+        started = time.perf_counter()
+        answer = _split(kind, run(*args), [len(args[0])])[0]  # a copy, as from a batch: buffers may be reused
+        try:
+            self.on_batch(kind, len(args[0]), time.perf_counter() - started)
+        except Exception:  # metrics never stop captions
+            pass
         return answer
 
     # -- the scheduler -----------------------------------------------------------------------------------------
@@ -210,7 +244,7 @@ class BatchEngine:
             now, timeout = time.perf_counter(), None
             rows = sum(job.rows for job in self._loop)
             if self._loop:
-                waiting = [job for job in self._loop if job.call is None]
+                waiting = [job for job in self._loop if job.call is None and not job.direct]
                 if waiting and (straggler_deadline is None or now < straggler_deadline):
                     straggler_deadline = straggler_deadline or now + STRAGGLER_S
                     self._cond.wait(straggler_deadline - now)

@@ -168,6 +168,7 @@ def test_the_distillation_report_counts_the_students_within_the_goal():
             row(0, "default (the teacher)", 0.90, 0.90, 9.0, "objects"),  # another family's teacher of seed 0
             row(0, "edge, distilled", 0.89, 0.89, 9.5, "objects")]
     text = distill.render(rows, "cmd")
+    assert text.startswith(distill.MARK_START) and text.endswith(distill.MARK_END)  # write_page replaces it in place
     assert "| demo | 0 | edge, distilled | 96.5% | 0.965 | 1.000 | 5.0 | yes |" in text
     assert "| demo | 1 | edge, distilled | 95.0% | 0.990 | 1.000 | 5.0 | no |" in text
     assert "| objects | 0 | edge, distilled | 89.0% | 0.890 | 1.000 | 9.5 | yes |" in text  # its own teacher's

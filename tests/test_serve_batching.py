@@ -171,3 +171,24 @@ def test_a_job_between_its_calls_keeps_its_own_state(captioner, pixels) -> None:
     finally:
         batcher.close()
     assert [c.tokens for c in got] == [expected[first].tokens, expected[second].tokens]
+
+
+def test_a_job_alone_runs_its_calls_in_its_own_thread(captioner, pixels) -> None:
+    """Alone in the engine, a job's graph calls run in its own thread (no hand-over to the scheduler); jobs that
+    overlap still meet in the scheduler's batches."""
+    threads: list[tuple[str, int]] = []
+    batcher = BatchEngine(captioner, mode="step", max_batch=64,
+                          on_batch=lambda kind, rows, s: threads.append((threading.current_thread().name, rows)))
+    try:
+        options = captioner.options()
+        alone = batcher.submit(pixels[:2], [None, None], options).future.result(timeout=60)
+        assert threads and all(name.startswith("capkit-job") for name, _ in threads)
+        threads.clear()
+        jobs = [batcher.submit(pixels[i:i + 1], [None], options) for i in range(8)]
+        together = [job.future.result(timeout=60)[0] for job in jobs]
+    finally:
+        batcher.close()
+    assert any(name == "capkit-batcher" and rows > 1 for name, rows in threads)
+    expected = solo(captioner, pixels[:8], options)
+    assert [c.tokens for c in together] == [c.tokens for c in expected]
+    assert [c.tokens for c in alone] == [c.tokens for c in captioner.caption_pixels(pixels[:2], [None, None], options)]

@@ -20,26 +20,9 @@ pytest.importorskip("starlette")
 pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 
-
 import hostile_serve as hostile  # noqa: E402  (tests/ is on sys.path: conftest)
+from serve_fixtures import bundle, photos, server  # noqa: E402,F401  (fixtures, by name)
 ServeProcess = hostile.ServeProcess
-
-
-@pytest.fixture(scope="module")
-def bundle(export_kit) -> Path:
-    return export_kit.bundle("lstm").folder
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> list[Path]:
-    return hostile.write_photos(tmp_path_factory.mktemp("photos"))
-
-
-@pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
-    with ServeProcess(bundle, log=tmp_path_factory.mktemp("log") / "stderr.txt") as process:
-        yield process
-        assert "Traceback" not in process.stderr()
 
 
 @pytest.fixture(scope="module")

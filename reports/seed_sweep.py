@@ -87,7 +87,10 @@ def colour_accuracy(captions: dict[Any, str], references: dict[Any, Sequence[str
     return hits / max(1, len(references))
 
 
-FACTS_GOAL = 0.95  # the share of test captions that must state their scene exactly right
+# The fact-accuracy goal of each family: the least share of test captions right, per kind of fact
+# ("exact": the whole scene). The demo's scenes are all stated exactly right; on the objects family, the objects
+# and the backdrop are each stated right (the fact-accuracy issue's goals).
+FACT_GOALS: dict[str, dict[str, float]] = {"shapes": {"exact": 0.95}, "objects": {"objects": 0.90, "backdrop": 0.85}}
 
 
 def facts_right(family: str, seed: int, checkpoint: Path) -> Optional[dict[str, float]]:
@@ -224,9 +227,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines.append("")
     lines.append(f"{count} of {len(rows)} seeds landed ({goal}).")
     if facts:
-        right = sum(bool(r.get("facts")) and r["facts"]["exact"] >= FACTS_GOAL for r in rows)
-        lines.append(f"{right} of {len(rows)} seeds state the scene exactly right in at least {FACTS_GOAL:.0%} of "
-                     f"their test captions.")
+        goals = FACT_GOALS[family]
+        right = sum(bool(r.get("facts")) and all(r["facts"].get(k, 0) >= v for k, v in goals.items()) for r in rows)
+        said = ", ".join(("the whole scene" if k == "exact" else k) + f" {v:.0%}" for k, v in goals.items())
+        lines.append(f"{right} of {len(rows)} seeds meet the fact goal (test captions right: {said} at least).")
     return "\n".join(lines)
 
 

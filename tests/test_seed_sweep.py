@@ -73,7 +73,11 @@ def test_table_shows_the_facts_column_only_when_rows_have_facts():
                              row(family="objects", bleu4=0.622, ceiling_bleu4=0.587, facts=good)])
     assert "| 50% / 63% / 100% / 63% / 21% | 6.2 | yes |" in text
     assert "exact / objects / colours / kinds / backdrop" in text
-    assert "1 of 2 seeds state the scene exactly right in at least 95%" in text
+    assert "0 of 2 seeds meet the fact goal (test captions right: objects 90%, backdrop 85% at least)." in text
+    better = {**good, "objects": 0.91, "backdrop": 0.86}
+    assert "1 of 1 seeds meet the fact goal" in seed_sweep.table([row(family="objects", facts=better)])
+    demo = seed_sweep.table([row(facts={"exact": 0.95, "shapes": 0.95}), row(facts={"exact": 0.949})])
+    assert "1 of 2 seeds meet the fact goal (test captions right: the whole scene 95% at least)." in demo
     assert "backdrop" not in seed_sweep.table([row()])
 
 

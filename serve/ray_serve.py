@@ -103,7 +103,7 @@ def serve_on_ray(bundle: Union[str, os.PathLike, None], settings: ServeSettings,
             serve.start(http_options={"host": host, "port": port})
             serve.run(caption_deployment(bundle, settings, replicas=replicas, threads=threads), name=APP_NAME,
                       route_prefix="/")
-        except ray.exceptions.RayError as e:
+        except (ray.exceptions.RayError, TimeoutError) as e:  # TimeoutError: no HTTP proxy after Ray's 60 s
             raise CapkitError(f"Ray Serve did not start on {host}:{port}: {one_line(e, 300)}") from None
         status(f"Serving on Ray at http://{host}:{port}/v1/captions ({replicas} replica{'s' * (replicas > 1)}); "
                "Ctrl+C or SIGTERM stops")

@@ -174,3 +174,9 @@ def test_the_distillation_report_counts_the_students_within_the_goal():
     assert "| objects | 0 | edge, distilled | 89.0% | 0.890 | 1.000 | 9.5 | yes |" in text  # its own teacher's
     assert "edge, distilled: 1 of 2 seeds of the demo data within the goal." in text
     assert distill.verdict(row(0, "edge, distilled", 0.99, 0.99, minutes=10.5), rows[0]) == "no"  # too slow
+    assert distill.verdict(row(0, "edge, distilled", 0.99, 0.99, minutes=30.0), rows[0], 8.0) == "yes"  # shared cores
+    shared = [{**r, "train_minutes": 30.0} if r["model"] == "edge, distilled" else r for r in rows]
+    assert "edge, distilled: 0 of 2 seeds" in distill.render(shared, "cmd")
+    timed = distill.render([*shared, {**row(0, "edge, distilled", 0.97, 0.97, 8.0), "alone": True}], "cmd")
+    assert "| demo | 0 | edge, distilled (timed alone) | 97.0% | 0.970 | 1.000 | 8.0 | yes |" in timed
+    assert "edge, distilled: 1 of 2 seeds of the demo data within the goal." in timed  # seed 1: 4 points below

@@ -40,7 +40,7 @@ PAGE = DOCS / "serve.md"
 PAGE_TITLE = "`capkit serve`: captions over HTTP"
 MARK_START, MARK_END = "<!-- serve:start -->", "<!-- serve:end -->"
 CONCURRENCY = (1, 8, 32)
-MODES = ("step", "request", "none")
+MODES = ("step", "request", "none", "request:2")  # --batching MODE, or MODE:N with --workers N
 OVERLOAD = (128, 8)  # clients, --max-queue of the overload run
 THROUGHPUT_GOAL, LATENCY_GOAL, LATENCY_SLACK_MS = 0.9, 1.2, 2.0  # the issue's: c32 >= 0.9x in-process images/s,
 # p99 at c1 <= 1.2x an in-process caption's p99 + 2 ms
@@ -217,8 +217,16 @@ def load_wrk(base: str, paths: list[Path], concurrency: int, seconds: float) -> 
             "images_per_s": (done - bad_status) / (micros / 1e6), "p50": p50, "p95": p95, "p99": p99, "client": "wrk"}
 
 
-def measure_server(model: Path, images: list[bytes], mode: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    server = Server(model, "--batching", mode)
+def label(spec: str) -> str:
+    """A --modes entry as the table names it: "request", or "request x2" (two worker processes)."""
+    mode, _, workers = spec.partition(":")
+    return f"{mode} x{workers}" if workers else mode
+
+
+def measure_server(model: Path, images: list[bytes], spec: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The runs of one server: ``spec`` is a batching mode, or MODE:N for N worker processes (--workers)."""
+    mode, _, workers = spec.partition(":")
+    server = Server(model, "--batching", mode, *(["--workers", workers] if workers else []))
     runs = []
     try:
         asyncio.run(load(server.base, images, 8, min(args.requests, 32), args.seconds))  # warm connections, caches
@@ -233,9 +241,9 @@ def measure_server(model: Path, images: list[bytes], mode: str, args: argparse.N
                 old_rows, old_count = before.get(call, (0.0, 0.0))
                 if count > old_count:
                     run[f"rows_per_{call}"] = (rows - old_rows) / (count - old_count)
-            run["mode"] = mode
+            run["mode"] = label(spec)
             step = run.get("rows_per_greedy_step", run.get("rows_per_step", 0))
-            say(f"  {mode:7} c={concurrency:<3} {run['images_per_s']:7.1f} images/s  p50 {run['p50'] or 0:6.1f} "
+            say(f"  {label(spec):10} c={concurrency:<3} {run['images_per_s']:7.1f} images/s  p50 {run['p50'] or 0:6.1f} "
                 f"p99 {run['p99'] or 0:6.1f} ms  rows/step {step:.1f}")
             runs.append(run)
     finally:
@@ -302,7 +310,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="requests per run (at most)")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds per run (at most)")
     parser.add_argument("--images", type=int, default=32, help="distinct photos the requests cycle through")
-    parser.add_argument("--modes", default=",".join(MODES), help="batching modes to measure")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="batching modes to measure; MODE:N runs N worker processes (--workers N)")
     parser.add_argument("--work", type=Path, default=WORK, help="where the generated photos are kept")
     parser.add_argument("--client", choices=("wrk", "httpx"), default="wrk" if shutil.which("wrk") else "httpx",
                         help="the load generator of the batching runs [default: wrk where installed (apt install "

@@ -12,7 +12,8 @@ gives for the same image and options, with the logprob equal to within the float
 changes (as between ``caption_batch`` and ``caption``).
 
 Policies (``mode``): "step" as above; "request": requests that arrived while a batch ran wait until it has
-finished, then start together (a dynamic batcher); "none": one request at a time. An idle engine waits up to
+finished, then start together (a dynamic batcher), decoded by one decode loop in the scheduler's thread (jobs with
+the same options as one batch, as ``Captioner.caption_batch`` does); "none": one request at a time. An idle engine waits up to
 ``max_wait`` seconds for more requests while ``incoming()`` says some are on their way (being read or
 preprocessed), never when none is: at concurrency 1 a request waits for nothing. A job alone in the engine (no
 other in the batch or waiting) runs its calls in its own thread, so that it does not pay two thread hand-overs
@@ -84,6 +85,34 @@ class SharedInference:
         return self._engine.base.select(state, rows)
 
 
+class _Reporting:
+    """An inference that runs ``base``'s graphs and reports each run to ``on_batch`` (mode "request")."""
+
+    def __init__(self, base: Any, on_batch: Callable[[str, int, float], None]) -> None:
+        self._base, self._on_batch = base, on_batch
+        self.device = getattr(base, "device", "cpu")
+        if hasattr(base, "greedy_step"):
+            self.greedy_step = lambda tokens, state: self._timed("greedy_step", tokens, state)
+
+    def _timed(self, kind: str, *args: Any) -> Any:
+        started = time.perf_counter()
+        answer = getattr(self._base, kind)(*args)
+        try:
+            self._on_batch(kind, len(args[0]), time.perf_counter() - started)
+        except Exception:  # metrics never stop captions
+            pass
+        return answer
+
+    def encode(self, images: np.ndarray) -> Any:
+        return self._timed("encode", images)
+
+    def step(self, tokens: np.ndarray, state: Any) -> Any:
+        return self._timed("step", tokens, state)
+
+    def select(self, state: Any, rows: np.ndarray) -> Any:
+        return self._base.select(state, rows)
+
+
 def _merge(kind: str, calls: list[tuple]) -> tuple:
     """The calls' arguments as one call's: images or tokens concatenated (B,...), states along their batch axis
     (each state array is (layers, B, hidden))."""
@@ -127,7 +156,8 @@ class BatchEngine:
         self._local = threading.local()  # the job of a job thread
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers=max_jobs, thread_name_prefix="capkit-job")
-        self._scheduler = threading.Thread(target=self._schedule, name="capkit-batcher", daemon=True)
+        target = self._schedule_requests if mode == "request" else self._schedule
+        self._scheduler = threading.Thread(target=target, name="capkit-batcher", daemon=True)
         self._scheduler.start()
 
     # -- the jobs' side ----------------------------------------------------------------------------------------
@@ -135,7 +165,12 @@ class BatchEngine:
         """Starts captioning ``pixels`` (float32 (B, 3, crop, crop), preprocessed); ``job.future`` gives one Caption
         per row, in order. ``options``: checked (``Captioner.options``)."""
         job = Job(pixels, list(labels), options)
-        self._pool.submit(self._run, job)
+        if self.mode == "request":  # decoded by the scheduler itself, with the jobs waiting beside it
+            with self._cond:
+                self._new.append(job)
+                self._cond.notify_all()
+        else:
+            self._pool.submit(self._run, job)
         return job
 
     def cancel(self, job: Job) -> None:
@@ -233,6 +268,62 @@ class BatchEngine:
                 return
             for kind in KINDS:
                 self._execute(kind, [job for job in batch if job.call is not None and job.call[0] == kind])
+
+    def _schedule_requests(self) -> None:
+        """Mode "request": the jobs waiting together, with the same decoding options, decoded as one batch by one
+        decode loop in this thread (their rows concatenated, each job's captions handed back), as
+        ``Captioner.caption_batch`` decodes a batch: no thread per job, no hand-over per step."""
+        captioner = Captioner.from_inference(_Reporting(self.base, self.on_batch), self.captioner.vocab,
+                                             self.captioner.spec, self.captioner.max_length, self.captioner.bundle,
+                                             limits=self.captioner.limits, fast_decode=self.captioner.fast_decode)
+        while True:
+            with self._cond:
+                batch = self._next_requests()
+            if batch is None:
+                return
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]  # not timed out already
+            if not batch:
+                continue
+            for job in batch:
+                job.started = time.perf_counter()
+            pixels = np.concatenate([job.pixels for job in batch])  # (B, 3, crop, crop)
+            try:
+                captions = captioner.caption_pixels(pixels, [label for job in batch for label in job.labels],
+                                                    batch[0].options)
+            except BaseException as e:  # a bug: each request's answer, never a lost scheduler
+                for job in batch:
+                    job.future.set_exception(e)
+                continue
+            start = 0
+            for job in batch:
+                job.future.set_result(captions[start:start + len(job.labels)])
+                start += len(job.labels)
+
+    def _next_requests(self) -> Optional[list[Job]]:
+        """(Under the condition.) The next batch of mode "request": the first waiting job and those after it with
+        the same options, while their rows fit in max_batch (a larger job alone); waits for jobs. None: stop."""
+        while True:
+            for job in [job for job in self._new if job.cancelled]:  # timed out while waiting: dropped
+                job.future.cancel()
+                self._new.remove(job)
+            if self._new:
+                timeout = self._gathering(time.perf_counter(), 0)
+                if timeout is None:
+                    first, rows, batch = self._new[0], 0, []
+                    for job in list(self._new):
+                        if job.options != first.options:
+                            continue
+                        if batch and rows + job.rows > self.max_batch:
+                            break
+                        batch.append(job)
+                        rows += job.rows
+                        self._new.remove(job)
+                    return batch
+            elif self._stopping:
+                return None
+            else:
+                timeout = None
+            self._cond.wait(timeout)
 
     def _next_batch(self) -> Optional[list[Job]]:
         """The jobs whose pending calls run now (under the condition); waits until there are some. None: stop."""

@@ -36,8 +36,9 @@ class ServeSettings:
                                  "Retry-After past it).", minimum=1, maximum=100_000)
     timeout: float = setting(30.0, "Seconds a request may take from its arrival to its answer (504 past it).",
                              minimum=0.001, maximum=86_400)
-    batching: str = setting("step", "step: a request joins the running batch between decoding steps; request: "
-                                    "requests waiting together are captioned together; none: one at a time.",
+    batching: str = setting("request", "request: requests waiting together are captioned together, in one decode "
+                                       "loop (the fastest here: docs/serve.md); step: a request joins the running "
+                                       "batch between decoding steps; none: one at a time.",
                             choices=BATCHING)
     max_batch: int = setting(32, "Most images (beams count each) decoded together.", minimum=1, maximum=1024)
     max_wait_ms: float = setting(5.0, "How long an idle server waits for more requests to batch with one that "

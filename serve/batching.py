@@ -86,10 +86,10 @@ class SharedInference:
 
 
 class _Reporting:
-    """An inference that runs ``base``'s graphs and reports each run to ``on_batch`` (mode "request")."""
+    """An inference that runs ``base``'s graphs and reports each run to ``report`` (mode "request")."""
 
-    def __init__(self, base: Any, on_batch: Callable[[str, int, float], None]) -> None:
-        self._base, self._on_batch = base, on_batch
+    def __init__(self, base: Any, report: Callable[[str, int, float], None]) -> None:
+        self._base, self._report = base, report
         self.device = getattr(base, "device", "cpu")
         if hasattr(base, "greedy_step"):
             self.greedy_step = lambda tokens, state: self._timed("greedy_step", tokens, state)
@@ -97,10 +97,7 @@ class _Reporting:
     def _timed(self, kind: str, *args: Any) -> Any:
         started = time.perf_counter()
         answer = getattr(self._base, kind)(*args)
-        try:
-            self._on_batch(kind, len(args[0]), time.perf_counter() - started)
-        except Exception:  # metrics never stop captions
-            pass
+        self._report(kind, len(args[0]), time.perf_counter() - started)
         return answer
 
     def encode(self, images: np.ndarray) -> Any:
@@ -245,11 +242,15 @@ class BatchEngine:
         run = getattr(self.base, kind)
         started = time.perf_counter()
         answer = _split(kind, run(*args), [len(args[0])])[0]  # a copy, as from a batch: buffers may be reused
-        try:
-            self.on_batch(kind, len(args[0]), time.perf_counter() - started)
-        except Exception:  # metrics never stop captions
-            pass
+        self._report(kind, len(args[0]), time.perf_counter() - started)
         return answer
+
+    def _report(self, kind: str, rows: int, seconds: float) -> None:
+        """``on_batch`` after a graph run; metrics never stop captions."""
+        try:
+            self.on_batch(kind, rows, seconds)
+        except Exception:
+            pass
 
     # -- the scheduler -----------------------------------------------------------------------------------------
     def close(self, timeout: float = 5.0) -> None:
@@ -273,7 +274,7 @@ class BatchEngine:
         """Mode "request": the jobs waiting together, with the same decoding options, decoded as one batch by one
         decode loop in this thread (their rows concatenated, each job's captions handed back), as
         ``Captioner.caption_batch`` decodes a batch: no thread per job, no hand-over per step."""
-        captioner = Captioner.from_inference(_Reporting(self.base, self.on_batch), self.captioner.vocab,
+        captioner = Captioner.from_inference(_Reporting(self.base, self._report), self.captioner.vocab,
                                              self.captioner.spec, self.captioner.max_length, self.captioner.bundle,
                                              limits=self.captioner.limits, fast_decode=self.captioner.fast_decode)
         while True:
@@ -411,10 +412,7 @@ class BatchEngine:
         with self._cond:
             for job, answer in zip(jobs, answers):
                 self._answer(job, answer)
-        try:
-            self.on_batch(kind, sum(sizes), seconds)
-        except Exception:  # metrics never stop captions
-            pass
+        self._report(kind, sum(sizes), seconds)
 
     @staticmethod
     def _error_of(run: Callable, args: tuple) -> BaseException:

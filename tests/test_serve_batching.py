@@ -192,3 +192,34 @@ def test_a_job_alone_runs_its_calls_in_its_own_thread(captioner, pixels) -> None
     expected = solo(captioner, pixels[:8], options)
     assert [c.tokens for c in together] == [c.tokens for c in expected]
     assert [c.tokens for c in alone] == [c.tokens for c in captioner.caption_pixels(pixels[:2], [None, None], options)]
+
+
+def test_request_batching_keeps_each_jobs_own_options(captioner, pixels) -> None:
+    """Jobs of several decoding options waiting together: each is decoded with its own (batched only with jobs of
+    the same options), and gets what the Captioner gives its images alone with those options."""
+    batcher, runs = engine(captioner, "request", max_batch=64, max_wait=0.5, incoming=lambda: 1)
+    try:
+        chosen = [captioner.options(**OPTIONS[i % len(OPTIONS)]) for i in range(12)]
+        jobs = [batcher.submit(pixels[i:i + 1], [f"p{i}"], chosen[i]) for i in range(12)]
+        got = [job.future.result(timeout=60)[0] for job in jobs]
+    finally:
+        batcher.close()
+    expected = [solo(captioner, pixels[i:i + 1], chosen[i])[0] for i in range(12)]
+    assert [c.tokens for c in got] == [c.tokens for c in expected]
+    assert [c.image for c in got] == [f"p{i}" for i in range(12)]
+    assert max(rows for kind, rows in runs if kind == "encode") > 1  # jobs of one option set did meet
+
+
+def test_request_batching_drops_a_job_cancelled_while_it_waits(captioner, pixels) -> None:
+    """A job that times out before its batch starts is never decoded (its future cancelled); the rest are."""
+    batcher, runs = engine(captioner, "request", max_batch=64, max_wait=2.0, incoming=lambda: 1)
+    try:
+        options = captioner.options()
+        dropped = batcher.submit(pixels[:3], [None] * 3, options)
+        batcher.cancel(dropped)
+        kept = batcher.submit(pixels[3:4], ["p3"], options)
+        assert kept.future.result(timeout=60)[0].tokens == solo(captioner, pixels[3:4], options)[0].tokens
+    finally:
+        batcher.close()
+    assert dropped.future.cancelled()
+    assert [rows for kind, rows in runs if kind == "encode"] == [1]  # its three images were never encoded

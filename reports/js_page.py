@@ -44,9 +44,9 @@ def demo_test_image(index: int) -> Path:
     return folder / "images" / images[index]["file_name"]
 
 
-def page_caption(bundle: Path, image: Path, scale: int, screenshot: Path, work: Path) -> dict:
-    """What the page shows after captioning ``image`` with ``bundle`` ({state, caption, error, ...}); its
-    picture, with the preview ``scale`` times the image's size, is saved as ``screenshot``."""
+def run_page(bundle: Path, job: dict, work: Path) -> dict:
+    """tools/browser-check.mjs's answer (out.json) for ``job`` (its options, less the page's URL and Chromium's
+    path), with the page served for ``bundle`` by `capkit serve-web`'s server."""
     from capkit.cli.serve_web import make_server
 
     node = shutil.which("node")
@@ -56,16 +56,22 @@ def page_caption(bundle: Path, image: Path, scale: int, screenshot: Path, work: 
     server = make_server(bundle, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        job = {"url": f"http://localhost:{server.server_address[1]}/", "image": str(image), "outDir": str(work),
-               "screenshot": str(screenshot), "screenshotOnly": True, "previewScale": scale, "chromium": chromium}
+        job = {"url": f"http://localhost:{server.server_address[1]}/", "outDir": str(work), "chromium": chromium, **job}
         (work / "job.json").write_text(json.dumps(job))
         proc = subprocess.run([node, str(BROWSER_CHECK), str(work / "job.json"), str(work / "out.json")],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             raise SystemExit(f"the browser run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-        return json.loads((work / "out.json").read_text())["good"]
+        return json.loads((work / "out.json").read_text())
     finally:
         server.shutdown()
+
+
+def page_caption(bundle: Path, image: Path, scale: int, screenshot: Path, work: Path) -> dict:
+    """What the page shows after captioning ``image`` with ``bundle`` ({state, caption, error, ...}); its
+    picture, with the preview ``scale`` times the image's size, is saved as ``screenshot``."""
+    return run_page(bundle, {"image": str(image), "screenshot": str(screenshot), "screenshotOnly": True,
+                             "previewScale": scale}, work)["good"]
 
 
 def main(argv: Optional[list[str]] = None) -> None:

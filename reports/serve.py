@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""The HTTP service under load: `capkit serve` on a loopback port, sent one-image requests by an async HTTP client
-(httpx) at concurrency 1, 8 and 32, with each batching mode (step, request, none = one at a time), beside the
-in-process `Captioner` on the same images; then an overload run (concurrency far above --max-queue) that must be
-answered with 429s rather than growing latency.
+"""The HTTP service under load: `capkit serve` on a loopback port, sent one-image requests by `wrk` (or, without it,
+an async httpx client) at concurrency 1, 8 and 32, with each batching mode (step, request, none = one at a time),
+beside the in-process `Captioner` on the same images; then an overload run (concurrency far above --max-queue, sent by
+`hey` where installed, which records each request's status and latency) that must be answered with 429s rather than
+growing latency.
 
     .venv/bin/python reports/serve.py                       # the demo bundle (+ the seed config's int8); docs/serve.md
     .venv/bin/python reports/serve.py --model B --requests 50 --print
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import io
 import json
 import os
 import re
@@ -251,11 +254,33 @@ def measure_server(model: Path, images: list[bytes], spec: str, args: argparse.N
     return runs
 
 
+def load_hey(base: str, photo: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+    """hey (``concurrency`` workers, each sending its next request, one photo as the raw body, as soon as the last
+    is answered, never waiting for a Retry-After) for ``seconds``; its per-request CSV gives each status's
+    latency. A client in Go: it can send far more requests than the server captions without taking the cores."""
+    out = subprocess.run(["hey", "-z", f"{max(1, round(seconds))}s", "-c", str(concurrency), "-m", "POST", "-T",
+                          "application/octet-stream", "-D", str(photo), "-t", "120", "-o", "csv",
+                          base + "/v1/captions"], capture_output=True, text=True, check=True).stdout
+    latencies: dict[str, list[float]] = {}
+    for row in csv.DictReader(io.StringIO(out)):
+        latencies.setdefault(row["status-code"], []).append(float(row["response-time"]))
+    if not latencies:
+        raise SystemExit(f"hey printed no requests: {out[-500:]}")
+    ok = latencies.get("200", [])
+    return {"concurrency": concurrency, "requests": sum(map(len, latencies.values())), "ok": len(ok),
+            "transport_errors": 0, "statuses": {k: len(v) for k, v in sorted(latencies.items())}, "wall": seconds,
+            "images_per_s": len(ok) / seconds, **percentiles(ok), "p99_429": percentiles(latencies.get("429", []))["p99"],
+            "client": "hey"}
+
+
 def measure_overload(model: Path, images: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
     clients, queue = OVERLOAD
     server = Server(model, "--max-queue", str(queue))
     try:
-        run = asyncio.run(load(server.base, images, clients, args.requests * 2, args.seconds))
+        if shutil.which("hey"):
+            run = load_hey(server.base, photo_paths(args.work, args.images)[0], clients, args.wrk_seconds)
+        else:
+            run = asyncio.run(load(server.base, images, clients, args.requests * 2, args.seconds))
     finally:
         server.close()
     say(f"  overload c={clients} queue={queue}: {run['statuses']}, p99 200 {run['p99'] or 0:.0f} ms, "
@@ -287,8 +312,10 @@ def render(measured: dict[str, Any]) -> str:
                          f"{fmt(run['p99'])} | {fmt(run.get('rows_per_encode'))} | {fmt(step)} |")
         over = model["overload"]
         clients, queue = OVERLOAD
-        lines += ["", f"Overload ({clients} clients, `--max-queue {queue}`): statuses {over['statuses']}, transport "
-                  f"errors {over['transport_errors']}; p99 of the 200s {fmt(over['p99'])} ms, of the 429s "
+        client = ("`hey` (a Go client, each of them sending again as soon as answered, ignoring Retry-After)"
+                  if over.get("client") == "hey" else "the httpx client")
+        lines += ["", f"Overload ({clients} clients of {client}, `--max-queue {queue}`): statuses {over['statuses']}, "
+                  f"transport errors {over['transport_errors']}; p99 of the 200s {fmt(over['p99'])} ms, of the 429s "
                   f"{fmt(over['p99_429'])} ms."]
         best = max((r for r in model["runs"] if r["concurrency"] == CONCURRENCY[-1]), key=lambda r: r["images_per_s"])
         single = [r for r in model["runs"] if r["concurrency"] == 1 and r["mode"] == best["mode"]][0]

@@ -15,7 +15,6 @@ and preprocessed by :mod:`capkit.runtime.preprocess`, decoded by the one loop in
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 from dataclasses import dataclass
@@ -120,7 +119,10 @@ class Captioner:
     block, see docs/bundle.md): ``captioner.defaults``. ``limits`` bounds what one caption may
     cost (:class:`~capkit.runtime.limits.Limits`). ``fast_decode``: large JPEGs are decoded at
     reduced scale (libjpeg's DCT scaling, see ``preprocess``); False decodes every pixel, for exact
-    parity with torchvision's transforms.
+    parity with torchvision's transforms. ``step_threads``: the decoder step graph's own intra-op threads
+    (None: as ``threads``); ``spin_us``: how long idle ONNX Runtime threads spin before they sleep, in
+    microseconds (None: OnnxInference's default; 0: never). A process whose other threads need the cores,
+    as ``capkit serve``'s do, wants both small (see OnnxInference).
 
     Errors, everywhere in this class: an argument of the wrong type (``limits="big"``, ``options="greedy"``,
     ``caption_batch(5)``, ``fast_decode="no"``) raises TypeError (:class:`ArgumentTypeError`, also a
@@ -134,7 +136,8 @@ class Captioner:
     def __init__(self, bundle: Union[str, os.PathLike, Bundle, None] = None, device: str = "auto",
                  threads: Optional[int] = None, *, verify: bool = True, graph_optimization: str = "all",
                  optimized_model_dir: Union[str, os.PathLike, None] = None, io_binding: Optional[bool] = None,
-                 limits: Limits = DEFAULT_LIMITS, fast_decode: bool = True):
+                 limits: Limits = DEFAULT_LIMITS, fast_decode: bool = True, step_threads: Optional[int] = None,
+                 spin_us: Optional[int] = None):
         check_argument(bundle, (*PathArgument, Bundle, type(None)), "bundle",
                        "a folder (str or os.PathLike), a Bundle or None")
         check_argument(verify, (bool, np.bool_), "verify", "True or False")
@@ -150,7 +153,8 @@ class Captioner:
                 raise
             raise CapkitError("ONNX Runtime is not installed: pip install 'capkit[cpu]' (or 'capkit[gpu]')") from None
         inference = OnnxInference(self.bundle, device=device, threads=threads, graph_optimization=graph_optimization,
-                                  optimized_model_dir=optimized_model_dir, io_binding=io_binding, limits=limits)
+                                  optimized_model_dir=optimized_model_dir, io_binding=io_binding, limits=limits,
+                                  step_threads=step_threads, **({} if spin_us is None else {"spin_us": spin_us}))
         self._setup(inference, manifest.vocab, manifest.preprocess, manifest.decoding, limits, fast_decode)
 
     @classmethod

@@ -50,3 +50,4 @@ apt_install() {  # PACKAGE WHAT-FOR WITHOUT-IT: a Debian package, where apt-get 
 }
 [ -x /usr/bin/chromium ] || apt_install chromium "the page's browser test" "the browser test is skipped"
 command -v wrk >/dev/null 2>&1 || apt_install wrk "reports/serve.py's load runs" "reports/serve.py uses its httpx client"
+command -v hey >/dev/null 2>&1 || apt_install hey "reports/serve.py's overload run" "reports/serve.py uses its httpx client"

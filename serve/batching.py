@@ -15,9 +15,11 @@ Policies (``mode``): "step" as above; "request": requests that arrived while a b
 finished, then start together (a dynamic batcher), decoded by one decode loop in the scheduler's thread (jobs with
 the same options as one batch, as ``Captioner.caption_batch`` does); "none": one request at a time. An idle engine waits up to
 ``max_wait`` seconds for more requests while ``incoming()`` says some are on their way (being read or
-preprocessed), never when none is: at concurrency 1 a request waits for nothing. A job alone in the engine (no
-other in the batch or waiting) runs its calls in its own thread, so that it does not pay two thread hand-overs
-a step; the next job to arrive goes through the scheduler, and the two share the steps from then on.
+preprocessed), never when none is: at concurrency 1 a request waits for nothing. Nor does it change threads: a
+request that finds the engine idle is decoded in the thread that preprocessed it (:meth:`BatchEngine.caption_now`,
+mode "request"), and a job alone in the engine (mode "step": no other in the batch or waiting) runs its calls in
+its own thread, so that it does not pay two thread hand-overs a step; the next job to arrive goes through the
+scheduler, and the two share the steps from then on.
 """
 
 from __future__ import annotations
@@ -152,6 +154,11 @@ class BatchEngine:
         self._loop: list[Job] = []  # jobs in the running batch
         self._local = threading.local()  # the job of a job thread
         self._stopping = False
+        self._decoding = 0  # mode "request": batches being decoded (by the scheduler, or by caption_now's caller)
+        # Mode "request": the runtime's decode loop over the graphs, each run reported (on_batch)
+        self._requests = Captioner.from_inference(_Reporting(self.base, self._report), captioner.vocab, captioner.spec,
+                                                  captioner.max_length, captioner.bundle, limits=captioner.limits,
+                                                  fast_decode=captioner.fast_decode)
         self._pool = ThreadPoolExecutor(max_workers=max_jobs, thread_name_prefix="capkit-job")
         target = self._schedule_requests if mode == "request" else self._schedule
         self._scheduler = threading.Thread(target=target, name="capkit-batcher", daemon=True)
@@ -169,6 +176,27 @@ class BatchEngine:
         else:
             self._pool.submit(self._run, job)
         return job
+
+    def caption_now(self, pixels: np.ndarray, labels: list[Optional[str]], options: DecodingOptions,
+                    arrived: Callable[[], None] = lambda: None) -> Optional[list[Caption]]:
+        """Mode "request": when the engine is idle (no batch decoding or waiting, and no request on its way but the
+        caller's own: ``incoming() <= 1``), the captions of ``pixels`` decoded in the calling thread, as the scheduler
+        would decode a batch of this one request; ``arrived()`` is called once the engine has taken it on. None when
+        the engine is not idle, or in another mode: :meth:`submit` it then. Requests arriving meanwhile wait for this
+        batch as they would for the scheduler's. What it saves is the hand-over to the scheduler's thread and back
+        (two thread wake-ups, each a wait for a core that ONNX Runtime's threads hold) where nothing could be batched
+        anyway: at concurrency 1, every request."""
+        with self._cond:
+            if self.mode != "request" or self._stopping or self._decoding or self._new or self.incoming() > 1:
+                return None
+            self._decoding += 1
+        try:
+            arrived()
+            return self._requests.caption_pixels(pixels, labels, options)
+        finally:
+            with self._cond:
+                self._decoding -= 1
+                self._cond.notify_all()
 
     def cancel(self, job: Job) -> None:
         """Stops ``job`` at its next graph call (its future then fails with Cancelled)."""
@@ -274,40 +302,47 @@ class BatchEngine:
         """Mode "request": the jobs waiting together, with the same decoding options, decoded as one batch by one
         decode loop in this thread (their rows concatenated, each job's captions handed back), as
         ``Captioner.caption_batch`` decodes a batch: no thread per job, no hand-over per step."""
-        captioner = Captioner.from_inference(_Reporting(self.base, self._report), self.captioner.vocab,
-                                             self.captioner.spec, self.captioner.max_length, self.captioner.bundle,
-                                             limits=self.captioner.limits, fast_decode=self.captioner.fast_decode)
         while True:
             with self._cond:
                 batch = self._next_requests()
-            if batch is None:
-                return
-            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]  # not timed out already
-            if not batch:
-                continue
-            for job in batch:
-                job.started = time.perf_counter()
-            pixels = np.concatenate([job.pixels for job in batch])  # (B, 3, crop, crop)
+                if batch is None:
+                    return
+                self._decoding += 1
             try:
-                captions = captioner.caption_pixels(pixels, [label for job in batch for label in job.labels],
-                                                    batch[0].options)
-            except BaseException as e:  # a bug: each request's answer, never a lost scheduler
-                for job in batch:
-                    job.future.set_exception(e)
-                continue
-            start = 0
+                self._decode_requests(batch)
+            finally:
+                with self._cond:
+                    self._decoding -= 1
+                    self._cond.notify_all()
+
+    def _decode_requests(self, batch: list[Job]) -> None:
+        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]  # not timed out already
+        if not batch:
+            return
+        for job in batch:
+            job.started = time.perf_counter()
+        pixels = np.concatenate([job.pixels for job in batch])  # (B, 3, crop, crop)
+        try:
+            captions = self._requests.caption_pixels(pixels, [label for job in batch for label in job.labels],
+                                                     batch[0].options)
+        except BaseException as e:  # a bug: each request's answer, never a lost scheduler
             for job in batch:
-                job.future.set_result(captions[start:start + len(job.labels)])
-                start += len(job.labels)
+                job.future.set_exception(e)
+            return
+        start = 0
+        for job in batch:
+            job.future.set_result(captions[start:start + len(job.labels)])
+            start += len(job.labels)
 
     def _next_requests(self) -> Optional[list[Job]]:
         """(Under the condition.) The next batch of mode "request": the first waiting job and those after it with
-        the same options, while their rows fit in max_batch (a larger job alone); waits for jobs. None: stop."""
+        the same options, while their rows fit in max_batch (a larger job alone); waits for jobs, and for a batch that
+        :meth:`caption_now` decodes to finish. None: stop."""
         while True:
             for job in [job for job in self._new if job.cancelled]:  # timed out while waiting: dropped
                 job.future.cancel()
                 self._new.remove(job)
-            if self._new:
+            if self._new and not self._decoding:
                 timeout = self._gathering(time.perf_counter(), 0)
                 if timeout is None:
                     first, rows, batch = self._new[0], 0, []
@@ -320,7 +355,7 @@ class BatchEngine:
                         rows += job.rows
                         self._new.remove(job)
                     return batch
-            elif self._stopping:
+            elif self._stopping and not self._new:
                 return None
             else:
                 timeout = None

@@ -22,10 +22,18 @@ import numpy as np
 
 from capkit.runtime.bundle import Bundle
 from capkit.runtime.captioner import Caption, Captioner, failed_caption
+from capkit.runtime.decoding import DecodingOptions
 from capkit.runtime.errors import CapkitError, one_line
 from capkit.serve.batching import BatchEngine
 from capkit.serve.metrics import Metrics
 from capkit.serve.settings import ServeSettings
+
+
+# How ONNX Runtime runs in the service, whose other threads (the event loop, preprocessing, the next request's graph
+# call) need the cores that it would otherwise keep busy. Measured on 2 cores at concurrency 1 (docs/serve.md), p99
+# fell from 16-18 ms to 11-13 with both, and images/s at concurrency 32 did not fall:
+SPIN_US = 0  # idle intra-op threads sleep at once, rather than spin for the next call (OnnxInference's default)
+STEP_THREADS = 1  # the decoder step graph (a small LSTM step, run once a word) on one thread: no worker to wake
 
 
 class ApiError(CapkitError):
@@ -86,6 +94,7 @@ class CaptionService:
         self.engine: Optional[BatchEngine] = None
         self._taken = 0  # requests taken on and not yet answered
         self._incoming = 0  # of those, the ones whose images have not reached the engine yet
+        self._incoming_lock = threading.Lock()  # _incoming changes on the event loop and in preprocessing threads
         self._preprocess = ThreadPoolExecutor(self.settings.preprocess_threads, thread_name_prefix="capkit-preprocess")
         self._slots: Optional[asyncio.Semaphore] = None  # made on the app's loop
         self._started = False
@@ -95,7 +104,8 @@ class CaptionService:
         """Loads the model, starts the engine and warms both up; then "ready". Raises what the Captioner raises."""
         settings = self.settings
         # The engine batches numpy states; IO binding keeps them on a device as OrtValues.
-        captioner = Captioner(self.bundle, device=self.device, threads=self.threads, io_binding=False)
+        captioner = Captioner(self.bundle, device=self.device, threads=self.threads, io_binding=False,
+                              step_threads=STEP_THREADS, spin_us=SPIN_US)
         self.engine = BatchEngine(captioner, mode=settings.batching, max_batch=settings.max_batch,
                                   max_wait=settings.max_wait_ms / 1000, incoming=lambda: self._incoming,
                                   on_batch=self.metrics.on_batch, max_jobs=settings.max_queue + 1)
@@ -155,7 +165,8 @@ class CaptionService:
                            f"{self.settings.max_queue}); retry later", headers={"Retry-After":
                                                                                 str(self.settings.retry_after)})
         self._taken += 1
-        self._incoming += 1
+        with self._incoming_lock:
+            self._incoming += 1
         self.metrics.in_flight.inc()
         return Ticket()
 
@@ -165,12 +176,15 @@ class CaptionService:
         self._arrived(ticket)
 
     def _arrived(self, ticket: Ticket) -> None:
-        """The ticket's request no longer counts as on its way to the engine (which may stop waiting for it)."""
-        if not ticket.submitted:
+        """The ticket's request no longer counts as on its way to the engine (which may stop waiting for it). Any
+        thread."""
+        with self._incoming_lock:
+            if ticket.submitted:
+                return
             ticket.submitted = True
             self._incoming -= 1
-            if self.engine is not None:
-                self.engine.poke()
+        if self.engine is not None:
+            self.engine.poke()
 
     async def caption(self, uploads: list[Upload], given: dict[str, Any], ticket: Ticket) -> list[Caption]:
         """One Caption per upload, in order (an unreadable image gets its error Caption). ``given``: decoding
@@ -184,12 +198,11 @@ class CaptionService:
             self._slots = asyncio.Semaphore(self.settings.preprocess_threads)
         loop = asyncio.get_running_loop()
         async with self._slots:
-            started = time.perf_counter()
-            rows, results = await loop.run_in_executor(self._preprocess, self._prepare, uploads)
-            ticket.stages["preprocess"] = time.perf_counter() - started
+            rows, results = await loop.run_in_executor(self._preprocess, self._prepare_and_caption, uploads, options,
+                                                       ticket)
         self._arrived(ticket)
         where = [i for i, result in enumerate(results) if result is None]
-        if where:
+        if where:  # the engine was busy: the rows join its next batch
             job = self.engine.submit(np.stack(rows), [uploads[i].label for i in where], options)
             try:
                 captions = await asyncio.wrap_future(job.future)
@@ -201,6 +214,28 @@ class CaptionService:
             for i, caption in zip(where, captions):
                 results[i] = caption
         return results  # type: ignore[return-value]
+
+    def _prepare_and_caption(self, uploads: list[Upload], options: DecodingOptions,
+                             ticket: Ticket) -> tuple[list[np.ndarray], list[Optional[Caption]]]:
+        """(A preprocessing thread.) :meth:`_prepare`; then, when the engine is idle, the captions too, decoded in
+        this thread (:meth:`BatchEngine.caption_now`). The rows and the results (None where a row is still to be
+        captioned: the engine was busy)."""
+        assert self.engine is not None
+        started = time.perf_counter()
+        rows, results = self._prepare(uploads)
+        ticket.stages["preprocess"] = time.perf_counter() - started
+        where = [i for i, result in enumerate(results) if result is None]
+        if not where:
+            return rows, results
+        started = time.perf_counter()
+        captions = self.engine.caption_now(np.stack(rows), [uploads[i].label for i in where], options,
+                                           arrived=lambda: self._arrived(ticket))
+        if captions is None:
+            return rows, results
+        ticket.stages["queue"], ticket.stages["decode"] = 0.0, time.perf_counter() - started
+        for i, caption in zip(where, captions):
+            results[i] = caption
+        return rows, results
 
     def _prepare(self, uploads: list[Upload]) -> tuple[list[np.ndarray], list[Optional[Caption]]]:
         """Each upload preprocessed (rows, in order) or its error Caption (None where it has a row)."""

@@ -223,3 +223,49 @@ def test_request_batching_drops_a_job_cancelled_while_it_waits(captioner, pixels
         batcher.close()
     assert dropped.future.cancelled()
     assert [rows for kind, rows in runs if kind == "encode"] == [1]  # its three images were never encoded
+
+
+def test_request_batching_decodes_an_idle_engines_request_in_the_callers_thread(captioner, pixels) -> None:
+    """caption_now: with the engine idle, a request is decoded in the calling thread (the same captions as the
+    scheduler's, each graph run reported); with a request on its way besides the caller's, or while such a decode
+    runs, it declines (None), and jobs submitted meanwhile wait for it, then are batched together."""
+    incoming = [1]
+    threads: list[tuple[str, int]] = []
+    batcher = BatchEngine(captioner, mode="request", max_batch=64, max_wait=0.0, incoming=lambda: incoming[0],
+                          on_batch=lambda kind, rows, s: threads.append((threading.current_thread().name, rows)))
+    options = captioner.options()
+    arrived = []
+    original = batcher.base.greedy_step
+    decoding, release = threading.Event(), threading.Event()
+
+    def held_step(tokens, state):  # the caller's decode holds at its first step until the test has looked
+        decoding.set()
+        release.wait(30)
+        return original(tokens, state)
+
+    try:
+        got = batcher.caption_now(pixels[:2], ["a", "b"], options, arrived=lambda: arrived.append(1))
+        assert [c.tokens for c in got] == [c.tokens for c in solo(captioner, pixels[:2], options)]
+        assert arrived == [1] and threads and {name for name, _ in threads} == {threading.current_thread().name}
+        incoming[0] = 2  # another request is being preprocessed: batch with it instead
+        assert batcher.caption_now(pixels[:1], [None], options) is None
+        incoming[0] = 1
+        batcher.base.greedy_step = held_step
+        caller = threading.Thread(target=lambda: arrived.append(batcher.caption_now(pixels[:1], [None], options)))
+        caller.start()
+        assert decoding.wait(30)
+        assert batcher.caption_now(pixels[1:2], [None], options) is None  # busy: not a second decode beside it
+        jobs = [batcher.submit(pixels[i:i + 1], [None], options) for i in range(2, 6)]
+        time.sleep(0.1)
+        assert not any(job.future.done() or job.started for job in jobs)  # waiting for the caller's decode
+        threads.clear()
+        batcher.base.greedy_step = original
+        release.set()
+        caller.join(30)
+        together = [job.future.result(timeout=60)[0] for job in jobs]
+    finally:
+        release.set()
+        batcher.close()
+    assert [c.tokens for c in arrived[1]] == [c.tokens for c in solo(captioner, pixels[:1], options)]
+    assert [c.tokens for c in together] == [c.tokens for c in solo(captioner, pixels[2:6], options)]
+    assert ("capkit-batcher", 4) in threads  # the four waiting jobs: one batch, after the caller's decode

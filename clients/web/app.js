@@ -37,11 +37,14 @@ async function caption() {
   show('busy', { status: 'Captioning…' });
   try {
     const started = performance.now();
-    const result = await captioner.caption(current, options());
+    const timings = {};
+    const result = await captioner.caption(current, options(), timings);
     const ms = performance.now() - started;
     if (mine !== run) return;
-    window.capkitLast = { ...result, ms };
-    show('done', { caption: result.text || '(no words)', status: `${ms.toFixed(1)} ms, ${threads} WASM thread${threads > 1 ? 's' : ''}` });
+    window.capkitLast = { ...result, ms, timings };
+    const t = timings;
+    const where = `image ${(t.decode_ms + t.preprocess_ms).toFixed(1)}, encoder ${t.encoder_ms.toFixed(1)}, ${t.steps} steps ${t.steps_ms.toFixed(1)}`;
+    show('done', { caption: result.text || '(no words)', status: `${ms.toFixed(1)} ms (${where}), ${threads} WASM thread${threads > 1 ? 's' : ''}` });
   } catch (e) {
     if (mine !== run) return;
     show('error', { error: e.name && e.name.endsWith('Error') && e.name !== 'Error' && e.name !== 'TypeError' ? e.message : `unexpected: ${e.message}` });

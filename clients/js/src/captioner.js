@@ -10,6 +10,7 @@ import { MANIFEST_NAME, parseManifest } from './manifest.js';
 import { externalDataFiles } from './onnx-io.js';
 import { OPTION_NAMES, verifyOptions } from './options.js';
 import { preprocessRgb } from './preprocess.js';
+import { stopwatch, timed } from './timings.js';
 
 /**
  * @typedef {object} Caption
@@ -217,13 +218,19 @@ export class Captioner {
   /**
    * One image -> its Caption. Options: temperature, top_k (topK), top_p (topP), beam, max_length
    * (maxLength), seed; left out: the bundle's defaults. Throws a CapkitError with one line for a bad
-   * option (checked first) or an unreadable image.
-   * @param {any} image @param {Record<string, any>} [options] @returns {Promise<Caption>}
+   * option (checked first) or an unreadable image. `timings`: an object that gets where the time went (Timings).
+   * @param {any} image @param {Record<string, any>} [options] @param {import('./timings.js').Timings|null} [timings] @returns {Promise<Caption>}
    */
-  async caption(image, options = {}) {
+  async caption(image, options = {}, timings = null) {
+    const lap = stopwatch(timings);
     const checked = this.options(options);
     const { image: rgb, name } = await this.platform.decodeImage(image, this.limits);
-    return this.captionPixels(preprocessRgb(rgb, this.spec, name, this.limits), checked, name);
+    lap('decode_ms');
+    const pixels = preprocessRgb(rgb, this.spec, name, this.limits);
+    lap('preprocess_ms');
+    const caption = await this.captionPixels(pixels, checked, name, timings);
+    lap(null);
+    return caption;
   }
 
   /**
@@ -231,15 +238,18 @@ export class Captioner {
    * "<name>: cannot be captioned: ..." in one line, as the Python Captioner reports an image it cannot caption;
    * logits of another width than the vocabulary's, where the graph leaves it open, are the bundle's BundleError.
    * @param {Float32Array} pixels @param {DecodingOptions} [options] @param {string} [name] the image, for messages
+   * @param {import('./timings.js').Timings|null} [timings] gets the graphs' time (encoder_ms, steps_ms, steps) and the loop's (decoding_ms)
    */
-  async captionPixels(pixels, options = this.defaults, name = '<pixels>') {
+  async captionPixels(pixels, options = this.defaults, name = '<pixels>', timings = null) {
     let result;
+    const started = performance.now();
     try {
-      result = await decode(this.inference(), pixels, options, { startId: this.manifest.specialTokens.start, endId: this.manifest.specialTokens.end });
+      result = await decode(timings ? timed(this.inference(), timings) : this.inference(), pixels, options, { startId: this.manifest.specialTokens.start, endId: this.manifest.specialTokens.end });
     } catch (e) {
       if (e instanceof BundleError) throw e;
       throw new CapkitError(`${name}: cannot be captioned: ${oneLine(e?.message || e)}`);
     }
+    if (timings) timings.decoding_ms = performance.now() - started - timings.encoder_ms - timings.steps_ms;
     return { text: this.text(result.tokens), tokens: result.tokens, logprob: result.logprob, finished: result.finished };
   }
 

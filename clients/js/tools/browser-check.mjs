@@ -4,7 +4,8 @@
 // job: {url, tamperedUrl, image, corrupt, outDir, repeats, threads: [1, 4]}; the page captioning `image` is saved as
 // outDir/page.png, or as job.screenshot, with the preview shown job.previewScale times its size (pixelated; the
 // caption is of the file as it is). With job.screenshotOnly (reports/js_page.py, the README's picture of the page)
-// nothing else is checked.
+// nothing else is checked; with job.timingOnly (reports/js_speed.py) only the timings are taken (out.timings: for each
+// of job.threads, the median caption time and the median of each stage).
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -50,7 +51,16 @@ async function checks(page) {
   out.corrupt = await upload(page, job.corrupt);
   out.afterCorrupt = await upload(page, job.image);
   await page.close();
+  await timings();
 
+  const tampered = await open(job.tamperedUrl);
+  out.tampered = await read(tampered);
+  await tampered.close();
+}
+
+// the page's caption time, median of job.repeats, for each of job.threads: in all and per stage (Captioner.caption's
+// timings)
+async function timings() {
   const bytes = [...readFileSync(job.image)];
   for (const threads of job.threads || [1]) {
     const p = await open(`${job.url}?threads=${threads}`);
@@ -60,36 +70,40 @@ async function checks(page) {
       if (!captioner) return { error: document.getElementById('error').textContent };
       await captioner.caption(blob); // warm-up
       const times = [];
+      const stages = {};
       for (let i = 0; i < repeats; i++) {
+        const timings = {};
         const t = performance.now();
-        await captioner.caption(blob);
+        await captioner.caption(blob, {}, timings);
         times.push(performance.now() - t);
+        for (const [key, value] of Object.entries(timings)) (stages[key] ||= []).push(value);
       }
-      times.sort((a, b) => a - b);
-      return { median_ms: times[Math.floor(times.length / 2)], isolated: crossOriginIsolated, threads: n, cores: navigator.hardwareConcurrency };
+      const median = (values) => values.sort((a, b) => a - b)[Math.floor(values.length / 2)];
+      const breakdown = Object.fromEntries(Object.entries(stages).map(([key, values]) => [key, median(values)]));
+      return { median_ms: median(times), stages: breakdown, isolated: crossOriginIsolated, threads: n, cores: navigator.hardwareConcurrency };
     }, bytes, job.repeats || 20, threads);
     await p.close();
   }
-
-  const tampered = await open(job.tamperedUrl);
-  out.tampered = await read(tampered);
-  await tampered.close();
 }
 
 try {
-  const page = await open(`${job.url}?threads=1`);
-  out.loaded = await read(page);
-  out.good = await upload(page, job.image);
-  out.good.tokens = await page.evaluate(() => window.capkitLast && window.capkitLast.tokens);
-  if (job.previewScale) {
-    await page.evaluate((scale) => {
-      const preview = document.getElementById('preview');
-      preview.style.width = `${preview.naturalWidth * scale}px`;
-      preview.style.imageRendering = 'pixelated';
-    }, job.previewScale);
+  if (job.timingOnly) {
+    await timings();
+  } else {
+    const page = await open(`${job.url}?threads=1`);
+    out.loaded = await read(page);
+    out.good = await upload(page, job.image);
+    out.good.tokens = await page.evaluate(() => window.capkitLast && window.capkitLast.tokens);
+    if (job.previewScale) {
+      await page.evaluate((scale) => {
+        const preview = document.getElementById('preview');
+        preview.style.width = `${preview.naturalWidth * scale}px`;
+        preview.style.imageRendering = 'pixelated';
+      }, job.previewScale);
+    }
+    await page.screenshot({ path: job.screenshot || join(job.outDir, 'page.png') });
+    if (!job.screenshotOnly) await checks(page);
   }
-  await page.screenshot({ path: job.screenshot || join(job.outDir, 'page.png') });
-  if (!job.screenshotOnly) await checks(page);
 } finally {
   await browser.close();
 }

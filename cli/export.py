@@ -13,6 +13,7 @@ from typing import Optional
 import click
 
 from capkit.export import DEFAULT_OPSET, MIN_OPSET
+from capkit.export.ort_format import ORT_PLATFORMS
 from capkit.cli.options import checkpoint_option, echo_json, images_option, json_option, status, user_errors
 
 
@@ -34,6 +35,10 @@ from capkit.cli.options import checkpoint_option, echo_json, images_option, json
                    "builds, to <out>-ort (and <out>-int8-ort with --quantize int8), each with the "
                    "required_operators_and_types.config of both graphs for a reduced build, checked against the "
                    "ONNX bundle (greedy and seeded sampling). The ONNX bundle is always written: it is the source.")
+@click.option("--ort-platform", type=click.Choice(list(ORT_PLATFORMS)), default="x86", show_default=True,
+              help="With --format ort: the CPU family the ORT-format graphs are converted for (ONNX Runtime fuses "
+                   "int8 nodes differently for each; either runs on both, slower on the other). The manifest "
+                   "records it (provenance.ort_format.platform).")
 @click.option("--force", is_flag=True,
               help="Write into an --out folder that holds other files too: only the bundle's own files are "
                    "replaced, no other file is touched [default: refuse such a folder; an existing bundle is "
@@ -42,13 +47,15 @@ from capkit.cli.options import checkpoint_option, echo_json, images_option, json
                "synthetic images top them up to 32.")
 @json_option
 def export(checkpoint: Optional[str], out_dir: Optional[str], opset: int, check: bool, quantize: Optional[str],
-           fp16: bool, graph_format: str, force: bool, images: tuple[str, ...], as_json: bool) -> None:
+           fp16: bool, graph_format: str, ort_platform: str, force: bool, images: tuple[str, ...],
+           as_json: bool) -> None:
     """Export a checkpoint (default: runs/latest's best.pt) to an ONNX bundle, then check it against PyTorch."""
     with user_errors():
         from capkit.export.onnx_export import export_checkpoint
 
         report = export_checkpoint(checkpoint, out_dir, opset=opset, check=check, quantize=quantize, fp16=fp16,
-                                   parity_images=images, force=force, graph_format=graph_format)
+                                   parity_images=images, force=force, graph_format=graph_format,
+                                   ort_platform=ort_platform)
     status(report.render())
     echo_json(report.to_dict()) if as_json else click.echo(report.bundle)
     if not report.passed:

@@ -348,7 +348,8 @@ def preset_quantization(payload: dict[str, Any]) -> Optional[str]:
 def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out_dir: Optional[str | os.PathLike] = None,
                       *, opset: int = DEFAULT_OPSET, check: bool = True, quantize: Optional[str] = None,
                       fp16: bool = False, parity_images: Sequence[str | os.PathLike] = (),
-                      dynamo: Optional[bool] = None, force: bool = False, graph_format: str = "onnx") -> ExportReport:
+                      dynamo: Optional[bool] = None, force: bool = False, graph_format: str = "onnx",
+                      ort_platform: str = "x86") -> ExportReport:
     """A checkpoint (a ``.pt`` file, a run folder, or None for ``runs/latest``) -> an fp32 bundle in
     ``out_dir`` (None: ``<run folder>/bundle``, i.e. ``runs/latest/bundle`` for the newest run), its
     parity check against PyTorch, and with ``quantize="int8"`` / ``fp16=True`` the variants
@@ -356,8 +357,9 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
     preset's is int8), ``"none"`` writes no int8 bundle. ``parity_images``: image files or folders, topped up with
     synthetic images to 32; they also calibrate int8. ``graph_format="ort"``: also the ORT-format
     bundles ``<out_dir>-ort`` (and ``<out_dir>-int8-ort`` with int8), checked against their ONNX
-    source unless ``check`` is False (:mod:`capkit.export.ort_format`). Each folder is written as
-    :func:`export_model` writes one (staged, swapped in whole; ``force``: see there)."""
+    source unless ``check`` is False (:mod:`capkit.export.ort_format`), converted for the CPU family
+    ``ort_platform`` (x86 or arm: ``ORT_PLATFORMS``). Each folder is written as :func:`export_model` writes one
+    (staged, swapped in whole; ``force``: see there)."""
     from capkit.export.checks import check_bundle, image_files, sample_images
     from capkit.export.quantize import write_variant
     from capkit.training.checkpoint import load_model, resolve_checkpoint
@@ -366,6 +368,10 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
         raise ExportError(f"unknown quantization {quantize!r}; int8 (or none) is the one there is")
     if graph_format not in ("onnx", "ort"):
         raise ExportError(f"unknown graph format {graph_format!r}; onnx or ort")
+    from capkit.export.ort_format import ORT_PLATFORMS
+
+    if ort_platform not in ORT_PLATFORMS:
+        raise ExportError(f"unknown ORT-format platform {ort_platform!r}; one of {', '.join(ORT_PLATFORMS)}")
     opset = check_opset(opset)  # before the checkpoint is read
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(run_or_checkpoint)
@@ -386,7 +392,8 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
         from capkit.export.ort_format import ORT_PRECISIONS, ort_folder, write_ort_bundle
 
         sources = [bundle, *(load_bundle(v.folder) for v in variants if v.precision in ORT_PRECISIONS)]
-        ort = [write_ort_bundle(source, ort_folder(source.folder), images, check=check, force=force) for source in sources]
+        ort = [write_ort_bundle(source, ort_folder(source.folder), images, check=check, force=force,
+                                platform=ort_platform) for source in sources]
     return ExportReport(str(out), str(checkpoint), int(bundle.manifest.provenance["opset"]),
                         bundle.manifest.provenance["exporter"], time.perf_counter() - started, parity, variants, ort)
 

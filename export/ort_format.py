@@ -52,8 +52,12 @@ if TYPE_CHECKING:
 ORT_SUFFIX = "-ort"  # <bundle> -> <bundle>-ort, <bundle>-int8 -> <bundle>-int8-ort
 ORT_PRECISIONS = ("fp32", "int8")  # the variants converted by `capkit export --format ort`
 CONVERSION = {"tool": "onnxruntime.tools.convert_onnx_models_to_ort", "optimization_style": "Fixed",
-              "optimization_level": "all", "target_platform": "any (NCHWc transformer left out)",
-              "enable_type_reduction": True}
+              "optimization_level": "all", "enable_type_reduction": True}
+# The CPU family a conversion is for (`capkit export --ort-platform`): the converter's fusions of int8 QDQ nodes differ.
+# x86: its default target (no NCHWc layout, so the files also load on ARM; int8 QDQ converted with
+# session.qdqisint8allowed 0, as for x86's uint8 x int8 kernels); arm: its "arm" target (qdqisint8allowed 1: int8
+# weights and activations kept for ARM's int8 kernels). Either runs anywhere; on the other family, slower.
+ORT_PLATFORMS = {"x86": None, "arm": "arm"}  # capkit's name -> the converter's target_platform
 
 
 class OrtFormatError(CapkitError):
@@ -161,12 +165,15 @@ def _portable_config(path: Path) -> None:
     path.write_text("\n".join(kept) + "\n", encoding="utf-8")
 
 
-def convert_bundle(bundle: Bundle, out_dir: str | os.PathLike, force: bool = False) -> Bundle:
+def convert_bundle(bundle: Bundle, out_dir: str | os.PathLike, force: bool = False, platform: str = "x86") -> Bundle:
     """The ORT-format bundle of ``bundle`` (an ONNX bundle, fp32 or int8) in ``out_dir``: both graphs
-    converted, one operator config covering both, the manifest with ``graph_format`` "ort". Raises
-    OrtFormatError (one line) when the source cannot be converted."""
+    converted for ``platform`` (one of ORT_PLATFORMS), one operator config covering both, the manifest with
+    ``graph_format`` "ort" and the platform in ``provenance.ort_format.platform``. Raises OrtFormatError (one
+    line) when the source cannot be converted."""
     from onnxruntime import __version__ as ort_version
 
+    if platform not in ORT_PLATFORMS:
+        raise OrtFormatError(f"unknown ORT-format platform {platform!r}; one of {', '.join(ORT_PLATFORMS)}")
     manifest = bundle.manifest
     out = Path(out_dir)
     if manifest.graph_format != "onnx":
@@ -186,7 +193,7 @@ def convert_bundle(bundle: Bundle, out_dir: str | os.PathLike, force: bool = Fal
         shutil.copyfile(bundle.decoder_path, source / DECODER_FILE)
         try:
             convert_onnx_models_to_ort(source, converted, optimization_styles=[OptimizationStyle.Fixed],
-                                       enable_type_reduction=True)
+                                       enable_type_reduction=True, target_platform=ORT_PLATFORMS[platform])
         except Exception as e:  # an operator this ONNX Runtime cannot load or save, a full disk, ...
             raise OrtFormatError(f"{bundle.folder}: ORT-format conversion failed ({type(e).__name__}: "
                                  f"{first_line(e)})") from e
@@ -198,7 +205,7 @@ def convert_bundle(bundle: Bundle, out_dir: str | os.PathLike, force: bool = Fal
         for name, path in made.items():
             os.replace(path, staging / name)
         provenance = {**manifest.provenance, "ort_format": {
-            **CONVERSION, "onnxruntime": ort_version, "operator_config": OPERATOR_CONFIG_FILE,
+            **CONVERSION, "platform": platform, "onnxruntime": ort_version, "operator_config": OPERATOR_CONFIG_FILE,
             "from_bundle": Path(os.path.abspath(bundle.folder)).name,
             "from_encoder_sha256": manifest.encoder.sha256, "from_decoder_sha256": manifest.decoder.sha256}}
         dataclasses.replace(
@@ -213,10 +220,10 @@ def convert_bundle(bundle: Bundle, out_dir: str | os.PathLike, force: bool = Fal
 
 
 def write_ort_bundle(bundle: Bundle, out_dir: str | os.PathLike, images: Optional[np.ndarray] = None, *,
-                     check: bool = True, force: bool = False) -> OrtBundleReport:
-    """:func:`convert_bundle`, then (``check``) the ORT-format bundle against ``bundle`` on ``images``
-    (float32 (N, 3, H, W); None: 32 synthetic): :func:`capkit.export.checks.check_ort_bundle`."""
-    converted = convert_bundle(bundle, out_dir, force=force)
+                     check: bool = True, force: bool = False, platform: str = "x86") -> OrtBundleReport:
+    """:func:`convert_bundle` (for ``platform``), then (``check``) the ORT-format bundle against ``bundle`` on
+    ``images`` (float32 (N, 3, H, W); None: 32 synthetic): :func:`capkit.export.checks.check_ort_bundle`."""
+    converted = convert_bundle(bundle, out_dir, force=force, platform=platform)
     report = None
     if check:
         from capkit.export.checks import check_ort_bundle

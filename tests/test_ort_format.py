@@ -64,6 +64,7 @@ def test_ort_bundle_is_written_with_ort_graphs_and_its_sha256(ort_kit):
     assert dataclasses.replace(bundle.manifest.decoder, file="", sha256="") == \
         dataclasses.replace(onnx_bundle.manifest.decoder, file="", sha256="")
     assert data["provenance"]["ort_format"]["from_encoder_sha256"] == onnx_bundle.manifest.encoder.sha256
+    assert data["provenance"]["ort_format"]["platform"] == "x86"  # the default CPU family converted for
     # the report: sizes as on disk, and the check after conversion passed on 32 images
     assert report.size_bytes == sum((folder / n).stat().st_size for n in (ORT_ENCODER_FILE, ORT_DECODER_FILE))
     assert report.size_bytes == bundle.size_bytes()
@@ -266,6 +267,29 @@ def test_cli_export_format_ort_writes_fp32_and_int8_with_sizes(checkpoint, tmp_p
 
 
 @pytest.mark.slow
+def test_cli_export_ort_platform_arm_is_recorded_and_converts_int8_otherwise(checkpoint, tmp_path):
+    """--ort-platform arm: the manifests say so, the int8 graphs are converted differently from x86's (int8 kept on
+    both sides of each product), and they still pass the check against the ONNX bundle on this machine."""
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--format", "ort",
+                                       "--quantize", "int8", "--ort-platform", "arm", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [o["check"]["passed"] for o in report["ort"]] == [True, True]
+    arm = load_bundle(tmp_path / "bundle-int8-ort")
+    assert arm.manifest.provenance["ort_format"]["platform"] == "arm"
+    assert load_bundle(tmp_path / "bundle-ort").manifest.provenance["ort_format"]["platform"] == "arm"
+    x86 = convert_bundle(load_bundle(tmp_path / "bundle-int8"), tmp_path / "x86-int8-ort")
+    assert x86.manifest.provenance["ort_format"]["platform"] == "x86"
+    assert x86.manifest.encoder.sha256 != arm.manifest.encoder.sha256
+    with pytest.raises(OrtFormatError, match="unknown ORT-format platform 'riscv'; one of x86, arm"):
+        convert_bundle(load_bundle(tmp_path / "bundle-int8"), tmp_path / "riscv", platform="riscv")
+    refused = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "r"),
+                                        "--format", "ort", "--ort-platform", "riscv"])
+    assert refused.exit_code == 2 and "'riscv' is not one of 'x86', 'arm'" in refused.output
+
+
+@pytest.mark.slow
 def test_cli_export_exits_1_when_the_ort_check_fails(export_kit, checkpoint, tmp_path, monkeypatch):
     """A conversion that changes the captions (here: the ORT-format graphs of another model) fails
     the check, and `capkit export` exits 1 as for a failed parity check."""
@@ -273,7 +297,8 @@ def test_cli_export_exits_1_when_the_ort_check_fails(export_kit, checkpoint, tmp
 
     real = ort_format.convert_bundle
     monkeypatch.setattr(ort_format, "convert_bundle",
-                        lambda bundle, out, force=False: real(export_kit.bundle("gru"), out, force=force))
+                        lambda bundle, out, force=False, platform="x86": real(export_kit.bundle("gru"), out,
+                                                                               force=force, platform=platform))
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"),
                                        "--format", "ort"])
     assert result.exit_code == 1

@@ -187,7 +187,7 @@ class BatchEngine:
         (two thread wake-ups, each a wait for a core that ONNX Runtime's threads hold) where nothing could be batched
         anyway: at concurrency 1, every request."""
         with self._cond:
-            if self.mode != "request" or self._stopping or self._decoding or self._new or self.incoming() > 1:
+            if not self._idle():
                 return None
             self._decoding += 1
         try:
@@ -197,6 +197,15 @@ class BatchEngine:
             with self._cond:
                 self._decoding -= 1
                 self._cond.notify_all()
+
+    def idle(self) -> bool:
+        """Whether :meth:`caption_now` would decode now: mode "request", nothing decoding or waiting, and no request
+        on its way but the caller's own. (A hint: the engine may be busy by the time the caller acts on it.)"""
+        with self._cond:
+            return self._idle()
+
+    def _idle(self) -> bool:
+        return self.mode == "request" and not (self._stopping or self._decoding or self._new or self.incoming() > 1)
 
     def cancel(self, job: Job) -> None:
         """Stops ``job`` at its next graph call (its future then fails with Cancelled)."""

@@ -3,22 +3,26 @@
 
 Everything here runs on the app's event loop except the model: loading (a thread, so that ``/healthz`` and
 ``/readyz`` answer meanwhile), preprocessing (``preprocess_threads`` threads; requests wait their turn on a
-semaphore, so no work piles up behind a request that has timed out) and decoding (the engine's threads).
-A caption is the Captioner's, image for image: the same preprocessing, ``failed_caption`` for an image that
+semaphore, so no work piles up behind a request that has timed out) and decoding (the engine's threads), except
+for a request that finds the server idle: a small one is preprocessed and decoded on the loop itself, a larger one
+in its preprocessing thread (``INLINE_PIXELS``, :meth:`BatchEngine.caption_now`). A caption is the Captioner's, image for image: the same preprocessing, ``failed_caption`` for an image that
 cannot be read, ``caption_pixels`` for the rest, ``Caption.to_dict`` for the JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
+from PIL import Image
 
 from capkit.runtime.bundle import Bundle
 from capkit.runtime.captioner import Caption, Captioner, failed_caption
@@ -34,6 +38,12 @@ from capkit.serve.settings import ServeSettings
 # fell from 16-18 ms to 11-13 with both, and images/s at concurrency 32 did not fall:
 SPIN_US = 0  # idle intra-op threads sleep at once, rather than spin for the next call (OnnxInference's default)
 STEP_THREADS = 1  # the decoder step graph (a small LSTM step, run once a word) on one thread: no worker to wake
+# An idle server captions a small image on its event loop, without handing it to a preprocessing thread and back:
+# each hand-over wakes a sleeping thread, which at one client cost about 2 ms at the median and 3 at p99 here
+# (docs/serve.md). Small: the image headers say at most this many pixels in all, so that the loop is held for a few
+# milliseconds at most (a 640x480 JPEG: about 2 ms to decode and preprocess); anything larger, or any request that
+# finds another on its way, goes through the threads as before.
+INLINE_PIXELS = 1_000_000
 
 
 class ApiError(CapkitError):
@@ -197,9 +207,13 @@ class CaptionService:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.settings.preprocess_threads)
         loop = asyncio.get_running_loop()
-        async with self._slots:
-            rows, results = await loop.run_in_executor(self._preprocess, self._prepare_and_caption, uploads, options,
-                                                       ticket)
+        await asyncio.sleep(0)  # requests read together reach take_on first: then none of them finds the server idle
+        if self.engine.idle() and self._small(uploads):  # on the loop: nothing else is waiting for it
+            rows, results = self._prepare_and_caption(uploads, options, ticket)
+        else:
+            async with self._slots:
+                rows, results = await loop.run_in_executor(self._preprocess, self._prepare_and_caption, uploads,
+                                                           options, ticket)
         self._arrived(ticket)
         where = [i for i, result in enumerate(results) if result is None]
         if where:  # the engine was busy: the rows join its next batch
@@ -214,6 +228,23 @@ class CaptionService:
             for i, caption in zip(where, captions):
                 results[i] = caption
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _small(uploads: list[Upload]) -> bool:
+        """Whether the images' headers (read by Pillow, nothing decoded) say INLINE_PIXELS or fewer in all; False for
+        anything Pillow cannot open at once (the threads then read it, and report it as usual)."""
+        pixels = 0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                for upload in uploads:
+                    with Image.open(io.BytesIO(upload.data)) as image:
+                        pixels += image.width * image.height
+                    if pixels > INLINE_PIXELS:
+                        return False
+        except Exception:
+            return False
+        return True
 
     def _prepare_and_caption(self, uploads: list[Upload], options: DecodingOptions,
                              ticket: Ticket) -> tuple[list[np.ndarray], list[Optional[Caption]]]:

@@ -8,7 +8,6 @@ The service's limits and batching are the fields of :class:`capkit.serve.setting
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -45,7 +44,9 @@ def settings_options(f: Callable) -> Callable:
 @device_option
 @threads_option
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Processes, each with its own model, on one port (threads per graph default to cores / workers).")
+              help="Processes, each with its own model, on one port (each with ONNX Runtime's threads for all the "
+                   "cores, as one: a request alone gets them all; the service's idle threads sleep, so under load the "
+                   "workers share the cores).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Serve as a Ray Serve deployment on the Ray cluster at ADDRESS ('auto' finds a running one), or on "
                    "a local one with --ray alone. Needs capkit[ray] and ray[serve].")
@@ -98,8 +99,6 @@ def serve(bundle: Optional[Path], host: str, port: int, device: str, threads: Op
             sock = listen(host, port)
         except OSError as e:
             raise click.ClickException(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-    if threads is None and workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
     spec = ServeSpec(str(folder), settings, device=device, threads=threads, log=access_log, web=pages)
     address = sock.getsockname()
     shown = f"[{address[0]}]" if ":" in address[0] else address[0]

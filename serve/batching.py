@@ -13,7 +13,8 @@ changes (as between ``caption_batch`` and ``caption``).
 
 Policies (``mode``): "step" as above; "request": requests that arrived while a batch ran wait until it has
 finished, then start together (a dynamic batcher), decoded by one decode loop in the scheduler's thread (jobs with
-the same options as one batch, as ``Captioner.caption_batch`` does); "none": one request at a time. An idle engine waits up to
+the same options as one batch, as ``Captioner.caption_batch`` does; its methods are in
+:mod:`capkit.serve.request_batching`); "none": one request at a time. An idle engine waits up to
 ``max_wait`` seconds for more requests while ``incoming()`` says some are on their way (being read or
 preprocessed), never when none is: at concurrency 1 a request waits for nothing. Nor does it change threads: a
 request that finds the engine idle is decoded in the thread that preprocessed it (:meth:`BatchEngine.caption_now`,
@@ -34,6 +35,7 @@ import numpy as np
 
 from capkit.runtime.captioner import Caption, Captioner
 from capkit.runtime.decoding import DecodingOptions
+from capkit.serve.request_batching import RequestBatching, _Reporting
 
 STRAGGLER_S = 0.002  # a batch waits this long at most for a request in the loop that has not made its next call
 KINDS = ("encode", "step", "greedy_step")
@@ -87,31 +89,6 @@ class SharedInference:
         return self._engine.base.select(state, rows)
 
 
-class _Reporting:
-    """An inference that runs ``base``'s graphs and reports each run to ``report`` (mode "request")."""
-
-    def __init__(self, base: Any, report: Callable[[str, int, float], None]) -> None:
-        self._base, self._report = base, report
-        self.device = getattr(base, "device", "cpu")
-        if hasattr(base, "greedy_step"):
-            self.greedy_step = lambda tokens, state: self._timed("greedy_step", tokens, state)
-
-    def _timed(self, kind: str, *args: Any) -> Any:
-        started = time.perf_counter()
-        answer = getattr(self._base, kind)(*args)
-        self._report(kind, len(args[0]), time.perf_counter() - started)
-        return answer
-
-    def encode(self, images: np.ndarray) -> Any:
-        return self._timed("encode", images)
-
-    def step(self, tokens: np.ndarray, state: Any) -> Any:
-        return self._timed("step", tokens, state)
-
-    def select(self, state: Any, rows: np.ndarray) -> Any:
-        return self._base.select(state, rows)
-
-
 def _merge(kind: str, calls: list[tuple]) -> tuple:
     """The calls' arguments as one call's: images or tokens concatenated (B,...), states along their batch axis
     (each state array is (layers, B, hidden))."""
@@ -133,7 +110,7 @@ def _split(kind: str, answer: Any, sizes: list[int]) -> list[Any]:
     return [(*(np.array(h[a:b]) for h in heads), tuple(np.array(s[:, a:b]) for s in state)) for a, b in pieces]
 
 
-class BatchEngine:
+class BatchEngine(RequestBatching):
     """Captions jobs (:meth:`submit`) with ``captioner``'s model, batched across jobs as the module says.
 
     ``captioner``: a Captioner whose inference keeps its state as numpy arrays (the ONNX Runtime inference without
@@ -176,36 +153,6 @@ class BatchEngine:
         else:
             self._pool.submit(self._run, job)
         return job
-
-    def caption_now(self, pixels: np.ndarray, labels: list[Optional[str]], options: DecodingOptions,
-                    arrived: Callable[[], None] = lambda: None) -> Optional[list[Caption]]:
-        """Mode "request": when the engine is idle (no batch decoding or waiting, and no request on its way but the
-        caller's own: ``incoming() <= 1``), the captions of ``pixels`` decoded in the calling thread, as the scheduler
-        would decode a batch of this one request; ``arrived()`` is called once the engine has taken it on. None when
-        the engine is not idle, or in another mode: :meth:`submit` it then. Requests arriving meanwhile wait for this
-        batch as they would for the scheduler's. What it saves is the hand-over to the scheduler's thread and back
-        (two thread wake-ups, each a wait for a core that ONNX Runtime's threads hold) where nothing could be batched
-        anyway: at concurrency 1, every request."""
-        with self._cond:
-            if not self._idle():
-                return None
-            self._decoding += 1
-        try:
-            arrived()
-            return self._requests.caption_pixels(pixels, labels, options)
-        finally:
-            with self._cond:
-                self._decoding -= 1
-                self._cond.notify_all()
-
-    def idle(self) -> bool:
-        """Whether :meth:`caption_now` would decode now: mode "request", nothing decoding or waiting, and no request
-        on its way but the caller's own. (A hint: the engine may be busy by the time the caller acts on it.)"""
-        with self._cond:
-            return self._idle()
-
-    def _idle(self) -> bool:
-        return self.mode == "request" and not (self._stopping or self._decoding or self._new or self.incoming() > 1)
 
     def cancel(self, job: Job) -> None:
         """Stops ``job`` at its next graph call (its future then fails with Cancelled)."""
@@ -306,69 +253,6 @@ class BatchEngine:
                 return
             for kind in KINDS:
                 self._execute(kind, [job for job in batch if job.call is not None and job.call[0] == kind])
-
-    def _schedule_requests(self) -> None:
-        """Mode "request": the jobs waiting together, with the same decoding options, decoded as one batch by one
-        decode loop in this thread (their rows concatenated, each job's captions handed back), as
-        ``Captioner.caption_batch`` decodes a batch: no thread per job, no hand-over per step."""
-        while True:
-            with self._cond:
-                batch = self._next_requests()
-                if batch is None:
-                    return
-                self._decoding += 1
-            try:
-                self._decode_requests(batch)
-            finally:
-                with self._cond:
-                    self._decoding -= 1
-                    self._cond.notify_all()
-
-    def _decode_requests(self, batch: list[Job]) -> None:
-        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]  # not timed out already
-        if not batch:
-            return
-        for job in batch:
-            job.started = time.perf_counter()
-        pixels = np.concatenate([job.pixels for job in batch])  # (B, 3, crop, crop)
-        try:
-            captions = self._requests.caption_pixels(pixels, [label for job in batch for label in job.labels],
-                                                     batch[0].options)
-        except BaseException as e:  # a bug: each request's answer, never a lost scheduler
-            for job in batch:
-                job.future.set_exception(e)
-            return
-        start = 0
-        for job in batch:
-            job.future.set_result(captions[start:start + len(job.labels)])
-            start += len(job.labels)
-
-    def _next_requests(self) -> Optional[list[Job]]:
-        """(Under the condition.) The next batch of mode "request": the first waiting job and those after it with
-        the same options, while their rows fit in max_batch (a larger job alone); waits for jobs, and for a batch that
-        :meth:`caption_now` decodes to finish. None: stop."""
-        while True:
-            for job in [job for job in self._new if job.cancelled]:  # timed out while waiting: dropped
-                job.future.cancel()
-                self._new.remove(job)
-            if self._new and not self._decoding:
-                timeout = self._gathering(time.perf_counter(), 0)
-                if timeout is None:
-                    first, rows, batch = self._new[0], 0, []
-                    for job in list(self._new):
-                        if job.options != first.options:
-                            continue
-                        if batch and rows + job.rows > self.max_batch:
-                            break
-                        batch.append(job)
-                        rows += job.rows
-                        self._new.remove(job)
-                    return batch
-            elif self._stopping and not self._new:
-                return None
-            else:
-                timeout = None
-            self._cond.wait(timeout)
 
     def _next_batch(self) -> Optional[list[Job]]:
         """The jobs whose pending calls run now (under the condition); waits until there are some. None: stop."""

@@ -34,8 +34,9 @@ from capkit.serve.settings import ServeSettings
 
 
 # How ONNX Runtime runs in the service, whose other threads (the event loop, preprocessing, the next request's graph
-# call) need the cores that it would otherwise keep busy. Measured on 2 cores at concurrency 1 (docs/serve.md), p99
-# fell from 16-18 ms to 11-13 with both, and images/s at concurrency 32 did not fall:
+# call) need the cores that it would otherwise keep busy. Measured on 2 cores at concurrency 1, interleaved with the
+# previous settings (docs/serve.md), p99 fell from 14.5-14.8 ms to 12.5-12.9 with both (p50 rose from 7.3-7.5 ms to
+# 9.0-9.2), and images/s at concurrency 32 did not fall:
 SPIN_US = 0  # idle intra-op threads sleep at once, rather than spin for the next call (OnnxInference's default)
 STEP_THREADS = 1  # the decoder step graph (a small LSTM step, run once a word) on one thread: no worker to wake
 # An idle server captions a small image on its event loop, without handing it to a preprocessing thread and back:

@@ -5,7 +5,12 @@ import { Captioner, OPTION_NAMES } from './js/browser.js';
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const threads = Number(params.get('threads') || 1);
+// After loading, the page runs the model on a blank image for this long (?warmup=MS; 0: not at all), so that the
+// first caption finds V8's optimised WebAssembly instead of its baseline code (several times slower; docs/js.md)
+const warmupMs = Number(params.get('warmup') ?? 3000);
 let captioner = null;
+let warming = null; // {controller, done}: the warm-up under way
+let readyStatus = '';
 let current = null; // the chosen File
 let run = 0;
 
@@ -31,11 +36,21 @@ function options() {
   return out;
 }
 
+/** Stops the warm-up after its caption under way, once a real caption is asked for. */
+async function stopWarmUp() {
+  if (!warming) return;
+  warming.controller.abort();
+  await warming.done;
+  warming = null;
+}
+
 async function caption() {
   if (!captioner || !current) return;
   const mine = ++run;
   show('busy', { status: 'Captioning…' });
   try {
+    await stopWarmUp();
+    if (mine !== run) return;
     const started = performance.now();
     const timings = {};
     const result = await captioner.caption(current, options(), timings);
@@ -75,7 +90,16 @@ try {
     const value = captioner.defaults[name];
     if (value !== null) field.placeholder = name === 'temperature' && value === 0 ? '0 (greedy)' : String(value);
   }
-  show('ready', { status: `Ready (${threads} WASM thread${threads > 1 ? 's' : ''}${crossOriginIsolated ? '' : ', not cross-origin isolated'})` });
+  readyStatus = `Ready (${threads} WASM thread${threads > 1 ? 's' : ''}${crossOriginIsolated ? '' : ', not cross-origin isolated'})`;
+  if (warmupMs > 0 && !current) {
+    const controller = new AbortController();
+    const done = captioner.warmUp(warmupMs, { signal: controller.signal }).catch(() => 0).then((runs) => {
+      window.capkitWarmUps = runs;
+      if (document.body.dataset.state === 'ready') show('ready', { status: readyStatus });
+    });
+    warming = { controller, done };
+  }
+  show('ready', { status: warming ? `${readyStatus.slice(0, -1)}, warming up)` : readyStatus });
   if (current) caption();
 } catch (e) {
   show('error', { error: e.message, status: 'The model could not be loaded.' });

@@ -5,8 +5,9 @@ import {
   BundleError, CapkitError, DEFAULT_LIMITS, DecodingOptionsError, checkLimit, formatG, oneLine, pythonRepr,
 } from './errors.js';
 import { decode } from './decoding.js';
-import { checkGraphs, vocabMismatch } from './graph-checks.js';
+import { checkGraphs } from './graph-checks.js';
 import { MANIFEST_NAME, parseManifest } from './manifest.js';
+import { onnxInference } from './onnx-inference.js';
 import { externalDataFiles } from './onnx-io.js';
 import { OPTION_NAMES, verifyOptions } from './options.js';
 import { preprocessRgb } from './preprocess.js';
@@ -32,19 +33,6 @@ import { stopwatch, timed } from './timings.js';
  */
 
 const ALIASES = { topK: 'top_k', topP: 'top_p', maxLength: 'max_length' };
-
-/** Gathers batch rows (axis 1) of a [layers, batch, hidden] float32 tensor. */
-function selectRows(ort, tensor, rows) {
-  const [layers, batch, hidden] = tensor.dims;
-  const src = tensor.data;
-  const out = new Float32Array(layers * rows.length * hidden);
-  for (let l = 0; l < layers; l++) {
-    rows.forEach((r, i) => {
-      out.set(src.subarray((l * batch + r) * hidden, (l * batch + r + 1) * hidden), (l * rows.length + i) * hidden);
-    });
-  }
-  return new ort.Tensor('float32', out, [layers, rows.length, hidden]);
-}
 
 /** @typedef {import('./manifest.js').Manifest} Manifest */
 /** @typedef {import('./options.js').DecodingOptions} DecodingOptions */
@@ -123,6 +111,13 @@ async function openSession(where, ort, file, bytes, options) {
   }
 }
 
+/** A promise that resolves in a task of its own, after the events waiting (a MessageChannel: no timer clamping). */
+const nextTask = () => new Promise((resolve) => {
+  const { port1, port2 } = new MessageChannel();
+  port1.onmessage = () => { port1.close(); resolve(undefined); };
+  port2.postMessage(null);
+});
+
 export class Captioner {
   /**
    * Use the platform's ``Captioner.create`` (node.js, browser.js), which calls ``load``.
@@ -172,6 +167,30 @@ export class Captioner {
   /** Releases the ONNX Runtime sessions (their memory and threads); the Captioner cannot caption after it. */
   async release() {
     await Promise.all([this.encoder.release(), this.decoder.release()]);
+  }
+
+  /**
+   * Runs the graphs on a blank image, greedily, for about `ms` milliseconds (at least once unless already aborted),
+   * so that the captions after it find the engine ready: in the browser, V8 runs onnxruntime-web's WebAssembly on
+   * its baseline compiler until it has optimised the functions that ran (docs/js.md, "Speed"), and the first
+   * captions of a page take several times the later ones. `signal` (an AbortSignal) stops it after the caption
+   * under way; await the promise before captioning. Resolves to the number of blank captions run.
+   * @param {number} [ms] @param {{signal?: AbortSignal}} [settings] @returns {Promise<number>}
+   */
+  async warmUp(ms = 2000, { signal } = {}) {
+    if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) throw new CapkitError(`warm-up time must be a number of milliseconds >= 0, got ${pythonRepr(ms)}`);
+    const crop = this.spec.crop;
+    const blank = new Float32Array(3 * crop * crop); // (3, crop, crop) zeros
+    const options = this.options({ temperature: 0 });
+    const until = performance.now() + ms;
+    let runs = 0;
+    do {
+      if (signal?.aborted) break;
+      await this.captionPixels(blank, options, '<warm-up>');
+      runs += 1;
+      await nextTask(); // graph runs resolve as microtasks: without this the page could not even ask to stop
+    } while (performance.now() < until);
+    return runs;
   }
 
   /** The preprocessing spec of the bundle. */
@@ -253,46 +272,8 @@ export class Captioner {
     return { text: this.text(result.tokens), tokens: result.tokens, logprob: result.logprob, finished: result.finished };
   }
 
-  /** The Inference the decoding loop calls (encode, step, greedyStep, select). */
+  /** The Inference the decoding loop calls (encode, step, greedyStep, select): onnx-inference.js over this bundle's sessions. */
   inference() {
-    const { ort } = this.platform;
-    const m = this.manifest;
-    const crop = m.preprocess.crop;
-    const enc = m.encoder;
-    const dec = m.decoder;
-    const vocab = m.vocab.length;
-    const { nextTokenOutput: nextToken, nextLogprobOutput: nextLogprob } = dec; // the step graph's own greedy choice, if any
-    // every output is fetched: onnxruntime-node 1.20 mislabels the outputs of a run that names a subset
-    const feeds = (tokens, state) => {
-      const feed = { [dec.tokenInput]: new ort.Tensor('int64', BigInt64Array.from(tokens, BigInt), [tokens.length]) };
-      dec.stateInputs.forEach((n, i) => { feed[n] = state[i]; });
-      return feed;
-    };
-    // a step, whose logits must be as wide as the vocabulary (checked at load where the graph declares the width)
-    const run = async (tokens, state) => {
-      const out = await this.decoder.run(feeds(tokens, state));
-      const width = out[dec.logitsOutput].dims.at(-1);
-      if (width !== vocab) throw vocabMismatch(this.where, m, width);
-      return out;
-    };
-    return {
-      encode: async (image) => {
-        const out = await this.encoder.run({ [enc.imageInput]: new ort.Tensor('float32', image, [1, 3, crop, crop]) });
-        return enc.stateOutputs.map((n) => out[n]);
-      },
-      step: async (tokens, state) => {
-        const out = await run(tokens, state);
-        return { logits: out[dec.logitsOutput].data, vocab, state: dec.stateOutputs.map((n) => out[n]) };
-      },
-      greedyStep: nextToken && nextLogprob ? async (tokens, state) => {
-        const out = await run(tokens, state);
-        return {
-          tokens: Array.from(out[nextToken].data, Number),
-          logprobs: Array.from(out[nextLogprob].data, Number),
-          state: dec.stateOutputs.map((n) => out[n]),
-        };
-      } : null,
-      select: (state, rows) => state.map((t) => selectRows(ort, t, rows)),
-    };
+    return onnxInference(this.platform.ort, this.where, this.manifest, this.encoder, this.decoder);
   }
 }

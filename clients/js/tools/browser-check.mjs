@@ -5,7 +5,9 @@
 // outDir/page.png, or as job.screenshot, with the preview shown job.previewScale times its size (pixelated; the
 // caption is of the file as it is). With job.screenshotOnly (reports/js_page.py, the README's picture of the page)
 // nothing else is checked; with job.timingOnly (reports/js_speed.py) only the timings are taken (out.timings: for each
-// of job.threads, the median caption time and the median of each stage).
+// of job.threads, the median caption time and the median of each stage, after job.warmup captions whose times are
+// kept in warmup_ms: V8 runs WebAssembly on its baseline compiler until it has optimised the hot functions; the page's
+// own warm-up is turned off for them), and the first job.early captions of a page left to its warm-up (afterWarmUp_ms).
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -58,17 +60,22 @@ async function checks(page) {
   await tampered.close();
 }
 
-// the page's caption time, median of job.repeats, for each of job.threads: in all and per stage (Captioner.caption's
-// timings)
+// the page's caption time, median of job.repeats after job.warmup captions (default 1), for each of job.threads: in
+// all and per stage (Captioner.caption's timings)
 async function timings() {
   const bytes = [...readFileSync(job.image)];
   for (const threads of job.threads || [1]) {
-    const p = await open(`${job.url}?threads=${threads}`);
-    out.timings[threads] = await p.evaluate(async (data, repeats, n) => {
+    const p = await open(`${job.url}?threads=${threads}&warmup=0`);
+    out.timings[threads] = await p.evaluate(async (data, repeats, n, warmup) => {
       const blob = new Blob([new Uint8Array(data)], { type: 'image/png' });
       const captioner = window.capkitCaptioner;
       if (!captioner) return { error: document.getElementById('error').textContent };
-      await captioner.caption(blob); // warm-up
+      const warmupMs = [];
+      for (let i = 0; i < warmup; i++) {
+        const t = performance.now();
+        await captioner.caption(blob);
+        warmupMs.push(performance.now() - t);
+      }
       const times = [];
       const stages = {};
       for (let i = 0; i < repeats; i++) {
@@ -80,9 +87,26 @@ async function timings() {
       }
       const median = (values) => values.sort((a, b) => a - b)[Math.floor(values.length / 2)];
       const breakdown = Object.fromEntries(Object.entries(stages).map(([key, values]) => [key, median(values)]));
-      return { median_ms: median(times), stages: breakdown, isolated: crossOriginIsolated, threads: n, cores: navigator.hardwareConcurrency };
-    }, bytes, job.repeats || 20, threads);
+      return { median_ms: median(times), stages: breakdown, warmup_ms: warmupMs, isolated: crossOriginIsolated, threads: n,
+        cores: navigator.hardwareConcurrency };
+    }, bytes, job.repeats || 20, threads, Math.max(1, job.warmup || 1));
     await p.close();
+    if (job.early) {
+      const q = await open(`${job.url}?threads=${threads}`);
+      await q.waitForFunction(() => window.capkitWarmUps !== undefined, { timeout: 60000 });
+      out.timings[threads].afterWarmUp_ms = await q.evaluate(async (data, count) => {
+        const blob = new Blob([new Uint8Array(data)], { type: 'image/png' });
+        const times = [];
+        for (let i = 0; i < count; i++) {
+          const t = performance.now();
+          await window.capkitCaptioner.caption(blob);
+          times.push(performance.now() - t);
+        }
+        return times;
+      }, bytes, job.early);
+      out.timings[threads].pageWarmUps = await q.evaluate(() => window.capkitWarmUps);
+      await q.close();
+    }
   }
 }
 
@@ -94,6 +118,7 @@ try {
     out.loaded = await read(page);
     out.good = await upload(page, job.image);
     out.good.tokens = await page.evaluate(() => window.capkitLast && window.capkitLast.tokens);
+    out.warmUps = await page.evaluate(() => window.capkitWarmUps); // blank captions run before the upload stopped them
     if (job.previewScale) {
       await page.evaluate((scale) => {
         const preview = document.getElementById('preview');

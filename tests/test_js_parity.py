@@ -298,6 +298,8 @@ def test_page_captions_in_headless_chromium_like_node(export_kit, tmp_path: Path
     assert out["corrupt"]["error"] == "corrupt.jpg: corrupt or unreadable image (the browser cannot decode it)"
     assert out["afterCorrupt"]["caption"] == node["text"]  # the page goes on after an error
     assert out["tampered"]["state"] == "error" and "encoder.onnx has sha256" in out["tampered"]["error"]
+    assert out["badWarmUp"]["state"] == "ready"  # the model still captions; the bad ?warmup= is said in one line
+    assert out["badWarmUp"]["error"] == "no warm-up: warm-up time must be a number of milliseconds >= 0, got -1"
     assert out["pageErrors"] == []
     assert (tmp_path / "page.png").stat().st_size > 1000
     # The README's speed figures: CAPKIT_JS_TIMING_REPEATS=40 pytest tests/test_js_parity.py -k page -s

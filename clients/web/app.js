@@ -91,11 +91,12 @@ try {
     if (value !== null) field.placeholder = name === 'temperature' && value === 0 ? '0 (greedy)' : String(value);
   }
   readyStatus = `Ready (${threads} WASM thread${threads > 1 ? 's' : ''}${crossOriginIsolated ? '' : ', not cross-origin isolated'})`;
-  if (warmupMs > 0 && !current) {
+  if (warmupMs !== 0 && !current) { // a bad ?warmup= reaches warmUp, whose one-line refusal the page shows
     const controller = new AbortController();
-    const done = captioner.warmUp(warmupMs, { signal: controller.signal }).catch(() => 0).then((runs) => {
+    let failed = '';
+    const done = captioner.warmUp(warmupMs, { signal: controller.signal }).catch((e) => { failed = e.message; return 0; }).then((runs) => {
       window.capkitWarmUps = runs;
-      if (document.body.dataset.state === 'ready') show('ready', { status: readyStatus });
+      if (document.body.dataset.state === 'ready') show('ready', { status: readyStatus, error: failed && `no warm-up: ${failed}` });
     });
     warming = { controller, done };
   }

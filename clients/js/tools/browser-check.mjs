@@ -55,6 +55,11 @@ async function checks(page) {
   await page.close();
   await timings();
 
+  const badWarmUp = await open(`${job.url}?threads=1&warmup=-1`);
+  await badWarmUp.waitForFunction(() => window.capkitWarmUps !== undefined, { timeout: 60000 });
+  out.badWarmUp = await read(badWarmUp);
+  await badWarmUp.close();
+
   const tampered = await open(job.tamperedUrl);
   out.tampered = await read(tampered);
   await tampered.close();

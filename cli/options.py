@@ -64,8 +64,12 @@ model_option = click.option("--model", default=None, metavar="BUNDLE",
 checkpoint_option = click.option("--checkpoint", default=None, metavar="RUN_OR_PT",
                                  help="Checkpoint: a .pt file or a run folder (its best.pt) [default: runs/latest].")
 
-device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                             help="Where to run: CUDA when it really works (auto), or force one.")
+# capkit.runtime.providers.DEVICES (tests/test_providers.py checks they agree), written out: importing it would load
+# ONNX Runtime for every command, --help included
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "openvino")
+device_option = click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+                             help="Where to run: CUDA when it really works (auto), or force one (openvino: the "
+                                  "encoder on ONNX Runtime's OpenVINO provider, for onnxruntime-openvino).")
 
 threads_option = click.option("--threads", type=click.IntRange(1, DEFAULT_LIMITS.max_threads), default=None,
                               help="CPU threads per graph [default: one per core].")

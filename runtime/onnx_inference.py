@@ -31,7 +31,7 @@ from capkit.runtime.decoding import greedy_from_logits
 from capkit.runtime.errors import CapkitError, first_line
 from capkit.runtime.limits import DEFAULT_LIMITS, LimitError, Limits
 from capkit.runtime.manifest import BundleError
-from capkit.runtime.providers import (CPU, CUDA, DEFAULT_SPIN_US, check_device, check_threads, choose_device,
+from capkit.runtime.providers import (CPU, CUDA, DEFAULT_SPIN_US, OPENVINO, check_device, check_threads, choose_device,
                                       session_options, silent_ort_logger)
 
 OrtState = tuple  # numpy arrays (plain run) or OrtValues (IO binding); each (layers, B, hidden)
@@ -105,7 +105,9 @@ class OnnxInference:
 
     ``device``: "cpu", "cuda" (RuntimeUnavailableError when CUDA does not work here) or "auto"
     (CUDA where a session really gets the CUDA provider, else the CPU; quietly without an NVIDIA
-    driver, with one CpuFallbackWarning where one is present: :func:`~capkit.runtime.providers.choose_device`).
+    driver, with one CpuFallbackWarning where one is present: :func:`~capkit.runtime.providers.choose_device`), or
+    "openvino": the encoder on ONNX Runtime's OpenVINO execution provider (onnxruntime-openvino installed in place
+    of onnxruntime-gpu; RuntimeUnavailableError without it), the step graph on the CPU provider.
     ``threads``: ONNX Runtime's intra-op threads for both graphs (None: its default, one per
     core). ``step_threads``: the decoder step graph's own (None: as ``threads``). ``spin_us``: how
     long an idle intra-op thread spins before it sleeps, in microseconds (0: never; None: ONNX
@@ -138,6 +140,8 @@ class OnnxInference:
                  io_binding: Optional[bool] = None, *, step_threads: Optional[int] = None,
                  spin_us: Optional[int] = DEFAULT_SPIN_US, limits: Limits = DEFAULT_LIMITS):
         check_device(device)
+        if device == "openvino" and io_binding:  # the OpenVINO provider crashed the process on bound outputs (1.24.1)
+            raise CapkitError("io_binding is not available with device openvino; leave it None or False")
         if not isinstance(limits, Limits):
             raise LimitError(f"limits must be a capkit Limits, got {type(limits).__name__}")
         check_threads(threads, "threads", limits)  # first: before the bundle is read or a session built
@@ -155,6 +159,7 @@ class OnnxInference:
         self.device, self._encoder, self._decoder = self._open(device)
         self.providers: list[str] = self._decoder.get_providers()
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
+        self._memory = "cuda" if self.device == "cuda" else "cpu"  # where bound tensors live ("openvino": the host)
         self._device_id = 0
         self._check_names()
         enc, dec = self.bundle.manifest.encoder, self.bundle.manifest.decoder
@@ -173,9 +178,10 @@ class OnnxInference:
 
     # -- sessions -------------------------------------------------------------------------------
     def _session(self, path: Path, sha256: str, device: str, graph: str, cache: bool = True) -> ort.InferenceSession:
-        providers = [(CUDA, {"device_id": 0}), CPU] if device == "cuda" else [CPU]
+        providers = self._providers(device, graph)
         options, cached, fresh = self._options[graph], None, None
-        if cache and self._cache is not None and self._optimization != "disabled":
+        compiled = any(isinstance(p, tuple) and p[0] == OPENVINO for p in providers)  # compiled nodes: not saved as a graph
+        if cache and not compiled and self._cache is not None and self._optimization != "disabled":
             self._cache.mkdir(parents=True, exist_ok=True)
             cached = self._cache / f"{path.stem}-{sha256[:16]}-{device}-{self._optimization}-ort{ort.__version__}.onnx"
             if cached.is_file():  # already optimised: load it as it is
@@ -195,6 +201,18 @@ class OnnxInference:
         if fresh is not None and fresh.is_file():
             os.replace(fresh, cached)  # whole files only, for concurrent starts
         return session
+
+    def _providers(self, device: str, graph: str) -> list:
+        """ONNX Runtime's providers for ``graph`` on ``device``. "openvino" puts the encoder on the OpenVINO provider
+        (on the CPU, f32 where the graph is not int8, with this instance's threads) and the step graph on the CPU
+        provider: its int8 LSTM is an ONNX Runtime operator of its own, and a step is too small to gain."""
+        if device == "cuda":
+            return [(CUDA, {"device_id": 0}), CPU]
+        if device == "openvino" and graph == "encoder":
+            threads = self.threads[graph]
+            return [(OPENVINO, {"device_type": "CPU", "precision": "FP32",
+                                **({"num_of_threads": str(threads)} if threads else {})}), CPU]
+        return [CPU]
 
     def _sessions(self, device: str) -> tuple[ort.InferenceSession, ort.InferenceSession]:
         manifest = self.bundle.manifest
@@ -284,7 +302,7 @@ class OnnxInference:
         binding.clear_binding_outputs()
         binding.bind_cpu_input(self._image_name, images)  # copied to the device
         for name in self._encoder_outputs:
-            binding.bind_output(name, self.device, self._device_id)  # allocated on the device by ONNX Runtime
+            binding.bind_output(name, self._memory, self._device_id)  # allocated on the device by ONNX Runtime
         self._encoder.run_with_iobinding(binding)
         return tuple(binding.get_outputs())  # OrtValues on the device, each (L, B, H)
 
@@ -303,7 +321,7 @@ class OnnxInference:
             binding.bind_ortvalue_input(name, value)  # last step's output, still on the device
         binding.bind_output(self._decoder_outputs[0], "cpu")  # only the logits come to the host
         for name in self._decoder_outputs[1:]:
-            binding.bind_output(name, self.device, self._device_id)
+            binding.bind_output(name, self._memory, self._device_id)
         self._decoder.run_with_iobinding(binding)
         logits, *state = binding.get_outputs()
         return logits.numpy(), tuple(state)  # (B, V)
@@ -315,7 +333,7 @@ class OnnxInference:
         if self._greedy_outputs is None:
             logits, state = self.step(tokens, state)
             return (*greedy_from_logits(logits), state)
-        if not self.io_binding and self.device != "cpu":  # host buffers bound to a GPU session read zeros
+        if not self.io_binding and self.device == "cuda":  # host buffers bound to a GPU session read zeros
             tokens = np.ascontiguousarray(tokens, dtype=np.int64)  # (B,)
             chosen, logprobs, *state = self._decoder.run(self._greedy_outputs,
                                                          {self._token_name: tokens, **dict(zip(self._state_inputs, state))})
@@ -337,7 +355,7 @@ class OnnxInference:
         for name in self._greedy_outputs[:2]:  # only the (B,) choice comes to the host
             binding.bind_output(name, "cpu")
         for name in self._greedy_outputs[2:]:
-            binding.bind_output(name, self.device, self._device_id)
+            binding.bind_output(name, self._memory, self._device_id)
         self._decoder.run_with_iobinding(binding)
         chosen, logprobs, *state = binding.get_outputs()
         return chosen.numpy(), logprobs.numpy(), tuple(state)
@@ -348,7 +366,7 @@ class OnnxInference:
             return tuple(np.ascontiguousarray(s[:, rows]) for s in state)  # each (L, B', H)
         # Rare (once per finished row, or per beam step): through the host and back. Thread-safe as it
         # is: new OrtValues, no binding (on the CPU each keeps its numpy copy alive).
-        return tuple(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[:, rows]), self.device,
+        return tuple(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[:, rows]), self._memory,
                                                       self._device_id) for value in state)  # each (L, B', H)
 
     def __repr__(self) -> str:

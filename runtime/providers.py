@@ -2,7 +2,7 @@
 
 :func:`session_options` builds the options every capkit session uses (threads, spinning, graph
 optimisation, ORT-format loading). :func:`choose_device` decides between the CPU and CUDA for
-``device`` "auto", "cpu" or "cuda": the CUDA provider being listed is not enough (the GPU package
+``device`` "auto", "cpu" or "cuda" ("openvino" where ONNX Runtime lists its OpenVINO provider): the CUDA provider being listed is not enough (the GPU package
 installs it on machines without a GPU), so "auto" asks a real session, and only where an NVIDIA
 driver is present; without one it runs on the CPU without a word, as nothing is wrong.
 :class:`~capkit.runtime.onnx_inference.OnnxInference` builds its sessions with these.
@@ -24,8 +24,10 @@ import onnxruntime as ort
 from capkit.runtime.errors import CapkitError, check_int
 from capkit.runtime.limits import DEFAULT_LIMITS, Limits
 
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda")
+CPU, CUDA, OPENVINO = "CPUExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider"
+# "openvino": the encoder graph on ONNX Runtime's OpenVINO execution provider (the onnxruntime-openvino package, in
+# place of onnxruntime-gpu: capkit[openvino]), on the CPU; the step graph on the CPU provider (docs/openvino.md)
+DEVICES = ("auto", "cpu", "cuda", "openvino")
 GRAPH_OPTIMIZATIONS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -146,6 +148,11 @@ def choose_device(device: str, cuda_works: Callable[[], bool]) -> str:
     present and CUDA still fails (missing CUDA or cuDNN libraries: something to fix)."""
     if check_device(device) == "cpu":
         return "cpu"
+    if device == "openvino":
+        if OPENVINO not in ort.get_available_providers():
+            raise RuntimeUnavailableError("device openvino: this ONNX Runtime has no OpenVINO execution provider "
+                                          "(pip install onnxruntime-openvino in place of onnxruntime-gpu)")
+        return "openvino"
     if CUDA not in ort.get_available_providers():
         if device == "cuda":
             raise RuntimeUnavailableError("device cuda: this ONNX Runtime has no CUDA provider "
@@ -168,9 +175,10 @@ def choose_device(device: str, cuda_works: Callable[[], bool]) -> str:
 
 def available_devices() -> list[str]:
     """The devices this ONNX Runtime lists a provider for (listed is not the same as usable)."""
-    return ["cpu"] + (["cuda"] if CUDA in ort.get_available_providers() else [])
+    listed = ort.get_available_providers()
+    return ["cpu"] + (["cuda"] if CUDA in listed else []) + (["openvino"] if OPENVINO in listed else [])
 
 
-__all__ = ["CPU", "CUDA", "CpuFallbackWarning", "DEFAULT_SPIN_US", "DEVICES", "GRAPH_OPTIMIZATIONS",
+__all__ = ["CPU", "CUDA", "OPENVINO", "CpuFallbackWarning", "DEFAULT_SPIN_US", "DEVICES", "GRAPH_OPTIMIZATIONS",
            "LOAD_MODEL_FORMAT", "RuntimeUnavailableError", "available_devices", "check_device", "check_threads",
            "choose_device", "nvidia_driver_present", "preload_cuda_libraries", "session_options", "silent_ort_logger"]

@@ -106,8 +106,26 @@ def test_cpu_and_unknown_devices(machine) -> None:
     machine(listed=True, driver=True)
     probe = Probe()
     assert choose("cpu", probe) == ("cpu", []) and probe.calls == 0
-    with pytest.raises(RuntimeUnavailableError, match="unknown device 'gpu'; one of auto, cpu, cuda"):
+    with pytest.raises(RuntimeUnavailableError, match="unknown device 'gpu'; one of auto, cpu, cuda, openvino"):
         choose_device("gpu", probe)
+
+
+def test_the_command_line_offers_the_runtime_devices() -> None:
+    from capkit.cli.options import DEVICE_CHOICES
+
+    assert DEVICE_CHOICES == providers.DEVICES
+
+
+def test_openvino_needs_its_provider_and_never_probes_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = Probe()
+    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: [CUDA, CPU])
+    with pytest.raises(RuntimeUnavailableError) as refused:
+        choose_device("openvino", probe)
+    assert str(refused.value) == ("device openvino: this ONNX Runtime has no OpenVINO execution provider "
+                                  "(pip install onnxruntime-openvino in place of onnxruntime-gpu)")
+    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: [providers.OPENVINO, CPU])
+    assert choose("openvino", probe) == ("openvino", []) and probe.calls == 0
+    assert providers.available_devices() == ["cpu", "openvino"]
 
 
 WINDOWS_DRIVER = os.path.join("C:\\Windows", "System32", "nvcuda.dll")  # as this machine's os.path joins it

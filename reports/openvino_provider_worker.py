@@ -18,8 +18,20 @@ import json
 import statistics
 import sys
 import time
+from typing import Any, Callable
 
 import numpy as np
+
+
+def time_block(call: Callable[[], Any], runs: int) -> list[float]:
+    """``call`` once untimed, then ``runs`` times, each timed (ms); reports/vs_openvino.py times its blocks with it too."""
+    call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1e3)
+    return times
 
 
 def caption_times(bundle: str, threads: int, rounds: int, block: int) -> dict[str, float]:
@@ -32,11 +44,7 @@ def caption_times(bundle: str, threads: int, rounds: int, block: int) -> dict[st
     for _ in range(rounds):
         for device, captioner in captioners.items():
             time.sleep(0.05)  # the other's idle threads stop spinning
-            captioner.caption_pixels(pixels, [None])
-            for _ in range(block):
-                started = time.perf_counter()
-                captioner.caption_pixels(pixels, [None])
-                runs[device].append((time.perf_counter() - started) * 1e3)
+            runs[device] += time_block(lambda: captioner.caption_pixels(pixels, [None]), block)
     return {device: statistics.median(times) for device, times in runs.items()}
 
 
@@ -53,13 +61,7 @@ def main() -> None:
             answer = {"ort": onnxruntime.__version__, "providers": inference._encoder.get_providers()}
         elif command["op"] == "block":
             image = np.load(command["image"])
-            inference.encode(image)
-            times = []
-            for _ in range(command["runs"]):
-                started = time.perf_counter()
-                inference.encode(image)
-                times.append((time.perf_counter() - started) * 1e3)
-            answer = {"ms": times}
+            answer = {"ms": time_block(lambda: inference.encode(image), command["runs"])}
         elif command["op"] == "captions":
             answer = caption_times(command["bundle"], command["threads"], command["rounds"], command["block"])
         else:

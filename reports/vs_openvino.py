@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from capkit.reports.common import DOCS, REPO, publish, say, shown_path, start_report
+from capkit.reports.openvino_provider_worker import time_block
 from capkit.runtime.bundle import Bundle, load_bundle
 
 WORK = REPO / "reports" / ".cache" / "openvino"
@@ -157,14 +158,9 @@ def timings(encoders: dict[str, Encoder], image: np.ndarray, rounds: int, block:
     for round_ in range(rounds):
         for name, encode in encoders.items():
             time.sleep(0.05)  # the last runtime's idle threads stop spinning
-            if isinstance(encode, ProviderEncoder):  # timed in its own process, the first run untimed there too
-                runs[name] += encode.block(image, block)
-                continue
-            encode(image)  # first of the block, not timed
-            for _ in range(block):
-                started = time.perf_counter()
-                encode(image)
-                runs[name].append((time.perf_counter() - started) * 1e3)
+            # ProviderEncoder: timed in its own process, by the same time_block
+            runs[name] += (encode.block(image, block) if isinstance(encode, ProviderEncoder)
+                           else time_block(lambda: encode(image), block))
         say(f"  round {round_ + 1}/{rounds}: " + ", ".join(f"{n.split(' (')[0]} {statistics.median(v):.1f}"
                                                           for n, v in runs.items()))
     return {name: {"median_ms": statistics.median(v), "p10_ms": float(np.percentile(v, 10)),

@@ -2,9 +2,10 @@
 
 :func:`session_options` builds the options every capkit session uses (threads, spinning, graph
 optimisation, ORT-format loading). :func:`choose_device` decides between the CPU and CUDA for
-``device`` "auto", "cpu" or "cuda" ("openvino" where ONNX Runtime lists its OpenVINO provider): the CUDA provider being listed is not enough (the GPU package
-installs it on machines without a GPU), so "auto" asks a real session, and only where an NVIDIA
-driver is present; without one it runs on the CPU without a word, as nothing is wrong.
+``device`` "auto", "cpu" or "cuda" (and allows "openvino" where ONNX Runtime lists its OpenVINO
+provider): the CUDA provider being listed is not enough (the GPU package installs it on machines
+without a GPU), so "auto" asks a real session, and only where an NVIDIA driver is present; without
+one it runs on the CPU without a word, as nothing is wrong.
 :class:`~capkit.runtime.onnx_inference.OnnxInference` builds its sessions with these.
 """
 
@@ -139,13 +140,14 @@ def silent_ort_logger() -> Iterator[None]:
 
 
 def choose_device(device: str, cuda_works: Callable[[], bool]) -> str:
-    """The device to build sessions for, "cpu" or "cuda", given ``device`` ("auto", "cpu" or "cuda") and
+    """The device to build sessions for, "cpu", "cuda" or "openvino", given ``device`` (one of DEVICES) and
     ``cuda_works``, which builds a session and tells whether it really gets the CUDA provider.
 
     "cuda" is CUDA or RuntimeUnavailableError. "auto" is CUDA where it works, else the CPU: without a
     word where no GPU is expected (a CPU-only ONNX Runtime, or the GPU package on a machine without an
     NVIDIA driver, where nothing is probed), with one :class:`CpuFallbackWarning` where a driver is
-    present and CUDA still fails (missing CUDA or cuDNN libraries: something to fix)."""
+    present and CUDA still fails (missing CUDA or cuDNN libraries: something to fix). "openvino" is
+    itself where ONNX Runtime lists its OpenVINO provider, else RuntimeUnavailableError."""
     if check_device(device) == "cpu":
         return "cpu"
     if device == "openvino":

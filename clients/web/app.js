@@ -8,6 +8,7 @@ const threads = Number(params.get('threads') || 1);
 // After loading, the page runs the model on a blank image for this long (?warmup=MS; 0: not at all), so that the
 // first caption finds V8's optimised WebAssembly instead of its baseline code (several times slower; docs/js.md)
 const warmupMs = Number(params.get('warmup') ?? 3000);
+window.capkitWarmUpMs = warmupMs; // for the speed report's table (reports/js_speed.py)
 let captioner = null;
 let warming = null; // {controller, done}: the warm-up under way
 let readyStatus = '';

@@ -40,3 +40,32 @@ export function timed(inference, timings) {
     greedyStep: inference.greedyStep && clock('steps_ms', inference.greedyStep),
   };
 }
+
+/**
+ * `captioner.caption(image)` timed: `warmup` captions first, each one's time kept in order (warmup_ms), then `repeats`
+ * more with their Timings; the median caption (null without repeats) and the median of each stage. tools/timing.mjs
+ * (Node) and tools/browser-check.mjs (the page) report it.
+ * @param {{caption: (image: any, options?: object, timings?: object) => Promise<any>}} captioner @param {any} image
+ * @param {{repeats?: number, warmup?: number}} [counts]
+ * @returns {Promise<{median_ms: number|null, stages: Record<string, number|null>, warmup_ms: number[]}>}
+ */
+export async function timeCaptions(captioner, image, { repeats = 40, warmup = 1 } = {}) {
+  const warmupMs = [];
+  for (let i = 0; i < warmup; i++) {
+    const started = performance.now();
+    await captioner.caption(image);
+    warmupMs.push(performance.now() - started);
+  }
+  const times = [];
+  const stages = {};
+  for (let i = 0; i < repeats; i++) {
+    const timings = {};
+    const started = performance.now();
+    await captioner.caption(image, {}, timings);
+    times.push(performance.now() - started);
+    for (const [key, value] of Object.entries(timings)) (stages[key] ||= []).push(value);
+  }
+  const median = (/** @type {number[]} */ values) => (values.length ? values.sort((a, b) => a - b)[Math.floor(values.length / 2)] : null);
+  const breakdown = Object.fromEntries(Object.entries(stages).map(([key, values]) => [key, median(values)]));
+  return { median_ms: median(times), stages: breakdown, warmup_ms: warmupMs };
+}

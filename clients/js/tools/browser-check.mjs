@@ -72,44 +72,22 @@ async function timings() {
   for (const threads of job.threads || [1]) {
     const p = await open(`${job.url}?threads=${threads}&warmup=0`);
     out.timings[threads] = await p.evaluate(async (data, repeats, n, warmup) => {
-      const blob = new Blob([new Uint8Array(data)], { type: 'image/png' });
       const captioner = window.capkitCaptioner;
       if (!captioner) return { error: document.getElementById('error').textContent };
-      const warmupMs = [];
-      for (let i = 0; i < warmup; i++) {
-        const t = performance.now();
-        await captioner.caption(blob);
-        warmupMs.push(performance.now() - t);
-      }
-      const times = [];
-      const stages = {};
-      for (let i = 0; i < repeats; i++) {
-        const timings = {};
-        const t = performance.now();
-        await captioner.caption(blob, {}, timings);
-        times.push(performance.now() - t);
-        for (const [key, value] of Object.entries(timings)) (stages[key] ||= []).push(value);
-      }
-      const median = (values) => values.sort((a, b) => a - b)[Math.floor(values.length / 2)];
-      const breakdown = Object.fromEntries(Object.entries(stages).map(([key, values]) => [key, median(values)]));
-      return { median_ms: median(times), stages: breakdown, warmup_ms: warmupMs, isolated: crossOriginIsolated, threads: n,
-        cores: navigator.hardwareConcurrency };
+      const { timeCaptions } = await import(new URL('./js/timings.js', document.baseURI).href);
+      const timed = await timeCaptions(captioner, new Blob([new Uint8Array(data)], { type: 'image/png' }), { repeats, warmup });
+      return { ...timed, isolated: crossOriginIsolated, threads: n, cores: navigator.hardwareConcurrency };
     }, bytes, job.repeats || 20, threads, Math.max(1, job.warmup || 1));
     await p.close();
     if (job.early) {
       const q = await open(`${job.url}?threads=${threads}`);
       await q.waitForFunction(() => window.capkitWarmUps !== undefined, { timeout: 60000 });
-      out.timings[threads].afterWarmUp_ms = await q.evaluate(async (data, count) => {
+      Object.assign(out.timings[threads], await q.evaluate(async (data, count) => {
+        const { timeCaptions } = await import(new URL('./js/timings.js', document.baseURI).href);
         const blob = new Blob([new Uint8Array(data)], { type: 'image/png' });
-        const times = [];
-        for (let i = 0; i < count; i++) {
-          const t = performance.now();
-          await window.capkitCaptioner.caption(blob);
-          times.push(performance.now() - t);
-        }
-        return times;
-      }, bytes, job.early);
-      out.timings[threads].pageWarmUps = await q.evaluate(() => window.capkitWarmUps);
+        const timed = await timeCaptions(window.capkitCaptioner, blob, { repeats: 0, warmup: count }); // the first `count`
+        return { afterWarmUp_ms: timed.warmup_ms, pageWarmUps: window.capkitWarmUps, pageWarmUpMs: window.capkitWarmUpMs };
+      }, bytes, job.early));
       await q.close();
     }
   }

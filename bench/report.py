@@ -45,7 +45,8 @@ class TargetReport:
     steps: float  # steps per caption in the decode runs (max_length when captions never end)
     caption: Stats  # ms, end to end per image at batch 1
     preprocess: Stats  # ms per image: read the file and preprocess it
-    throughput: dict[int, Stats]  # images/s by batch size
+    throughput: dict[int, Stats]  # images/s by batch size, from image files (read and preprocessed in turn)
+    model_throughput: dict[int, Stats]  # images/s by batch size, from preprocessed images: the encoder and the loop
     encoder_per_image: dict[int, Stats]  # ms per image of the encoder, by batch size
     source: str = ""  # the bundle folder or checkpoint
     size_bytes: Optional[int] = None  # the bundle's graphs and their external data
@@ -87,6 +88,7 @@ class TargetReport:
             "decode_overhead": self.decode_overhead, "caption_ms": self.caption.to_dict(),
             "preprocess_ms": self.preprocess.to_dict(),
             "throughput": {str(b): s.to_dict() for b, s in sorted(self.throughput.items())},
+            "model_throughput": {str(b): s.to_dict() for b, s in sorted(self.model_throughput.items())},
             "encoder_ms_per_image": {str(b): s.to_dict() for b, s in sorted(self.encoder_per_image.items())},
             "batch_speedup": {str(b): self.batch_speedup(b) for b in sorted(self.throughput) if b != 1
                               and self.batch_speedup(b) is not None},
@@ -114,6 +116,8 @@ def compare(baseline: TargetReport, target: TargetReport) -> dict[str, Any]:
         "caption": ratio(baseline.caption.median, target.caption.median),
         "throughput": {str(b): ratio(target.throughput[b].median, baseline.throughput[b].median)
                        for b in sorted(set(baseline.throughput) & set(target.throughput))},
+        "model_throughput": {str(b): ratio(target.model_throughput[b].median, baseline.model_throughput[b].median)
+                             for b in sorted(set(baseline.model_throughput) & set(target.model_throughput))},
     }
     if baseline.cold_start is not None and target.cold_start is not None:
         ratios["cold_start"] = ratio(baseline.cold_start.wall.median, target.cold_start.wall.median)
@@ -178,9 +182,10 @@ def target_rows(report: dict[str, Any]) -> list[tuple[list[str], list[list[str]]
                  _fmt(t["decode_overhead"], 3, "x"), _stat(t["preprocess_ms"]), _stat(t["caption_ms"])]
                 for t in targets])
     batches = (["target", *[f"img/s b{b}" for b in batch_sizes], *[f"b{b}/b1" for b in batch_sizes if b != 1],
-                *[f"encoder ms/img b{b}" for b in batch_sizes]],
+                *[f"model img/s b{b}" for b in batch_sizes], *[f"encoder ms/img b{b}" for b in batch_sizes]],
                [[t["name"], *[_stat(t["throughput"].get(str(b)), 1) for b in batch_sizes],
                  *[_fmt(t["batch_speedup"].get(str(b)), 2, "x") for b in batch_sizes if b != 1],
+                 *[_stat(t.get("model_throughput", {}).get(str(b)), 1) for b in batch_sizes],
                  *[_stat(t["encoder_ms_per_image"].get(str(b))) for b in batch_sizes]] for t in targets])
     start = (["target", "cold start s", "peak RSS MB", "size MB"],
              [[t["name"], _stat((t.get("cold_start") or {}).get("wall")),
@@ -200,7 +205,7 @@ def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     """The ratios table from :meth:`BenchReport.to_dict`, as (header, rows)."""
     batch_sizes = sorted({int(b) for c in report["comparisons"] for b in c["ratios"]["throughput"]})
     header = ["target vs baseline", "encoder", "step", "loop", "decode", "caption (b1)",
-              *[f"img/s b{b}" for b in batch_sizes],
+              *[f"img/s b{b}" for b in batch_sizes], *[f"model img/s b{b}" for b in batch_sizes],
               "cold start", "peak RSS", "size"]
     rows = []
     for c in report["comparisons"]:
@@ -208,6 +213,7 @@ def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
         rows.append([f"{c['target']} vs {c['baseline']}", *[_fmt(r.get(k), 2, "x") for k in
                                                               ("encoder", "step", "loop", "decode", "caption")],
                      *[_fmt(r["throughput"].get(str(b)), 2, "x") for b in batch_sizes],
+                     *[_fmt(r.get("model_throughput", {}).get(str(b)), 2, "x") for b in batch_sizes],
                      *[_fmt(r.get(k), 2, "x") for k in ("cold_start", "peak_rss", "size")]])
     return header, rows
 

@@ -14,6 +14,7 @@ import click
 
 from capkit.export import DEFAULT_OPSET, MIN_OPSET
 from capkit.export.ort_format import ORT_PLATFORMS
+from capkit.runtime.manifest import RECURRENT_CELLS
 from capkit.cli.options import checkpoint_option, echo_json, images_option, json_option, status, user_errors
 
 
@@ -39,6 +40,10 @@ from capkit.cli.options import checkpoint_option, echo_json, images_option, json
               help="With --format ort: the CPU family the ORT-format graphs are converted for (ONNX Runtime fuses "
                    "int8 nodes differently for each; either runs on both, slower on the other). The manifest "
                    "records it (provenance.ort_format.platform).")
+@click.option("--cell", type=click.Choice(list(RECURRENT_CELLS)), default="operator", show_default=True,
+              help="How both graphs compute the recurrent cell: operator, the ONNX LSTM/GRU/RNN operator; matmul, "
+                   "plain MatMul/Add/Sigmoid/Tanh nodes (the same function from the same weights; the int8 variant "
+                   "then quantizes those MatMuls). The bundle's capkit.json records it (cell).")
 @click.option("--force", is_flag=True,
               help="Write into an --out folder that holds other files too: only the bundle's own files are "
                    "replaced, no other file is touched [default: refuse such a folder; an existing bundle is "
@@ -47,7 +52,7 @@ from capkit.cli.options import checkpoint_option, echo_json, images_option, json
                "synthetic images top them up to 32.")
 @json_option
 def export(checkpoint: Optional[str], out_dir: Optional[str], opset: int, check: bool, quantize: Optional[str],
-           fp16: bool, graph_format: str, ort_platform: str, force: bool, images: tuple[str, ...],
+           fp16: bool, graph_format: str, ort_platform: str, cell: str, force: bool, images: tuple[str, ...],
            as_json: bool) -> None:
     """Export a checkpoint (default: runs/latest's best.pt) to an ONNX bundle, then check it against PyTorch."""
     with user_errors():
@@ -55,7 +60,7 @@ def export(checkpoint: Optional[str], out_dir: Optional[str], opset: int, check:
 
         report = export_checkpoint(checkpoint, out_dir, opset=opset, check=check, quantize=quantize, fp16=fp16,
                                    parity_images=images, force=force, graph_format=graph_format,
-                                   ort_platform=ort_platform)
+                                   ort_platform=ort_platform, cell=cell)
     status(report.render())
     echo_json(report.to_dict()) if as_json else click.echo(report.bundle)
     if not report.passed:

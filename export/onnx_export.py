@@ -19,11 +19,17 @@ LSTM/RNN/GRU ops with the state as graph inputs (parity ~1e-7 for every batch si
 ten times faster (0.4 s against 5 s for a ResNet-18 model). For ``opset >= 18`` (or
 ``dynamo=True``) the torch.export-based exporter is used; the tests check it too, so the switch is
 ready for when the TorchScript exporter is removed.
+
+Cell form (``cell``). "operator" (the default) exports the model's nn.LSTM/GRU/RNN as the ONNX
+LSTM/GRU/RNN operator; "matmul" swaps :class:`~capkit.models.matmul_core.MatMulCore` in for the
+core of the exported modules (the caller's model is not changed), so that both graphs compute the
+cell with plain MatMul/Add/Sigmoid/Tanh nodes. The manifest's ``cell`` records which.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -43,7 +49,7 @@ from capkit.models import CaptionModel, greedy_choice
 from capkit.runtime.bundle import DECODER_FILE, DEFAULT_BUNDLE, ENCODER_FILE, Bundle, load_bundle, sha256_file
 from capkit.runtime.decoding import DecodingOptions
 from capkit.runtime.errors import CapkitError, check_int, first_line, is_int
-from capkit.runtime.manifest import DecoderStepGraph, EncoderGraph, Manifest
+from capkit.runtime.manifest import RECURRENT_CELLS, DecoderStepGraph, EncoderGraph, Manifest
 from capkit.runtime.preprocess import PreprocessSpec
 from capkit.runtime.vocab import Vocabulary
 
@@ -143,6 +149,27 @@ def _place_graph(staged: Path, target: Path) -> None:
                         location=stale.name, size_threshold=1024)
 
 
+def check_cell(cell: Any) -> str:
+    """``cell`` when RECURRENT_CELLS holds it; else one-line ExportError naming them."""
+    if not isinstance(cell, str) or cell not in RECURRENT_CELLS:
+        raise ExportError(f"unknown recurrent cell form {cell!r}; one of {', '.join(RECURRENT_CELLS)}")
+    return cell
+
+
+def with_cell(model: CaptionModel, cell: str) -> CaptionModel:
+    """``model`` itself for "operator"; for "matmul" a shallow copy whose core is a MatMulCore of
+    ``model.core`` (the same parameters, no copies), with its own table of submodules, so that
+    ``model`` keeps its nn.LSTM/GRU/RNN."""
+    if check_cell(cell) == "operator":
+        return model
+    from capkit.models.matmul_core import MatMulCore
+
+    exported = copy.copy(model)
+    exported._modules = dict(model._modules)  # copy.copy shares the dict: setting core would change model's
+    exported.core = MatMulCore(model.core)
+    return exported
+
+
 def supported_opsets() -> range:
     """The opsets :func:`export_model` writes: MIN_OPSET to the newest that both torch's exporter and the installed
     onnx know. torch names its newest only in ``torch.onnx._constants`` (ONNX_MAX_OPSET); asked for a newer one,
@@ -182,7 +209,8 @@ def _versions() -> dict[str, str]:
 
 def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, max_length: int,
                  out_dir: str | os.PathLike, *, opset: int = DEFAULT_OPSET, provenance: Optional[dict[str, Any]] = None,
-                 dynamo: Optional[bool] = None, greedy_outputs: bool = True, force: bool = False) -> Bundle:
+                 dynamo: Optional[bool] = None, greedy_outputs: bool = True, force: bool = False,
+                 cell: str = "operator") -> Bundle:
     """Writes ``encoder.onnx``, ``decoder_step.onnx`` and ``capkit.json`` into ``out_dir``; returns the loaded bundle.
 
     The bundle is built whole in a staging folder next to ``out_dir`` and swapped in only when
@@ -194,12 +222,14 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
     (``next_token``, ``next_logprob``); False writes the plain contract of older bundles.
 
     ``dynamo`` None picks the exporter by opset (TorchScript below 18, torch.export from 18, see
-    the module docstring). The model is exported in eval mode on its own device; its training
-    mode is restored afterwards.
+    the module docstring). ``cell``: "operator" (the ONNX LSTM/GRU/RNN operator) or "matmul" (plain
+    MatMul/Add/Sigmoid/Tanh; the module docstring), recorded in the manifest. The model is exported
+    in eval mode on its own device; its training mode is restored afterwards.
     """
     if len(vocab) != model.config.vocab_size:
         raise ExportError(f"the vocabulary has {len(vocab)} words, the model {model.config.vocab_size}")
     opset = check_opset(opset)
+    cell = check_cell(cell)
     use_dynamo = opset >= FIRST_DYNAMO_OPSET if dynamo is None else bool(dynamo)
     if use_dynamo and opset < FIRST_DYNAMO_OPSET:
         raise ExportError(f"the torch.export-based exporter writes opset {FIRST_DYNAMO_OPSET} or later, not {opset}")
@@ -208,7 +238,7 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
     greedy_names = [NEXT_TOKEN_OUTPUT, NEXT_LOGPROB_OUTPUT] if greedy_outputs else []
     device = next(model.parameters()).device
     with staged_bundle(out_dir, force=force) as staging:
-        _write_graphs(model, vocab, spec, staging, names, greedy_names, opset, use_dynamo, device)
+        _write_graphs(model, vocab, spec, staging, names, greedy_names, opset, use_dynamo, device, cell)
         actual_opset = graph_opset(staging / ENCODER_FILE)
         if actual_opset != opset:  # an exporter that could not convert keeps its own opset, with a warning at most
             raise ExportError(f"asked for opset {opset}, the exporter wrote opset {actual_opset} (the default is "
@@ -221,7 +251,7 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
             precision="fp32", model=model.config.to_dict(),
             provenance={"versions": _versions(), **(provenance or {}), "opset": actual_opset,
                         "exporter": "torch.export" if use_dynamo else "torchscript"},
-            decoding=DecodingOptions(),
+            decoding=DecodingOptions(), cell=cell,
         )
         manifest.write(staging)
         load_bundle(staging)  # whole and consistent before it replaces anything
@@ -229,8 +259,9 @@ def export_model(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, m
 
 
 def _write_graphs(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, folder: Path, names: list[str],
-                  greedy_names: list[str], opset: int, use_dynamo: bool, device: torch.device) -> None:
-    """Exports both graphs into ``folder`` (the staging folder), in eval mode; the model's mode is restored."""
+                  greedy_names: list[str], opset: int, use_dynamo: bool, device: torch.device, cell: str) -> None:
+    """Exports both graphs into ``folder`` (the staging folder), in eval mode, the core in the ``cell``
+    form (:func:`with_cell`); the model's mode is restored."""
     next_names = [n + NEXT_SUFFIX for n in names]
     was_training = model.training
     model.eval()
@@ -240,14 +271,15 @@ def _write_graphs(model: CaptionModel, vocab: Vocabulary, spec: PreprocessSpec, 
         tokens = torch.full((EXAMPLE_BATCH,), vocab.start_id, dtype=torch.long, device=device)  # (B,)
         with torch.no_grad():
             state = model.image_step(images)  # each (L, B, H)
+        exported = with_cell(model, cell)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
             staged = {ENCODER_FILE: Path(tmp, "encoder") / ENCODER_FILE, DECODER_FILE: Path(tmp, "decoder") / DECODER_FILE}
             for path in staged.values():
                 path.parent.mkdir()
             try:
-                _export_graph(EncoderModule(model).eval(), (images,), staged[ENCODER_FILE], [IMAGE_INPUT], names,
+                _export_graph(EncoderModule(exported).eval(), (images,), staged[ENCODER_FILE], [IMAGE_INPUT], names,
                               {IMAGE_INPUT: 0, **{n: 1 for n in names}}, opset, use_dynamo)
-                _export_graph(DecoderStepModule(model, greedy_names != []).eval(), (tokens, *state),
+                _export_graph(DecoderStepModule(exported, greedy_names != []).eval(), (tokens, *state),
                               staged[DECODER_FILE], [TOKEN_INPUT, *names], [LOGITS_OUTPUT, *next_names, *greedy_names],
                               {TOKEN_INPUT: 0, LOGITS_OUTPUT: 0, **{n: 1 for n in names + next_names},
                                **{n: 0 for n in greedy_names}}, opset, use_dynamo)
@@ -275,6 +307,7 @@ class ExportReport:
     parity: Optional["ParityReport"] = None  # None with check=False
     variants: list["VariantReport"] = field(default_factory=list)
     ort: list["OrtBundleReport"] = field(default_factory=list)  # --format ort: the ORT-format bundles
+    cell: str = "operator"  # the recurrent cell's form in the graphs (the manifest's `cell`)
 
     @property
     def passed(self) -> bool:
@@ -284,13 +317,13 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "checkpoint": self.checkpoint, "opset": self.opset, "exporter": self.exporter,
-                "seconds": round(self.seconds, 2), "passed": self.passed,
+                "cell": self.cell, "seconds": round(self.seconds, 2), "passed": self.passed,
                 "parity": self.parity.to_dict() if self.parity is not None else None,
                 "variants": [v.to_dict() for v in self.variants], "ort": [o.to_dict() for o in self.ort]}
 
     def render(self) -> str:
         lines = [f"exported {self.checkpoint} -> {self.bundle} (opset {self.opset}, {self.exporter} exporter, "
-                 f"{self.seconds:.1f}s)"]
+                 f"{self.cell} cell, {self.seconds:.1f}s)"]
         lines.append(self.parity.render() if self.parity is not None else "parity check skipped (--no-check)")
         lines += [v.render() for v in self.variants]
         lines += [o.render() for o in self.ort]
@@ -349,7 +382,7 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
                       *, opset: int = DEFAULT_OPSET, check: bool = True, quantize: Optional[str] = None,
                       fp16: bool = False, parity_images: Sequence[str | os.PathLike] = (),
                       dynamo: Optional[bool] = None, force: bool = False, graph_format: str = "onnx",
-                      ort_platform: str = "x86") -> ExportReport:
+                      ort_platform: str = "x86", cell: str = "operator") -> ExportReport:
     """A checkpoint (a ``.pt`` file, a run folder, or None for ``runs/latest``) -> an fp32 bundle in
     ``out_dir`` (None: ``<run folder>/bundle``, i.e. ``runs/latest/bundle`` for the newest run), its
     parity check against PyTorch, and with ``quantize="int8"`` / ``fp16=True`` the variants
@@ -358,8 +391,9 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
     synthetic images to 32; they also calibrate int8. ``graph_format="ort"``: also the ORT-format
     bundles ``<out_dir>-ort`` (and ``<out_dir>-int8-ort`` with int8), checked against their ONNX
     source unless ``check`` is False (:mod:`capkit.export.ort_format`), converted for the CPU family
-    ``ort_platform`` (x86 or arm: ``ORT_PLATFORMS``). Each folder is written as :func:`export_model` writes one
-    (staged, swapped in whole; ``force``: see there)."""
+    ``ort_platform`` (x86 or arm: ``ORT_PLATFORMS``). ``cell``: the recurrent cell's form in the graphs,
+    "operator" or "matmul" (:func:`export_model`); the variants keep it. Each folder is written as
+    :func:`export_model` writes one (staged, swapped in whole; ``force``: see there)."""
     from capkit.export.checks import check_bundle, image_files, sample_images
     from capkit.export.quantize import write_variant
     from capkit.training.checkpoint import load_model, resolve_checkpoint
@@ -373,6 +407,7 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
     if ort_platform not in ORT_PLATFORMS:
         raise ExportError(f"unknown ORT-format platform {ort_platform!r}; one of {', '.join(ORT_PLATFORMS)}")
     opset = check_opset(opset)  # before the checkpoint is read
+    cell = check_cell(cell)
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     model, vocab, spec, payload = load_model(checkpoint)
@@ -381,7 +416,7 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
     quantize = None if quantize == "none" else quantize
     out = Path(out_dir) if out_dir is not None else default_bundle_dir(checkpoint)
     bundle = export_model(model, vocab, spec, int(payload["max_length"]), out, opset=opset,
-                          provenance=checkpoint_provenance(payload), dynamo=dynamo, force=force)
+                          provenance=checkpoint_provenance(payload), dynamo=dynamo, force=force, cell=cell)
     images = sample_images(spec, image_files(parity_images)) if (check or quantize or fp16) else None
     parity = check_bundle(model, bundle, images) if check else None
     base = Path(os.path.abspath(out))  # "." has no name to add -int8 to
@@ -395,8 +430,10 @@ def export_checkpoint(run_or_checkpoint: Optional[str | os.PathLike] = None, out
         ort = [write_ort_bundle(source, ort_folder(source.folder), images, check=check, force=force,
                                 platform=ort_platform) for source in sources]
     return ExportReport(str(out), str(checkpoint), int(bundle.manifest.provenance["opset"]),
-                        bundle.manifest.provenance["exporter"], time.perf_counter() - started, parity, variants, ort)
+                        bundle.manifest.provenance["exporter"], time.perf_counter() - started, parity, variants, ort,
+                        bundle.manifest.cell)
 
 
 __all__ = ["DEFAULT_OPSET", "DecoderStepModule", "EncoderModule", "ExportError", "ExportReport", "checkpoint_provenance",
-           "check_opset", "default_bundle_dir", "export_checkpoint", "export_model", "graph_opset", "supported_opsets"]
+           "check_cell", "check_opset", "default_bundle_dir", "export_checkpoint", "export_model", "graph_opset",
+           "supported_opsets", "with_cell"]

@@ -198,6 +198,11 @@ class TokenDecoder(Protocol):
         """Records tokens already chosen (int64 (B',)) with their log-probabilities (float64 (B',)), as
         update() does after choosing; only called when ``greedy``."""
 
+    def advance_masked(self, chosen: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, None]:
+        """advance() for a batch that keeps its finished rows (an inference whose ``mask_finished_rows``
+        is true): ``chosen``, ``logprobs`` have one row per image (B,); only the rows still decoding are
+        recorded. Returns ``chosen`` itself while any row goes on (every row steps on), else no tokens."""
+
     def finish(self) -> list[DecodingResult]:
         """One result per image, in input order."""
 
@@ -273,6 +278,14 @@ class SamplingDecoder:
         keep = np.flatnonzero(~done)  # (B'',)
         self._active = active[keep]
         return chosen[keep], keep
+
+    def advance_masked(self, chosen: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, None]:
+        active = self._active
+        if len(active) == len(self._lengths):  # no row has finished yet
+            self.advance(chosen, logprobs)
+        else:
+            self.advance(chosen[active], logprobs[active])  # (B',)
+        return (chosen if len(self._active) else chosen[:0]), None
 
     def finish(self) -> list[DecodingResult]:
         # Python lists, not numpy reductions: a few rows, and this runs once per batch in cold caches.
@@ -350,6 +363,8 @@ class BeamSearchDecoder:
     def advance(self, chosen: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         raise NotImplementedError("beam search chooses from logits: the loop calls update()")
 
+    advance_masked = advance
+
     def finish(self) -> list[DecodingResult]:
         n = self.beam_size
         for g, image in enumerate(self._images):  # max length reached: live beams count as unfinished
@@ -381,11 +396,15 @@ def decode(inference: Inference, images: np.ndarray, options: DecodingOptions, i
 
     When the decoder's choice is greedy and the inference has a ``greedy_step`` (:class:`GreedyInference`),
     the greedy token and its log-probability come from the inference (e.g. the step graph's
-    ``next_token`` output), not from the logits.
+    ``next_token`` output), not from the logits. When such an inference also says
+    ``mask_finished_rows``, finished rows stay in the batch (their tokens not recorded) and the
+    tokens it returned go back to it as they are, so the batch keeps one shape to the end.
     """
     options = verify_options(options, limits)
     decoder = decoder or build_decoder(options, ids)
     greedy_step = getattr(inference, "greedy_step", None) if decoder.greedy else None
+    advance = decoder.advance_masked if greedy_step is not None and getattr(inference, "mask_finished_rows", False) \
+        else decoder.advance
     state = inference.encode(images)
     tokens, rows = decoder.start(len(images))
     if rows is not None:
@@ -393,7 +412,7 @@ def decode(inference: Inference, images: np.ndarray, options: DecodingOptions, i
     for _ in range(options.max_length):
         if greedy_step is not None:
             chosen, logprobs, state = greedy_step(tokens, state)
-            tokens, rows = decoder.advance(chosen, logprobs)
+            tokens, rows = advance(chosen, logprobs)
         else:
             logits, state = inference.step(tokens, state)
             tokens, rows = decoder.update(logits)

@@ -38,6 +38,10 @@ class BundleError(CapkitError):
 
 MANIFEST_PRECISIONS = ("fp32", "fp16", "int8")  # what a manifest's `precision` may say the graphs compute in
 GRAPH_FORMATS = ("onnx", "ort")  # the graphs' file format: ONNX protobuf, or ONNX Runtime's ORT format (flatbuffers)
+# How both graphs compute the recurrent cell: "operator", the ONNX LSTM/GRU/RNN operator (what every bundle
+# written before the field holds), or "matmul", plain MatMul/Add/Sigmoid/Tanh nodes (capkit export --cell).
+# Information for readers: a runtime runs either form the same way.
+RECURRENT_CELLS = ("operator", "matmul")
 MAX_MANIFEST_DEPTH = 64  # nesting of arrays and objects; capkit writes 4 levels
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # control characters and lone surrogates
@@ -238,6 +242,9 @@ def check_manifest(data: Any, limits: Limits = DEFAULT_LIMITS) -> "Manifest":
     graph_format = data.get("graph_format", "onnx")  # absent in bundles written before ORT-format bundles
     if not isinstance(graph_format, str) or graph_format not in GRAPH_FORMATS:
         raise _fail("graph_format", f"must be one of {', '.join(GRAPH_FORMATS)}, got {_show(graph_format)}")
+    cell = data.get("cell", "operator")  # absent in bundles written before matmul-cell exports
+    if not isinstance(cell, str) or cell not in RECURRENT_CELLS:
+        raise _fail("cell", f"must be one of {', '.join(RECURRENT_CELLS)}, got {_show(cell)}")
     model = _object(data.get("model", {}), "model")
     provenance = _object(data.get("provenance", {}), "provenance")
     decoding = decoding_from_dict(data.get("decoding", {}))
@@ -252,7 +259,7 @@ def check_manifest(data: Any, limits: Limits = DEFAULT_LIMITS) -> "Manifest":
         raise BundleError(f"decoding: a number is too large, got {_show(data.get('decoding'))}") from None
     return Manifest(vocab=vocab, preprocess=preprocess, max_length=max_length, encoder=encoder, decoder=decoder,
                     precision=precision, model=model, provenance=provenance, decoding=decoding,
-                    format_version=version, graph_format=graph_format)
+                    format_version=version, graph_format=graph_format, cell=cell)
 
 
 
@@ -318,6 +325,7 @@ class Manifest:
     decoding: Optional[DecodingOptions] = None  # default decoding options (None: greedy); max_length is the one above
     format_version: int = FORMAT_VERSION
     graph_format: str = "onnx"  # onnx | ort: the format of both graph files (ort: load with session.load_model_format=ORT)
+    cell: str = "operator"  # operator | matmul: how both graphs compute the recurrent cell (RECURRENT_CELLS)
 
     def __post_init__(self) -> None:
         decoding = self.decoding or DecodingOptions()
@@ -328,6 +336,7 @@ class Manifest:
             "format_version": self.format_version,
             "precision": self.precision,
             "graph_format": self.graph_format,
+            "cell": self.cell,
             "vocab": list(self.vocab.words),
             "special_tokens": self.vocab.special_token_ids(),
             "max_length": self.max_length,

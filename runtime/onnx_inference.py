@@ -13,7 +13,7 @@ with or without IO binding). ONNX Runtime sessions are safe for concurrent ``run
 ``run_with_iobinding``; an ``IOBinding`` and bound host buffers are not (clearing and rebinding
 them from two threads mixes one caption's state with another's, or frees a tensor in use). So
 everything mutable per call lives in a per-thread store (:meth:`OnnxInference._thread`): the IO
-bindings of both graphs and the CPU's :class:`BoundGreedySteps`.
+bindings of both graphs and the :class:`BoundGreedySteps`.
 """
 
 from __future__ import annotations
@@ -35,66 +35,106 @@ from capkit.runtime.providers import (CPU, CUDA, DEFAULT_SPIN_US, OPENVINO, chec
                                       session_options, silent_ort_logger)
 
 OrtState = tuple  # numpy arrays (plain run) or OrtValues (IO binding); each (layers, B, hidden)
-NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
+NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+               "tensor(float16)": np.float16}
+MAX_BOUND_BATCHES = 8  # BoundGreedySteps kept per thread, one per batch size (the oldest goes first)
 
 
 class BoundGreedySteps:
-    """Greedy steps of the step graph at one batch size on the CPU, with host buffers bound once.
+    """Greedy steps of the step graph at one batch size, with buffers bound once.
 
     Two buffer sets (token, log-probability, state) and two IO bindings that alternate: binding k
     reads set k's token and state and writes the next token, its log-probability and the next
     state into set 1 - k, which the following step reads. A chain of steps thus runs with no
-    allocation, no feed dict, no binding and no copy: only ``run_with_iobinding``. A state or
-    tokens that are not the previous step's buffers (the encoder's output, selected rows) are
-    copied into set 0 first. The arrays a step returns are overwritten by the step after next.
+    allocation, no feed dict and no binding: only ``run_with_iobinding``. The next token is fed
+    back where the graph wrote it (on the device, for ``memory`` "cuda"), so a step sends nothing
+    to the device when the tokens are the previous step's own (a batch that keeps its finished rows,
+    :attr:`OnnxInference.mask_finished_rows`). Tokens that are not (``<start>``, selected rows) are
+    copied into set k first; a state that is not a previous step's (the encoder's output, selected
+    rows) is copied into set 0 when it is numpy arrays, and bound as it is for that one step when it
+    is OrtValues. What a step returns is overwritten by the step after next.
 
-    ``session``: the step graph's CPU session; ``token_name``, ``state_names``: its inputs;
-    ``outputs``: next_token, next_logprob, then the next state's; ``state``: arrays of the state's shapes and
-    dtype (each (L, B, H)).
+    ``session``: the step graph's session; ``token_name``, ``state_names``: its inputs; ``outputs``:
+    next_token, next_logprob, then the next state's; ``state``: arrays or OrtValues of the state's
+    shapes and dtype (each (L, B, H)). ``memory``: where the buffers live ("cpu": numpy arrays that
+    the steps return as they are, no copy; "cuda": device memory, of which only the (B,) token and
+    log-probability are copied to the host). ``ortvalues``: return the state as OrtValues (IO binding)
+    instead of numpy arrays (always OrtValues off the CPU).
     """
 
     def __init__(self, session: ort.InferenceSession, token_name: str, state_names: list[str], outputs: list[str],
-                 state: OrtState):
-        self.session = session
-        self.batch = int(state[0].shape[1])
+                 state: OrtState, memory: str = "cpu", device_id: int = 0, ortvalues: bool = False):
+        self.session, self.memory, self.device_id = session, memory, device_id
+        self.batch = int(state[0].shape()[1] if isinstance(state[0], ort.OrtValue) else state[0].shape[1])
         types = {o.name: o.type for o in session.get_outputs()}
         logprob_type = NUMPY_TYPES.get(types[outputs[1]])
         if types[outputs[0]] != "tensor(int64)" or logprob_type is None:
             raise BundleError(f"{outputs[0]}/{outputs[1]}: unexpected types {types[outputs[0]]}/{types[outputs[1]]}")
-        self.tokens = [np.zeros(self.batch, np.int64) for _ in range(2)]  # (B,) each
-        self.logprobs = [np.zeros(self.batch, logprob_type) for _ in range(2)]  # (B,) each
-        self.states = [tuple(np.zeros(s.shape, s.dtype) for s in state) for _ in range(2)]  # each (L, B, H)
-        self.bindings = []
-        for k in (0, 1):
-            binding = session.io_binding()
-            for name, array in ((token_name, self.tokens[k]), *zip(state_names, self.states[k])):
-                binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-            written = (self.tokens[1 - k], self.logprobs[1 - k], *self.states[1 - k])
-            for name, array in zip(outputs, written):
-                binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-            self.bindings.append(binding)
+        shapes = [(s.shape() if isinstance(s, ort.OrtValue) else s.shape) for s in state]  # each (L, B, H)
+        state_type = NUMPY_TYPES[state[0].data_type()] if isinstance(state[0], ort.OrtValue) else state[0].dtype
+        self.dtypes = [np.int64, logprob_type, *(state_type for _ in shapes)]  # of each buffer of a set
+        # sets[k]: the (array or None, OrtValue) pairs of token (B,), log-probability (B,), each state tensor (L, B, H)
+        self.sets = [[self._buffer(shape, dtype) for shape, dtype in zip([(self.batch,)] * 2 + shapes, self.dtypes)]
+                     for _ in range(2)]
+        host = memory == "cpu"
+        self.returned_tokens = [array if host else None for array, _ in (s[0] for s in self.sets)]  # (B,) each
+        self.returned_states = [tuple(value if ortvalues or not host else array for array, value in s[2:])
+                                for s in self.sets]  # each (L, B, H)
+        self.token_name, self.state_names = token_name, state_names
+        self.bindings = [session.io_binding() for _ in range(2)]
+        for k, binding in enumerate(self.bindings):
+            self._bind_inputs(k)
+            for name, (_, value) in zip(outputs, self.sets[1 - k]):
+                binding.bind_ortvalue_output(name, value)
         self._checked = [False, False]
+
+    def _buffer(self, shape: tuple, dtype: type) -> tuple[Optional[np.ndarray], ort.OrtValue]:
+        """A buffer bound once: a numpy array and an OrtValue over its memory on the CPU, an OrtValue on a device."""
+        if self.memory == "cpu":
+            array = np.zeros(shape, dtype)
+            return array, ort.OrtValue.ortvalue_from_numpy(array)
+        return None, ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.memory, self.device_id)
+
+    def _bind_inputs(self, k: int, state: Optional[OrtState] = None) -> None:
+        """Binding k reads set k's token and ``state`` (None: set k's own state buffers)."""
+        binding, buffers = self.bindings[k], self.sets[k]
+        binding.bind_ortvalue_input(self.token_name, buffers[0][1])
+        values = state if state is not None else [value for _, value in buffers[2:]]
+        for name, value in zip(self.state_names, values):
+            binding.bind_ortvalue_input(name, value)
 
     def run(self, tokens: np.ndarray, state: OrtState) -> tuple[np.ndarray, np.ndarray, OrtState]:
         """One greedy step: argmax int64 (B,), its log-softmax (B,) and the next state."""
-        k = 0 if state is self.states[0] else 1 if state is self.states[1] else None
-        if k is None:  # a state that is not a previous step's: into set 0
+        k = 0 if state is self.returned_states[0] else 1 if state is self.returned_states[1] else None
+        foreign = k is None
+        if foreign:  # a state that is not a previous step's
             k = 0
-            for buffer, value in zip(self.states[0], state):
-                np.copyto(buffer, value)  # (L, B, H)
-        if tokens is not self.tokens[k]:
-            np.copyto(self.tokens[k], tokens)  # (B,)
-        self.session.run_with_iobinding(self.bindings[k])
+            if isinstance(state[0], ort.OrtValue):
+                self._bind_inputs(0, state)  # for this step only: no copy on the device
+            else:
+                for (_, value), dtype, array in zip(self.sets[0][2:], self.dtypes[2:], state):
+                    value.update_inplace(np.ascontiguousarray(array, dtype))  # (L, B, H), to the device off the CPU
+                foreign = False
+        if tokens is not self.returned_tokens[k]:
+            self.sets[k][0][1].update_inplace(np.ascontiguousarray(tokens, np.int64))  # (B,)
+        try:
+            self.session.run_with_iobinding(self.bindings[k])
+        finally:
+            if foreign:
+                self._bind_inputs(0)
         if not self._checked[k]:
             self._check(k)
         j = 1 - k
-        return self.tokens[j], self.logprobs[j], self.states[j]
+        (token_array, token_value), (logprob_array, logprob_value) = self.sets[j][:2]
+        if self.memory != "cpu":  # only the (B,) choice comes to the host
+            token_array, logprob_array = token_value.numpy(), logprob_value.numpy()
+            self.returned_tokens[j] = token_array
+        return token_array, logprob_array, self.returned_states[j]
 
     def _check(self, k: int) -> None:
         """Once per binding: ONNX Runtime must have written into our buffers, not beside them."""
-        written = (self.tokens[1 - k], self.logprobs[1 - k], *self.states[1 - k])
-        for value, array in zip(self.bindings[k].get_outputs(), written):
-            if value.data_ptr() != array.ctypes.data:
+        for got, (_, value) in zip(self.bindings[k].get_outputs(), self.sets[1 - k]):
+            if got.data_ptr() != value.data_ptr():
                 raise CapkitError(f"ONNX Runtime {ort.__version__} did not write the greedy step's outputs into the bound "
                                   "buffers; use io_binding=True")
         self._checked[k] = True
@@ -122,13 +162,17 @@ class OnnxInference:
     were optimised when written, and its sessions load them with ``session.load_model_format =
     ORT``, as ONNX Runtime Mobile does). ``io_binding``: keep the state on the device between steps (None: on for CUDA, off for
     the CPU). ``limits``: ``threads`` and ``step_threads`` above ``limits.max_threads`` raise
-    LimitError before any session is built.
+    LimitError before any session is built. ``mask_finished_rows``: a greedy batch keeps the rows
+    that have finished (the decode loop ignores their tokens) instead of dropping them through the
+    host, so that a batch steps at one shape from start to end, and, with IO binding, on device
+    buffers bound once with the next token fed back on the device; off by default (on the CPU the
+    finished rows' work is lost; on CUDA ``scripts/gpu_check.sh --throughput`` measures it).
 
     A bundle whose step graph computes the greedy choice (``next_token``/``next_logprob``, see
     docs/bundle.md) gets :meth:`greedy_step` from the graph; older bundles get it from the logits.
-    On the CPU without IO binding, greedy steps run on buffers bound once per batch size
-    (:class:`BoundGreedySteps`, one set per thread): what :meth:`greedy_step` returns is valid
-    until the step after next, which is all a decode loop needs.
+    On the CPU without IO binding, and with IO binding when finished rows are masked, greedy steps
+    run on buffers bound once per batch size (:class:`BoundGreedySteps`, per thread): what
+    :meth:`greedy_step` returns is valid until the step after next, which is all a decode loop needs.
 
     Thread safety: any number of threads may call one instance at once, on any device, with IO
     binding on or off. The sessions are shared (ONNX Runtime runs them concurrently); what a call
@@ -138,7 +182,8 @@ class OnnxInference:
     def __init__(self, bundle: Union[Bundle, str, os.PathLike], device: str = "auto", threads: Optional[int] = None,
                  graph_optimization: str = "all", optimized_model_dir: Union[str, os.PathLike, None] = None,
                  io_binding: Optional[bool] = None, *, step_threads: Optional[int] = None,
-                 spin_us: Optional[int] = DEFAULT_SPIN_US, limits: Limits = DEFAULT_LIMITS):
+                 spin_us: Optional[int] = DEFAULT_SPIN_US, limits: Limits = DEFAULT_LIMITS,
+                 mask_finished_rows: bool = False):
         check_device(device)
         if device == "openvino" and io_binding:  # the OpenVINO provider crashed the process on bound outputs (1.24.1)
             raise CapkitError("io_binding is not available with device openvino; leave it None or False")
@@ -159,6 +204,9 @@ class OnnxInference:
         self.device, self._encoder, self._decoder = self._open(device)
         self.providers: list[str] = self._decoder.get_providers()
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
+        # Read by the decode loop: a greedy batch keeps its finished rows (their tokens are not recorded)
+        # instead of dropping them, so that every step of a batch runs at one shape, on buffers bound once.
+        self.mask_finished_rows = bool(mask_finished_rows)
         self._memory = "cuda" if self.device == "cuda" else "cpu"  # where bound tensors live ("openvino": the host)
         self._device_id = 0
         self._check_names()
@@ -277,7 +325,7 @@ class OnnxInference:
     def _thread(self) -> threading.local:
         """The calling thread's mutable state, made on its first call: ``encoder``/``decoder``, the
         two graphs' IO bindings (with IO binding, on every device: the CUDA path binds exactly as the
-        CPU one, only the device name differs), and ``greedy``, the CPU's :class:`BoundGreedySteps`.
+        CPU one, only the device name differs), and ``greedy``, its :class:`BoundGreedySteps` by batch size.
 
         Why per thread: an ``IOBinding`` is a mutable list of bound tensors that ``encode`` and each
         step clear and rebind; shared by two threads, one thread's step runs with the other's state
@@ -338,13 +386,8 @@ class OnnxInference:
             chosen, logprobs, *state = self._decoder.run(self._greedy_outputs,
                                                          {self._token_name: tokens, **dict(zip(self._state_inputs, state))})
             return chosen, logprobs, tuple(state)  # (B,), (B,), each (L, B, H)
-        if not self.io_binding:
-            local = self._thread()
-            steps = getattr(local, "greedy", None)
-            if steps is None or steps.batch != len(tokens):
-                steps = local.greedy = BoundGreedySteps(self._decoder, self._token_name, self._state_inputs,
-                                                              self._greedy_outputs, state)
-            return steps.run(tokens, state)  # (B,), (B,), each (L, B, H)
+        if not self.io_binding or self.mask_finished_rows:
+            return self._bound_steps(state).run(tokens, state)  # (B,), (B,), each (L, B, H)
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)  # (B,)
         binding = self._thread().decoder
         binding.clear_binding_inputs()
@@ -359,6 +402,20 @@ class OnnxInference:
         self._decoder.run_with_iobinding(binding)
         chosen, logprobs, *state = binding.get_outputs()
         return chosen.numpy(), logprobs.numpy(), tuple(state)
+
+    def _bound_steps(self, state: OrtState) -> BoundGreedySteps:
+        """The calling thread's :class:`BoundGreedySteps` for the batch size of ``state``, made on first use."""
+        value = state[0]
+        batch = int(value.shape()[1] if isinstance(value, ort.OrtValue) else value.shape[1])
+        kept: dict[int, BoundGreedySteps] = self._thread().__dict__.setdefault("greedy", {})
+        steps = kept.get(batch)
+        if steps is None:
+            if len(kept) >= MAX_BOUND_BATCHES:
+                del kept[next(iter(kept))]
+            steps = kept[batch] = BoundGreedySteps(self._decoder, self._token_name, self._state_inputs,
+                                                   self._greedy_outputs, state, self._memory, self._device_id,
+                                                   ortvalues=self.io_binding)
+        return steps
 
     def select(self, state: OrtState, rows: np.ndarray) -> OrtState:
         rows = np.asarray(rows, dtype=np.int64)  # (B',)

@@ -233,6 +233,9 @@ def test_bundle_report(reports, bundle: Path, export_kit) -> None:
     assert set(data["throughput"]) == {"1", "2"} and all(positive(s) for s in data["throughput"].values())
     assert set(data["encoder_ms_per_image"]) == {"1", "2"} and all(positive(s) for s in data["encoder_ms_per_image"].values())
     assert all(s["unit"] == "images/s" for s in data["throughput"].values())
+    # from preprocessed images, the model alone: no file is read, so it is above the files' figure at batch 2
+    assert set(data["model_throughput"]) == {"1", "2"} and all(s["unit"] == "images/s" for s in data["model_throughput"].values())
+    assert data["model_throughput"]["2"]["median"] > data["throughput"]["2"]["median"]
     assert data["batch_speedup"]["2"] == pytest.approx(
         data["throughput"]["2"]["median"] / data["throughput"]["1"]["median"])
     assert data["size_bytes"] == export_kit.bundle("lstm").size_bytes() > 0
@@ -271,6 +274,7 @@ def test_pytorch_report_and_ratios(reports, checkpoint: Path) -> None:
     assert ratios["encoder"] == pytest.approx(eager.encoder.median / onnx.encoder.median)
     assert ratios["step"] == pytest.approx(eager.step.median / onnx.step.median)
     assert ratios["throughput"]["2"] == pytest.approx(onnx.throughput[2].median / eager.throughput[2].median)
+    assert ratios["model_throughput"]["2"] == pytest.approx(onnx.model_throughput[2].median / eager.model_throughput[2].median)
     assert ratios["cold_start"] == pytest.approx(eager.cold_start.wall.median / onnx.cold_start.wall.median)
     if onnx.cold_start.peak_rss_mb:
         assert ratios["peak_rss"] == pytest.approx(eager.cold_start.peak_rss_mb / onnx.cold_start.peak_rss_mb)
@@ -281,6 +285,7 @@ def test_pytorch_report_and_ratios(reports, checkpoint: Path) -> None:
     assert [(c["target"], c["baseline"]) for c in full["comparisons"]] == [("onnx fp32", "pytorch eager")]
     text = report.render()
     assert "onnx fp32 vs pytorch eager" in text and "img/s b2" in text and "encoder ms" in text
+    assert "model img/s b2" in text
     assert render_text(full, markdown=True).count("|---|") >= 2
 
 

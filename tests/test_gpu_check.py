@@ -26,3 +26,26 @@ def test_gpu_check_runs_on_the_cpu() -> None:
     verdicts = {name: verdict for name, _, verdict in report["checks"]}
     assert len(verdicts) == 10 and verdicts.pop("machine") == "info"
     assert set(verdicts.values()) == {"ok"}, verdicts
+
+
+def test_throughput_mode_runs_on_the_cpu() -> None:
+    """``--throughput`` on a small model: every target at every batch size, the profiles and the parity
+    check come back; masked batches never select rows while the ragged model's dropping batches do; the
+    MatMul cell's step graph has no LSTM node."""
+    proc = subprocess.run([str(REPO / "scripts" / "gpu_check.sh"), "--throughput", "--cpu", "--size", "small",
+                           "--rounds", "1", "--json"], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["device"] == "cpu" and report["size"] == "small"
+    rows = {(r["target"], r["batch"]): r for r in report["batches"]}
+    names = {target for target, _ in rows}
+    assert len(names) == 11 and {batch for _, batch in rows} == {1, 8, 32} and len(rows) == 33
+    assert all(r["images_per_s"] > 0 and r["encoder_ms"] > 0 and r["step_ms"] > 0 for r in rows.values())
+    assert all(r["selects"] == 0 for (target, _), r in rows.items() if "masked" in target)
+    assert rows["ragged: onnx fp32 (today)", 32]["selects"] > 0  # its rows finish at different steps
+    assert set(report["parity"].values()) == {"32/32"} and len(report["parity"]) == 9
+    profile = report["profile"]
+    assert "LSTM" in profile["fp32"]["kernel_us_per_step"] and "LSTM" not in profile["fp32-matmul"]["kernel_us_per_step"]
+    assert report["files"]["preprocess_ms_per_image"] > 0 and report["files"]["pytorch eager"] > 0
+    assert "cuda_graph" not in report  # CUDA only

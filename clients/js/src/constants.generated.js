@@ -103,6 +103,9 @@ export const PRECISIONS = Object.freeze(['fp32', 'fp16', 'int8']);
 /** a manifest's graph_format values */
 export const GRAPH_FORMATS = Object.freeze(['onnx', 'ort']);
 
+/** a manifest's cell values */
+export const RECURRENT_CELLS = Object.freeze(['operator', 'matmul']);
+
 /** a manifest's decoding keys (max_length is top level) */
 export const DECODING_FIELDS = Object.freeze(['temperature', 'top_k', 'top_p', 'beam', 'seed']);
 

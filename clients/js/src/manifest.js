@@ -3,7 +3,7 @@
 
 import {
   DECODING_FIELDS, DEFAULT_INTERPOLATION, DEFAULT_OPTIONS, FORMAT_VERSION, GRAPH_FORMATS, INTERPOLATIONS, LEGACY_DECODING_KEYS,
-  MANIFEST_NAME, MAX_MANIFEST_DEPTH, PRECISIONS, PREPROCESS_KEYS, SPECIAL_TOKEN_IDS, SPECIAL_TOKENS,
+  MANIFEST_NAME, MAX_MANIFEST_DEPTH, PRECISIONS, PREPROCESS_KEYS, RECURRENT_CELLS, SPECIAL_TOKEN_IDS, SPECIAL_TOKENS,
 } from './constants.generated.js';
 import {
   BundleError, CapkitError, DEFAULT_LIMITS, JsonFloat, NumberTooLargeError, formatG, pythonRepr, pythonType, shortRepr, show,
@@ -227,6 +227,7 @@ function decodingBlock(data) {
  * @property {ReturnType<typeof decoderGraph>} decoder
  * @property {string} precision
  * @property {string} graphFormat
+ * @property {string} cell how the graphs compute the recurrent cell: operator or matmul (information; both run alike)
  * @property {import('./decoding.js').DecodingOptions} decoding the bundle's default options
  */
 
@@ -258,6 +259,8 @@ export function checkManifest(data, limits = DEFAULT_LIMITS) {
   if (typeof precision !== 'string' || !PRECISIONS.includes(precision)) throw fail('precision', `must be one of ${PRECISIONS.join(', ')}, got ${show(precision)}`);
   const graphFormat = get(data, 'graph_format', 'onnx'); // absent in bundles written before ORT-format bundles
   if (typeof graphFormat !== 'string' || !GRAPH_FORMATS.includes(graphFormat)) throw fail('graph_format', `must be one of ${GRAPH_FORMATS.join(', ')}, got ${show(graphFormat)}`);
+  const cell = get(data, 'cell', 'operator'); // absent in bundles written before matmul-cell exports
+  if (typeof cell !== 'string' || !RECURRENT_CELLS.includes(cell)) throw fail('cell', `must be one of ${RECURRENT_CELLS.join(', ')}, got ${show(cell)}`);
   object(get(data, 'model', {}), 'model');
   object(get(data, 'provenance', {}), 'provenance');
   const given = decodingBlock(get(data, 'decoding', {}));
@@ -272,7 +275,7 @@ export function checkManifest(data, limits = DEFAULT_LIMITS) {
     if (e instanceof CapkitError) throw new BundleError(`decoding: ${e.message}`);
     throw e;
   }
-  return { vocab, specialTokens: special, maxLength, preprocess, encoder, decoder, precision, graphFormat, decoding };
+  return { vocab, specialTokens: special, maxLength, preprocess, encoder, decoder, precision, graphFormat, cell, decoding };
 }
 
 /**

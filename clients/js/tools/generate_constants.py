@@ -68,6 +68,7 @@ def constants() -> dict[str, tuple[str, Any]]:
         "MAX_MANIFEST_DEPTH": ("most nesting of arrays and objects in a manifest", manifest.MAX_MANIFEST_DEPTH),
         "PRECISIONS": ("a manifest's precision values", list(manifest.MANIFEST_PRECISIONS)),
         "GRAPH_FORMATS": ("a manifest's graph_format values", list(manifest.GRAPH_FORMATS)),
+        "RECURRENT_CELLS": ("a manifest's cell values", list(manifest.RECURRENT_CELLS)),
         "DECODING_FIELDS": ("a manifest's decoding keys (max_length is top level)", list(manifest.DECODING_FIELDS)),
         "LEGACY_DECODING_KEYS": ("decoding keys of older exports -> the option they mean (null: ignored)",
                                  dict(manifest.LEGACY_DECODING_KEYS)),

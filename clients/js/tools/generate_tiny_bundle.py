@@ -127,7 +127,8 @@ def manifest_text(encoder_bytes: bytes, decoder_bytes: bytes) -> str:
         encoder=EncoderGraph(ENCODER_FILE, digest(encoder_bytes), "image", ("h", "c")),
         decoder=DecoderStepGraph(DECODER_FILE, digest(decoder_bytes), "token", ("h", "c"), "logits",
                                  ("h_next", "c_next"), "next_token", "next_logprob"),
-        model={"note": "fixed weights for tests, not a trained model"}, provenance={"written_by": COMMAND})
+        model={"note": "fixed weights for tests, not a trained model"}, provenance={"written_by": COMMAND},
+        cell="matmul")  # the graphs above compute their cell with MatMul and Tanh
     return json.dumps(manifest.to_dict(), indent=2) + "\n"
 
 

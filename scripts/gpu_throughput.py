@@ -1,0 +1,444 @@
+"""``scripts/gpu_check.sh --throughput``: where a batched caption's time goes on the device, and what
+each candidate change gains, in one run (docs/cuda.md says what it prints and how to read it).
+
+On the seed configuration (ResNet-50 + LSTM 300/512, 10,000 words, 20 greedy steps, random weights)
+it builds, once: a random-weight checkpoint, a "ragged" copy of it whose ``<end>`` bias makes captions
+end at different steps (random weights never end, so no row would ever finish), and their bundles:
+fp32 and fp16, each with the recurrent cell as the ONNX operator and as plain MatMuls. Then:
+
+1. per target and batch size (1, 8, 32), from preprocessed pixels: the encoder, the decode loop, its
+   steps and host ``select`` calls, and images/s, the targets taking turns in every round (today's
+   ONNX path; finished rows masked; the MatMul cell; both; fp16 likewise; PyTorch eager);
+2. images/s from image files (``Captioner.caption_batch``, preprocessing on the CPU included) and the
+   preprocessing alone, per image;
+3. ONNX Runtime's profile of the step graph at batch 32: kernel time per operator type, the nodes
+   placed on the CPU, Memcpy nodes;
+4. on CUDA: the step graph replayed as a CUDA graph, and the encoder's first run at a new batch size
+   with cuDNN's exhaustive and heuristic convolution search;
+5. greedy captions on the device against the fp32 bundle on the CPU (32 images) for every ONNX target.
+
+``--size small`` runs all of it on a small model (what the test suite does on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+BATCHES = (1, 8, 32)
+PARITY_IMAGES = 32
+RAGGED_END_SHARES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # shares of <end>-winning steps tried for the ragged model
+
+
+@dataclass(frozen=True)
+class Size:
+    model: dict[str, Any]  # CaptionModelConfig fields
+    vocab: int
+    resize: int
+    crop: int
+    max_length: int
+
+
+SIZES = {
+    "seed": Size({"encoder": "resnet50", "embed_dim": 300, "hidden_dim": 512, "decoder": "lstm"}, 10_000, 256, 224, 20),
+    "small": Size({"encoder": "resnet18", "embed_dim": 32, "hidden_dim": 64, "decoder": "lstm"}, 500, 72, 64, 12),
+}
+
+
+@dataclass
+class Target:
+    name: str
+    make: Callable[[], Any]  # -> an Inference
+    bundle: Optional[Path] = None  # ONNX targets: for the parity check
+    inference: Any = None
+    rows: dict[int, dict[str, list[float]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+
+
+class Counted:
+    """An Inference that passes every call on, times ``encode`` and counts steps and host ``select`` calls."""
+
+    def __init__(self, inner: Any):
+        self.inner, self.steps, self.selects, self.encode_seconds = inner, 0, 0, 0.0
+        self.mask_finished_rows = getattr(inner, "mask_finished_rows", False)
+        if hasattr(inner, "greedy_step"):
+            self.greedy_step = self._greedy_step
+
+    def encode(self, pixels: np.ndarray) -> Any:
+        started = time.perf_counter()
+        state = self.inner.encode(pixels)
+        self.encode_seconds += time.perf_counter() - started
+        return state
+
+    def step(self, tokens: np.ndarray, state: Any) -> Any:
+        self.steps += 1
+        return self.inner.step(tokens, state)
+
+    def _greedy_step(self, tokens: np.ndarray, state: Any) -> Any:
+        self.steps += 1
+        return self.inner.greedy_step(tokens, state)
+
+    def select(self, state: Any, rows: np.ndarray) -> Any:
+        self.selects += 1
+        return self.inner.select(state, rows)
+
+
+def _greedy_lengths(model: Any, state: Any, start_id: int, end_id: int, steps: int) -> list[int]:
+    """Each row's greedy caption length from an encoded ``state`` (``steps`` where it never ends)."""
+    import torch
+
+    tokens = torch.full((len(state[0][0]),), start_id, dtype=torch.long)  # (B,)
+    lengths = [steps] * len(tokens)
+    for t in range(steps):
+        logits, state = model.step(tokens, state)  # (B, V)
+        tokens = logits.argmax(-1)  # (B,)
+        for row in torch.nonzero(tokens == end_id).flatten().tolist():
+            lengths[row] = min(lengths[row], t)
+    return lengths
+
+
+def ragged_checkpoint(source: Path, out: Path, pixels: np.ndarray) -> Path:
+    """``source`` with its ``<end>`` bias raised so that greedy captions end at different steps: of the biases
+    that let a given share of the first pass's steps end (RAGGED_END_SHARES), the one that gives the most
+    distinct caption lengths on ``pixels``."""
+    import torch
+
+    from capkit.training.checkpoint import checkpoint_payload, load_model, save_checkpoint
+
+    model, vocab, spec, payload = load_model(source)
+    steps, end = int(payload["max_length"]), vocab.end_id
+    margins = []
+    with torch.inference_mode():
+        # A random backbone maps every image to nearly the same features, so every row would end at the same
+        # step: the projection is made to see the features standardised over these images, as a trained one would.
+        features = model.encoder.features(torch.from_numpy(pixels))  # (B, F)
+        linear = model.encoder.project[0]  # the Linear (a BatchNorm1d may follow it)
+        linear.weight.div_(features.std())
+        linear.bias.sub_(linear.weight @ features.mean(0))
+        encoded = model.image_step(torch.from_numpy(pixels))  # each (L, B, H)
+        state, tokens = encoded, torch.full((len(pixels),), vocab.start_id, dtype=torch.long)
+        for _ in range(steps):
+            logits, state = model.step(tokens, state)  # (B, V)
+            others = logits.clone()
+            others[:, end] = -torch.inf
+            margins.append(others.max(-1).values - logits[:, end])  # (B,)
+            tokens = others.argmax(-1)
+        base = float(model.head.bias[end])
+        spread = {}
+        for share in RAGGED_END_SHARES:
+            model.head.bias[end] = base + float(torch.quantile(torch.cat(margins), share))
+            lengths = _greedy_lengths(model, encoded, vocab.start_id, end, steps)
+            spread[share] = (len(set(lengths)), float(model.head.bias[end]))
+        model.head.bias[end] = max(spread.values())[1]
+    save_checkpoint(checkpoint_payload(model, vocab, spec, steps, run_name="ragged", epoch=0, step=0), out)
+    return out
+
+
+def build(work: Path, size: Size, say: Callable[[str], None]) -> dict[str, Path]:
+    """Checkpoints and bundles under ``work``: {"checkpoint", "ragged-checkpoint", "fp32", "fp32-matmul",
+    "fp16", "fp16-matmul", "ragged", "ragged-matmul"}."""
+    from capkit.export.checks import sample_images
+    from capkit.export.onnx_export import export_checkpoint
+    from capkit.export.quantize import convert_fp16
+    from capkit.reports.common import random_checkpoint
+    from capkit.runtime import load_bundle
+    from capkit.runtime.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(resize=size.resize, crop=size.crop)
+    def fits(payload: dict[str, Any]) -> bool:
+        config = payload.get("model_config", {})
+        return all(config.get(k) == v for k, v in size.model.items()) and config.get("vocab_size") == size.vocab \
+            and payload.get("preprocess", {}).get("crop") == size.crop
+
+    paths = {"checkpoint": random_checkpoint(work / "random" / "best.pt", size.model, spec, vocab_size=size.vocab,
+                                             max_length=size.max_length, run_name="throughput-random", fits=fits,
+                                             what="the model")}
+    paths["ragged-checkpoint"] = ragged_checkpoint(paths["checkpoint"], work / "ragged-run" / "best.pt",
+                                                   sample_images(spec)[:PARITY_IMAGES])
+    for source, name in (("checkpoint", "fp32"), ("ragged-checkpoint", "ragged")):
+        for cell, suffix in (("operator", ""), ("matmul", "-matmul")):
+            say(f"exporting {name}{suffix}")
+            export_checkpoint(paths[source], work / f"{name}{suffix}", check=False, cell=cell)
+            paths[f"{name}{suffix}"] = work / f"{name}{suffix}"
+    for suffix in ("", "-matmul"):
+        convert_fp16(load_bundle(paths[f"fp32{suffix}"]), work / f"fp16{suffix}")
+        paths[f"fp16{suffix}"] = work / f"fp16{suffix}"
+    return paths
+
+
+def onnx_target(name: str, bundle: Path, device: str, **options: Any) -> Target:
+    from capkit.runtime.onnx_inference import OnnxInference
+
+    return Target(name, lambda: OnnxInference(bundle, device=device, **options), bundle)
+
+
+def torch_target(name: str, checkpoint: Path, device: str) -> Target:
+    def make() -> Any:
+        from capkit.training.checkpoint import load_model
+        from capkit.training.torch_inference import TorchInference
+
+        return TorchInference(load_model(checkpoint, device=device)[0], device)
+
+    return Target(name, make)
+
+
+def targets(paths: dict[str, Path], device: str) -> list[Target]:
+    masked = {"mask_finished_rows": True}
+    found = [onnx_target("onnx fp32 (today)", paths["fp32"], device),
+             onnx_target("onnx fp32, masked rows", paths["fp32"], device, **masked),
+             onnx_target("onnx fp32, matmul cell", paths["fp32-matmul"], device),
+             onnx_target("onnx fp32, matmul cell, masked rows", paths["fp32-matmul"], device, **masked),
+             onnx_target("onnx fp16 (today)", paths["fp16"], device),
+             onnx_target("onnx fp16, matmul cell, masked rows", paths["fp16-matmul"], device, **masked),
+             torch_target("pytorch eager", paths["checkpoint"], device),
+             onnx_target("ragged: onnx fp32 (today)", paths["ragged"], device),
+             onnx_target("ragged: onnx fp32, masked rows", paths["ragged"], device, **masked),
+             onnx_target("ragged: onnx fp32, matmul cell, masked rows", paths["ragged-matmul"], device, **masked),
+             torch_target("ragged: pytorch eager", paths["ragged-checkpoint"], device)]
+    for target in found:
+        target.inference = target.make()
+    return found
+
+
+def time_batches(found: list[Target], pixels: np.ndarray, vocab: Any, max_length: int, rounds: int) -> None:
+    """Every target at every batch size once per round (one round not recorded), the targets in turn."""
+    from capkit.runtime.decoding import DecodingOptions, decode
+
+    options = DecodingOptions(max_length=max_length)
+    for index in range(1 + rounds):
+        for batch in BATCHES:
+            images = np.ascontiguousarray(np.resize(pixels, (batch, *pixels.shape[1:])))  # (B, 3, H, W)
+            for target in found:
+                counted = Counted(target.inference)
+                started = time.perf_counter()
+                decode(counted, images, options, vocab)
+                seconds = time.perf_counter() - started
+                if index:
+                    row = target.rows[batch]
+                    row["encoder_ms"].append(counted.encode_seconds * 1e3)
+                    row["loop_ms"].append((seconds - counted.encode_seconds) * 1e3)
+                    row["caption_ms"].append(seconds * 1e3)  # encoder and loop, as a batch runs
+                    row["steps"].append(counted.steps)
+                    row["selects"].append(counted.selects)
+
+
+def batch_table(found: list[Target]) -> list[dict[str, Any]]:
+    rows = []
+    for target in found:
+        for batch, row in sorted(target.rows.items()):
+            caption = statistics.median(row["caption_ms"])
+            steps = statistics.median(row["steps"])
+            rows.append({"target": target.name, "batch": batch, "encoder_ms": statistics.median(row["encoder_ms"]),
+                         "caption_ms": caption, "step_ms": statistics.median(row["loop_ms"]) / max(steps, 1),
+                         "steps": steps,
+                         "selects": statistics.median(row["selects"]), "images_per_s": batch / caption * 1e3})
+    return rows
+
+
+def files_throughput(found: list[Target], files: list[str], spec: Any, vocab: Any, max_length: int) -> dict[str, Any]:
+    """images/s of ``Captioner.caption_batch`` over image files (preprocessing included) at batch 32, and the
+    preprocessing alone, ms per image."""
+    from capkit.runtime.captioner import Captioner
+    from capkit.runtime.preprocess import preprocess
+
+    started = time.perf_counter()
+    for path in files:
+        preprocess(path, spec)
+    result: dict[str, Any] = {"preprocess_ms_per_image": (time.perf_counter() - started) / len(files) * 1e3}
+    for target in found:
+        captioner = Captioner.from_inference(target.inference, vocab, spec, max_length)
+        captioner.caption_batch(files, batch_size=max(BATCHES))  # warm
+        started = time.perf_counter()
+        captioner.caption_batch(files, batch_size=max(BATCHES))
+        result[target.name] = len(files) / (time.perf_counter() - started)
+    return result
+
+
+def profile_step(bundle: Path, device: str, batch: int, steps: int) -> dict[str, Any]:
+    """ONNX Runtime's profile of ``steps`` greedy steps of ``bundle``'s step graph at ``batch``."""
+    import onnxruntime as ort
+
+    from capkit.runtime import load_bundle
+    from capkit.runtime.onnx_inference import OnnxInference
+
+    loaded = load_bundle(bundle)
+    inference = OnnxInference(loaded, device=device)
+    names = loaded.manifest.decoder
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="capkit-profile-")) / "step")
+    providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] if device == "cuda" \
+        else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(loaded.decoder_path), options, providers=providers)
+    crop = loaded.manifest.preprocess.crop
+    encoded = inference.encode(np.zeros((batch, 3, crop, crop), np.float32))
+    state = [s.numpy() if hasattr(s, "numpy") else s for s in encoded]  # each (L, B, H), on the host
+    tokens = np.full(batch, 1, np.int64)
+    outputs = [*names.greedy_outputs, *names.state_outputs]
+    for _ in range(steps):
+        tokens, _, *state = session.run(outputs, {names.token_input: tokens, **dict(zip(names.state_inputs, state))})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    kernel_us: Counter = Counter()
+    providers_by_node: dict[str, str] = {}
+    for event in events:
+        args = event.get("args", {})
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            kernel_us[args.get("op_name", "?")] += event.get("dur", 0)
+            providers_by_node[event["name"][: -len("_kernel_time")]] = args.get("provider", "?")
+    on_cpu = sorted(name for name, provider in providers_by_node.items() if provider == "CPUExecutionProvider")
+    return {"kernel_us_per_step": {op: round(us / steps, 1) for op, us in kernel_us.most_common()},
+            "nodes": len(providers_by_node), "nodes_on_cpu": on_cpu if device != "cpu" else [],
+            "memcpy_nodes": sorted(n for n in providers_by_node if "Memcpy" in n)}
+
+
+def cuda_graph_step(bundle: Path, batch: int, steps: int) -> dict[str, float]:
+    """ms per greedy step at ``batch`` on bound device buffers, plain and replayed as a CUDA graph (one
+    graph per binding: ONNX Runtime's gpu_graph_id run option)."""
+    import onnxruntime as ort
+
+    from capkit.runtime import load_bundle
+    from capkit.runtime.onnx_inference import BoundGreedySteps, OnnxInference
+
+    loaded = load_bundle(bundle)
+    names = loaded.manifest.decoder
+    crop = loaded.manifest.preprocess.crop
+    state = OnnxInference(loaded, device="cuda").encode(np.zeros((batch, 3, crop, crop), np.float32))
+    result = {}
+    for label, provider_options in (("plain", {}), ("cuda graph", {"enable_cuda_graph": "1"})):
+        session = ort.InferenceSession(str(loaded.decoder_path),
+                                       providers=[("CUDAExecutionProvider", {"device_id": 0, **provider_options})])
+        steps_ = BoundGreedySteps(session, names.token_input, list(names.state_inputs),
+                                  [*names.greedy_outputs, *names.state_outputs], state, "cuda", ortvalues=True)
+        for k, binding in enumerate(steps_.bindings):  # fixed addresses: each binding its own graph
+            steps_._bind_inputs(k)
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", str(k + 1))
+            for _ in range(2):  # capture, then replay
+                session.run_with_iobinding(binding, run_options)
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            for i in range(steps):
+                k = i % 2
+                run_options = ort.RunOptions()
+                run_options.add_run_config_entry("gpu_graph_id", str(k + 1))
+                session.run_with_iobinding(steps_.bindings[k], run_options)
+                steps_.sets[1 - k][0][1].numpy()  # the host reads the tokens, as the loop does
+            timings.append((time.perf_counter() - started) / steps * 1e3)
+        result[label] = statistics.median(timings)
+    return result
+
+
+def conv_search(bundle: Path, batch: int) -> dict[str, dict[str, float]]:
+    """The encoder's first run at a new batch size, and a warm run, with cuDNN's exhaustive and heuristic
+    convolution search (ms)."""
+    import onnxruntime as ort
+
+    from capkit.runtime import load_bundle
+
+    loaded = load_bundle(bundle)
+    crop = loaded.manifest.preprocess.crop
+    name = loaded.manifest.encoder.image_input
+    result = {}
+    for search in ("EXHAUSTIVE", "HEURISTIC"):
+        session = ort.InferenceSession(str(loaded.encoder_path), providers=[
+            ("CUDAExecutionProvider", {"device_id": 0, "cudnn_conv_algo_search": search})])
+        session.run(None, {name: np.zeros((1, 3, crop, crop), np.float32)})
+        images = np.zeros((batch, 3, crop, crop), np.float32)
+        started = time.perf_counter()
+        session.run(None, {name: images})
+        first = time.perf_counter() - started
+        warm = []
+        for _ in range(5):
+            started = time.perf_counter()
+            session.run(None, {name: images})
+            warm.append(time.perf_counter() - started)
+        result[search] = {"first_ms": first * 1e3, "warm_ms": statistics.median(warm) * 1e3}
+    return result
+
+
+def parity(found: list[Target], pixels: np.ndarray, vocab: Any, max_length: int) -> dict[str, str]:
+    """Greedy captions of each ONNX target on the device against its own bundle on the CPU."""
+    from capkit.runtime.decoding import DecodingOptions, decode
+    from capkit.runtime.onnx_inference import OnnxInference
+
+    options = DecodingOptions(max_length=max_length)
+    result = {}
+    for target in found:
+        if target.bundle is None:
+            continue
+        cpu = decode(OnnxInference(target.bundle, device="cpu"), pixels, options, vocab)
+        device = decode(target.inference, pixels, options, vocab)
+        result[target.name] = f"{sum(a.tokens == b.tokens for a, b in zip(cpu, device))}/{len(pixels)}"
+    return result
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def measure(device: str, size_name: str, rounds: int, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Every measurement above; a step that fails records its error and the others still run."""
+    from capkit.bench.images import synthetic_photos
+    from capkit.export.checks import sample_images
+    from capkit.runtime import load_bundle
+
+    size = SIZES[size_name]
+    paths = build(work, size, say)
+    manifest = load_bundle(paths["fp32"]).manifest
+    vocab, spec = manifest.vocab, manifest.preprocess
+    pixels = sample_images(spec)[:PARITY_IMAGES]  # (32, 3, crop, crop)
+    found = targets(paths, device)
+    report: dict[str, Any] = {"device": device, "size": size_name, "rounds": rounds}
+
+    def step(key: str, fn: Callable[[], Any]) -> None:
+        say(f"measuring: {key}")
+        try:
+            report[key] = fn()
+        except Exception as e:  # one step's failure is reported; the others still run
+            report[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+
+    step("batches", lambda: (time_batches(found, pixels, vocab, size.max_length, rounds), batch_table(found))[1])
+    files = synthetic_photos(work / "photos", count=max(BATCHES))
+    step("files", lambda: files_throughput([t for t in found if "(today)" in t.name or "eager" in t.name
+                                            or t.name == "onnx fp32, matmul cell, masked rows"],
+                                           files, spec, vocab, size.max_length))
+    step("profile", lambda: {name: profile_step(paths[name], device, max(BATCHES), size.max_length)
+                             for name in ("fp32", "fp32-matmul", "fp16")})
+    if device == "cuda":
+        step("cuda_graph", lambda: {name: cuda_graph_step(paths[name], max(BATCHES), size.max_length)
+                                    for name in ("fp32", "fp32-matmul")})
+        step("conv_search", lambda: conv_search(paths["fp32"], 5))
+    step("parity", lambda: parity(found, pixels, vocab, size.max_length))
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as markdown tables (what docs/cuda.md quotes)."""
+    lines = [f"device {report['device']}, model size {report['size']}, median of {report['rounds']} rounds", ""]
+    batches = report.get("batches")
+    if isinstance(batches, list):
+        lines += ["| target | batch | encoder ms | caption ms (encoder + loop) | step ms | steps | selects | images/s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['target']} | {r['batch']} | {r['encoder_ms']:.2f} | {r['caption_ms']:.2f} | {r['step_ms']:.3f} "
+                  f"| {r['steps']:g} | {r['selects']:g} | {r['images_per_s']:.1f} |" for r in batches]
+    else:
+        lines.append(f"batches: {batches}")
+    for key in ("files", "profile", "cuda_graph", "conv_search", "parity"):
+        if key in report:
+            lines += ["", f"{key}: {json.dumps(report[key], indent=1, default=str)}"]
+    return "\n".join(lines)
+
+
+def run(device: str, size_name: str, rounds: int, as_json: bool, say: Callable[[str], None]) -> int:
+    work = Path(tempfile.mkdtemp(prefix="capkit-throughput-"))
+    report = measure(device, size_name, rounds, work, say)
+    (work / "throughput.json").write_text(json.dumps(report, indent=1, default=str))
+    say(f"report: {work / 'throughput.json'}")
+    print(json.dumps(report, default=str) if as_json else render(report))
+    failed = [key for key, value in report.items() if isinstance(value, dict) and "error" in value]
+    return 1 if failed else 0

@@ -5,7 +5,7 @@ parity of both graphs and of greedy captions, fp16, shared use from 8 threads, `
 
     scripts/gpu_check.sh            # on a machine with a GPU (ONNX Runtime's CUDA provider and torch.cuda)
     scripts/gpu_check.sh --cpu      # the same steps on the CPU: how CI keeps this script working
-    scripts/gpu_check.sh --throughput [--cpu] [--size small]   # where a batched caption's time goes
+    scripts/gpu_check.sh --throughput ...   # where a batched caption's time goes: reports/cuda_throughput.py
 
 Every comparison is "device against the CPU" (in --cpu mode the CPU against itself, which tests
 the script, not the hardware). Tolerances: the graphs' outputs within 1e-2 of the CPU's (on Ampere
@@ -124,11 +124,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cpu", action="store_true", help="run every step on the CPU (CI mode)")
     parser.add_argument("--steps", type=int, default=None, help="training steps [default: 40 on CUDA, 8 on the CPU]")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    parser.add_argument("--throughput", action="store_true",
-                        help="measure where a batched caption's time goes instead (scripts/gpu_throughput.py)")
-    parser.add_argument("--size", choices=["seed", "small"], default="seed",
-                        help="with --throughput: the seed configuration, or a small model [default: seed]")
-    parser.add_argument("--rounds", type=int, default=5, help="with --throughput: timed rounds [default: 5]")
     args = parser.parse_args()
     args.steps = args.steps or (8 if args.cpu else 40)
     return args
@@ -274,10 +269,6 @@ def main() -> int:
 
     checks = Checks()
     checks.record("machine", machine(), None)
-    if args.throughput and not (device == "cuda" and not torch.cuda.is_available()):
-        from gpu_throughput import run  # scripts/ is this script's folder, first on sys.path
-
-        return run(device, args.size, args.rounds, args.json, lambda message: print(message, file=sys.stderr, flush=True))
     if device == "cuda" and not torch.cuda.is_available():
         checks.record("cuda", "PyTorch sees no GPU: run with --cpu, or on a machine with one", False)
         print(checks.table())

@@ -8,14 +8,15 @@ import re
 
 import pytest
 
-from capkit.reports import bulk, edge, fact_accuracy, js_speed, phone_photos, seed_config, seed_sweep, serve, vs_openvino
+from capkit.reports import (bulk, cuda_throughput, edge, fact_accuracy, js_speed, phone_photos, seed_config, seed_sweep,
+                            serve, vs_openvino)
 from capkit.reports.common import DOCS, REPO
 
 PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
-@pytest.mark.parametrize("script", [bulk, edge, fact_accuracy, js_speed, phone_photos, seed_config, seed_sweep, serve,
-                                    vs_openvino],
+@pytest.mark.parametrize("script", [bulk, cuda_throughput, edge, fact_accuracy, js_speed, phone_photos, seed_config,
+                                    seed_sweep, serve, vs_openvino],
                          ids=lambda m: m.__name__)
 def test_each_report_script_has_its_page_in_docs_with_one_marked_section(script):
     text = script.PAGE.read_text()

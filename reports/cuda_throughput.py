@@ -1,10 +1,16 @@
-"""``scripts/gpu_check.sh --throughput``: where a batched caption's time goes on the device, and what
-each candidate change gains, in one run (docs/cuda.md says what it prints and how to read it).
+#!/usr/bin/env python
+"""Where a batched caption's time goes on a GPU, and what each candidate change gains, in one run; writes
+its section of docs/cuda.md (which says how to read it). ``scripts/gpu_check.sh --throughput`` runs it.
+
+    scripts/gpu_check.sh --throughput                       # on a machine with a GPU: measures, writes docs/cuda.md
+    scripts/gpu_check.sh --throughput --json run.json --print   # keep the measurements; print the section only
+    scripts/gpu_check.sh --throughput --from-json run.json  # measure nothing: write the section from a saved run
+    scripts/gpu_check.sh --throughput --cpu --size small --rounds 1 --print   # the same steps on the CPU (the test)
 
 On the seed configuration (ResNet-50 + LSTM 300/512, 10,000 words, 20 greedy steps, random weights)
-it builds, once: a random-weight checkpoint, a "ragged" copy of it whose ``<end>`` bias makes captions
-end at different steps (random weights never end, so no row would ever finish), and their bundles:
-fp32 and fp16, each with the recurrent cell as the ONNX operator and as plain MatMuls. Then:
+it builds: a random-weight checkpoint, a "ragged" copy of it whose captions end at different steps
+(random weights never end, so no row would ever finish), and their bundles: fp32 and fp16, each with
+the recurrent cell as the ONNX operator and as plain MatMuls. Then:
 
 1. per target and batch size (1, 8, 32), from preprocessed pixels: the encoder, the decode loop, its
    steps and host ``select`` calls, and images/s, the targets taking turns in every round (today's
@@ -15,15 +21,18 @@ fp32 and fp16, each with the recurrent cell as the ONNX operator and as plain Ma
    placed on the CPU, Memcpy nodes;
 4. on CUDA: the step graph replayed as a CUDA graph, and the encoder's first run at a new batch size
    with cuDNN's exhaustive and heuristic convolution search;
-5. greedy captions on the device against the fp32 bundle on the CPU (32 images) for every ONNX target.
+5. greedy captions on the device against the same bundle on the CPU (32 images) for every ONNX target;
 
-``--size small`` runs all of it on a small model (what the test suite does on the CPU).
+and the figures of issue #26's targets and of each candidate against today's path.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -33,8 +42,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from capkit.bench.stats import machine_info
+from capkit.reports.common import DOCS, REPO, publish, say, start_report
+from capkit.runtime.errors import first_line
+
+PAGE, PAGE_TITLE = DOCS / "cuda.md", "CUDA, measured"
+MARK_START, MARK_END = "<!-- throughput:start -->", "<!-- throughput:end -->"
+WORK = REPO / "reports" / ".cache" / "cuda-throughput"
 BATCHES = (1, 8, 32)
 PARITY_IMAGES = 32
+FILES_TARGETS = ("onnx fp32 (today)", "onnx fp32, matmul cell, masked rows", "onnx fp16 (today)", "pytorch eager",
+                 "ragged: onnx fp32 (today)", "ragged: pytorch eager")  # timed from image files too
 RAGGED_END_SHARES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # shares of <end>-winning steps tried for the ragged model
 
 
@@ -381,7 +399,7 @@ def parity(found: list[Target], pixels: np.ndarray, vocab: Any, max_length: int)
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
-def measure(device: str, size_name: str, rounds: int, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
+def measure(device: str, size_name: str, rounds: int, work: Path) -> dict[str, Any]:
     """Every measurement above; a step that fails records its error and the others still run."""
     from capkit.bench.images import synthetic_photos
     from capkit.export.checks import sample_images
@@ -393,20 +411,19 @@ def measure(device: str, size_name: str, rounds: int, work: Path, say: Callable[
     vocab, spec = manifest.vocab, manifest.preprocess
     pixels = sample_images(spec)[:PARITY_IMAGES]  # (32, 3, crop, crop)
     found = targets(paths, device)
-    report: dict[str, Any] = {"device": device, "size": size_name, "rounds": rounds}
+    report: dict[str, Any] = {"device": device, "size": size_name, "rounds": rounds, "machine": machine()}
 
     def step(key: str, fn: Callable[[], Any]) -> None:
         say(f"measuring: {key}")
         try:
             report[key] = fn()
         except Exception as e:  # one step's failure is reported; the others still run
-            report[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            report[key] = {"error": f"{type(e).__name__}: {first_line(e, 200)}"}
 
     step("batches", lambda: (time_batches(found, pixels, vocab, size.max_length, rounds), batch_table(found))[1])
     files = synthetic_photos(work / "photos", count=max(BATCHES))
-    step("files", lambda: files_throughput([t for t in found if "(today)" in t.name or "eager" in t.name
-                                            or t.name == "onnx fp32, matmul cell, masked rows"],
-                                           files, spec, vocab, size.max_length))
+    step("files", lambda: files_throughput([t for t in found if t.name in FILES_TARGETS], files, spec, vocab,
+                                           size.max_length))
     step("profile", lambda: {name: profile_step(paths[name], device, max(BATCHES), size.max_length)
                              for name in ("fp32", "fp32-matmul", "fp16")})
     if device == "cuda":
@@ -417,28 +434,108 @@ def measure(device: str, size_name: str, rounds: int, work: Path, say: Callable[
     return report
 
 
+def machine() -> str:
+    import onnxruntime as ort
+    import torch
+
+    gpu = f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""
+    return (f"{machine_info()['cpu']}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, onnxruntime "
+            f"{ort.__version__} ({', '.join(p.replace('ExecutionProvider', '') for p in ort.get_available_providers())})")
+
+
+def verdicts(report: dict[str, Any]) -> list[str]:
+    """Issue #26's targets, and each candidate against today's path, from the batch rows (model images/s)."""
+    rows = {(r["target"], r["batch"]): r for r in report.get("batches") or [] if isinstance(r, dict)}
+
+    def rate(target: str, batch: int) -> Optional[float]:
+        row = rows.get((target, batch))
+        return row["images_per_s"] if row else None
+
+    def ratio(a: Optional[float], b: Optional[float]) -> str:
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    today, eager = "onnx fp32 (today)", "pytorch eager"
+    best = max((t for t, b in rows if b == 32 and not t.startswith("ragged") and "fp32" in t),
+               key=lambda t: rate(t, 32) or 0, default=today)
+    lines = [f"- images/s at batch 32, ONNX fp32 today against PyTorch eager: {ratio(rate(today, 32), rate(eager, 32))}; "
+             f"the best fp32 target ({best}): {ratio(rate(best, 32), rate(eager, 32))} (target: 2x)",
+             f"- batch-1 caption (encoder and loop), PyTorch eager's time over ONNX fp32's: "
+             f"{ratio(rate(today, 1), rate(eager, 1))} (target: 1.5x)",
+             f"- fp16 against fp32, images/s at batch 32: {ratio(rate('onnx fp16 (today)', 32), rate(today, 32))} "
+             "(target: at least 1x)"]
+    for target in sorted({t for t, _ in rows} - {today, eager}):
+        base = "ragged: onnx fp32 (today)" if target.startswith("ragged") else today
+        if target != base and "eager" not in target:
+            lines.append(f"- {target} against {base}: images/s " + ", ".join(
+                f"b{b} {ratio(rate(target, b), rate(base, b))}" for b in BATCHES))
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
-    """The report as markdown tables (what docs/cuda.md quotes)."""
-    lines = [f"device {report['device']}, model size {report['size']}, median of {report['rounds']} rounds", ""]
+    """The report as the marked section of docs/cuda.md."""
+    lines = [MARK_START, "<!-- written by reports/cuda_throughput.py; edit the script, not this section -->",
+             f"Device {report['device']}, model {report['size']}: {report.get('machine', '')}. Median of "
+             f"{report['rounds']} rounds after one not recorded. images/s here are the model's, from preprocessed "
+             "images: the encoder and the decode loop.", "", *verdicts(report), ""]
     batches = report.get("batches")
     if isinstance(batches, list):
         lines += ["| target | batch | encoder ms | caption ms (encoder + loop) | step ms | steps | selects | images/s |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['target']} | {r['batch']} | {r['encoder_ms']:.2f} | {r['caption_ms']:.2f} | {r['step_ms']:.3f} "
                   f"| {r['steps']:g} | {r['selects']:g} | {r['images_per_s']:.1f} |" for r in batches]
-    else:
-        lines.append(f"batches: {batches}")
-    for key in ("files", "profile", "cuda_graph", "conv_search", "parity"):
+    for key, title in (("files", "From image files, batch 32 (preprocessing in the captioning thread)"),
+                       ("profile", "ONNX Runtime's profile of the step graph, batch 32 (kernel µs a step)"),
+                       ("cuda_graph", "The step graph on bound buffers, plain and as a CUDA graph (ms a step)"),
+                       ("conv_search", "The encoder's first run at batch 5, and warm (ms)"),
+                       ("parity", "Greedy captions on the device equal to the CPU's")):
         if key in report:
-            lines += ["", f"{key}: {json.dumps(report[key], indent=1, default=str)}"]
-    return "\n".join(lines)
+            lines += ["", f"{title}:", "", *_render_block(key, report[key], report["device"])]
+    return "\n".join(lines + [MARK_END])
 
 
-def run(device: str, size_name: str, rounds: int, as_json: bool, say: Callable[[str], None]) -> int:
-    work = Path(tempfile.mkdtemp(prefix="capkit-throughput-"))
-    report = measure(device, size_name, rounds, work, say)
-    (work / "throughput.json").write_text(json.dumps(report, indent=1, default=str))
-    say(f"report: {work / 'throughput.json'}")
-    print(json.dumps(report, default=str) if as_json else render(report))
-    failed = [key for key, value in report.items() if isinstance(value, dict) and "error" in value]
+def _render_block(key: str, value: Any, device: str) -> list[str]:
+    if not isinstance(value, dict) or "error" in value:
+        return [f"- {value}"]
+    if key == "profile":  # on the CPU every node is on the CPU provider: only the count is said
+        return [f"- {graph}: " + ", ".join(f"{op} {us:g}" for op, us in list(found["kernel_us_per_step"].items())[:8])
+                + f"; {found['nodes']} nodes" + ("" if device == "cpu" else
+                                                 f", on the CPU provider: {', '.join(found['nodes_on_cpu']) or 'none'}; "
+                                                 f"Memcpy: {', '.join(found['memcpy_nodes']) or 'none'}")
+                for graph, found in value.items()]
+    return [f"- {name}: {_plain(figure)}" for name, figure in value.items()]
+
+
+def _plain(figure: Any) -> str:
+    if isinstance(figure, float):
+        return f"{figure:.3g}"
+    if isinstance(figure, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in figure.items())
+    return str(figure)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu", action="store_true", help="measure on the CPU (the test suite's mode)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="seed", help="the model [default: seed]")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of the batch figures [default: 5]")
+    parser.add_argument("--work", type=Path, default=WORK, help="where the checkpoints, bundles and photos go "
+                        "[default: reports/.cache/cuda-throughput]")
+    args, started, measured = start_report(parser, PAGE, WORK)
+    if measured is None:
+        import torch
+
+        device = "cpu" if args.cpu else "cuda"
+        if device == "cuda" and not torch.cuda.is_available():
+            say("PyTorch sees no GPU: run with --cpu, or on a machine with one")
+            return 1
+        measured = measure(device, args.size, args.rounds, args.work / args.size)
+        say(f"measured in {time.perf_counter() - started:.0f} s")
+    publish(args, PAGE, PAGE_TITLE, MARK_START, MARK_END, render(measured), measured)
+    failed = [key for key, value in measured.items() if isinstance(value, dict) and "error" in value]
+    if failed:
+        say(f"failed: {', '.join(failed)}")
     return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,7 +42,9 @@ class Inference(Protocol):
 
 class GreedyInference(Inference, Protocol):
     """An Inference that can also make the greedy choice itself (optional: :func:`decode` uses
-    ``greedy_step`` when the inference has it and the decoding is greedy)."""
+    ``greedy_step`` when the inference has it and the decoding is greedy). An optional attribute
+    ``mask_finished_rows`` (absent: False) asks the loop to keep finished rows in the batch: it then
+    passes back the tokens ``greedy_step`` returned, as they are, for every row."""
 
     def greedy_step(self, tokens: np.ndarray, state: InferenceState) -> tuple[np.ndarray, np.ndarray, InferenceState]:
         """Like ``step``, but returns argmax(logits) int64 (B,) and its log-softmax float64 (B,)

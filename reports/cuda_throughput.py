@@ -18,7 +18,7 @@ the recurrent cell as the ONNX operator and as plain MatMuls. Then:
 2. images/s from image files (``Captioner.caption_batch``, preprocessing on the CPU included) and the
    preprocessing alone, per image;
 3. ONNX Runtime's profile of the step graph at batch 32: kernel time per operator type, the nodes
-   placed on the CPU, Memcpy nodes;
+   placed on the CPU, Memcpy nodes, and its verbose log's placement lines at session creation;
 4. on CUDA: the step graph replayed as a CUDA graph, and the encoder's first run at a new batch size
    with cuDNN's exhaustive and heuristic convolution search;
 5. greedy captions on the device against the same bundle on the CPU (32 images) for every ONNX target;
@@ -279,6 +279,32 @@ def files_throughput(found: list[Target], files: list[str], spec: Any, vocab: An
     return result
 
 
+LOG_PATTERNS = ("placed on", "Memcpy", "not assigned", "fall back")  # the placement lines of a verbose session log
+
+
+def placement_log(path: Path, providers: list[Any]) -> list[str]:
+    """The lines of ONNX Runtime's verbose log, while a session of ``path`` is created, that say where nodes
+    were placed and which copies were added (its logger writes to the process's stderr: captured from file
+    descriptor 2). A session of its own, so that the profiled one runs at the default log level."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 0  # verbose
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            ort.InferenceSession(str(path), options, providers=providers)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        text = captured.read().decode(errors="replace")
+    lines = [line.split("] ", 1)[-1].strip()[:240] for line in text.splitlines() if any(p in line for p in LOG_PATTERNS)]
+    return list(dict.fromkeys(lines))  # each once, in order (the transformers run at several levels)
+
+
 def profile_step(bundle: Path, device: str, batch: int, steps: int) -> dict[str, Any]:
     """ONNX Runtime's profile of ``steps`` greedy steps of ``bundle``'s step graph at ``batch``."""
     import onnxruntime as ort
@@ -313,7 +339,8 @@ def profile_step(bundle: Path, device: str, batch: int, steps: int) -> dict[str,
     on_cpu = sorted(name for name, provider in providers_by_node.items() if provider == "CPUExecutionProvider")
     return {"kernel_us_per_step": {op: round(us / steps, 1) for op, us in kernel_us.most_common()},
             "nodes": len(providers_by_node), "nodes_on_cpu": on_cpu if device != "cpu" else [],
-            "memcpy_nodes": sorted(n for n in providers_by_node if "Memcpy" in n)}
+            "memcpy_nodes": sorted(n for n in providers_by_node if "Memcpy" in n),
+            "placement_log": placement_log(loaded.decoder_path, providers)}
 
 
 def cuda_graph_step(bundle: Path, batch: int, steps: int) -> dict[str, float]:
@@ -501,7 +528,10 @@ def _render_block(key: str, value: Any, device: str) -> list[str]:
                 + f"; {found['nodes']} nodes" + ("" if device == "cpu" else
                                                  f", on the CPU provider: {', '.join(found['nodes_on_cpu']) or 'none'}; "
                                                  f"Memcpy: {', '.join(found['memcpy_nodes']) or 'none'}")
-                for graph, found in value.items()]
+                for graph, found in value.items()] + [
+            f"- {graph}, ONNX Runtime's verbose log at session creation: " + (" / ".join(found["placement_log"][:4])
+                                                                              or "no placement line")
+            for graph, found in value.items() if "placement_log" in found]
     return [f"- {name}: {_plain(figure)}" for name, figure in value.items()]
 
 

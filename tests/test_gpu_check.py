@@ -49,6 +49,7 @@ def test_throughput_mode_runs_on_the_cpu(tmp_path: Path) -> None:
     assert set(report["parity"].values()) == {"32/32"} and len(report["parity"]) == 9
     profile = report["profile"]
     assert "LSTM" in profile["fp32"]["kernel_us_per_step"] and "LSTM" not in profile["fp32-matmul"]["kernel_us_per_step"]
+    assert any("All nodes placed on [CPUExecutionProvider]" in line for line in profile["fp32"]["placement_log"])
     assert report["files"]["preprocess_ms_per_image"] > 0 and report["files"]["pytorch eager"] > 0
     assert "cuda_graph" not in report  # CUDA only
     section = proc.stdout

@@ -31,8 +31,8 @@ BATCH_ROUNDS = 3  # at most this many timed passes over max(batch_sizes) images 
 
 
 class TimedInference:
-    """An Inference that passes every call to ``inner`` and records the time of the last ``encode``
-    and the number of steps; ``greedy_step`` exists only when ``inner`` has it, so that the decode
+    """An Inference that passes every call to ``inner`` and records the time of the last ``encode``,
+    the number of steps and of ``select`` calls; ``greedy_step`` exists only when ``inner`` has it, so that the decode
     loop takes the same path as without the wrapper (which costs one Python call per step).
     ``encoded``: a state that ``encode`` returns at once instead of running the encoder."""
 
@@ -41,6 +41,7 @@ class TimedInference:
         self.encoded = encoded
         self.encode_seconds = 0.0
         self.steps = 0
+        self.selects = 0  # select calls: rows dropped (or beams reordered) through the inference
         self.mask_finished_rows = getattr(inner, "mask_finished_rows", False)  # the loop reads it: the same path
         if hasattr(inner, "greedy_step"):
             self.greedy_step = self._greedy_step
@@ -60,6 +61,7 @@ class TimedInference:
         return self.inner.greedy_step(tokens, state)
 
     def select(self, state: Any, rows: np.ndarray) -> Any:
+        self.selects += 1
         return self.inner.select(state, rows)
 
 

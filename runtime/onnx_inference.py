@@ -185,6 +185,8 @@ class OnnxInference:
                  spin_us: Optional[int] = DEFAULT_SPIN_US, limits: Limits = DEFAULT_LIMITS,
                  mask_finished_rows: bool = False):
         check_device(device)
+        if not isinstance(mask_finished_rows, (bool, np.bool_)):  # "no" would otherwise read as True
+            raise CapkitError(f"mask_finished_rows must be True or False, got {type(mask_finished_rows).__name__}")
         if device == "openvino" and io_binding:  # the OpenVINO provider crashed the process on bound outputs (1.24.1)
             raise CapkitError("io_binding is not available with device openvino; leave it None or False")
         if not isinstance(limits, Limits):

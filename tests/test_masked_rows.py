@@ -159,3 +159,12 @@ def test_masking_needs_the_greedy_path(export_kit) -> None:
     for options in (DecodingOptions(max_length=8, temperature=0.8, seed=4), DecodingOptions(max_length=8, beam=3)):
         assert results(masked, pixels, options, vocab) == results(plain, pixels, options, vocab)
     assert masked.batches == []  # no greedy step: the loop never took the masked path
+
+
+@pytest.mark.parametrize("value", ["no", 1, None, [True]], ids=["string", "int", "none", "list"])
+def test_mask_finished_rows_takes_a_bool_only(export_kit, value) -> None:
+    """A value that Python would read as true or false by accident is refused in one line, before any session."""
+    from capkit.runtime.errors import CapkitError
+
+    with pytest.raises(CapkitError, match=f"^mask_finished_rows must be True or False, got {type(value).__name__}$"):
+        OnnxInference(export_kit.bundle("lstm"), device="cpu", mask_finished_rows=value)
